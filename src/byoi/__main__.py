@@ -1,0 +1,3 @@
+from byoi.cli.main import app
+
+app()

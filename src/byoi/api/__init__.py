@@ -1,0 +1,1 @@
+"""The SageMaker wire-protocol door (awsJson1_1)."""

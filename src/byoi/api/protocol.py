@@ -1,0 +1,129 @@
+"""The awsJson1_1 endpoint: `POST /` with `X-Amz-Target: <prefix>.<Operation>`.
+
+This is the one place an exception becomes a response. Order of checks, as AWS does: signature,
+then operation, then body, then validation against the model, then the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import regex
+from starlette.requests import Request
+from starlette.responses import Response
+
+from byoi.api.model import operation
+from byoi.api.shaping import shape_output
+from byoi.api.validation import validate_request
+from byoi.auth.sigv4 import verify
+from byoi.errors import (
+    AccessDeniedException,
+    ByoiError,
+    InternalFailure,
+    SerializationException,
+    UnknownOperationException,
+)
+from byoi.logs import request_id
+from byoi.metrics import Metrics
+
+log = logging.getLogger("byoi.api")
+CONTENT_TYPE = "application/x-amz-json-1.1"
+MAX_BODY_BYTES = 1 << 20
+_TARGET = regex.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9]*)\.(?P<op>[A-Za-z][A-Za-z0-9]*)")
+_CAMEL_BOUNDARY = regex.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+Operation = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def snake(name: str) -> str:
+    """`CreateImageVersion` -> `create_image_version`, `MLFramework` -> `ml_framework`."""
+    return _CAMEL_BOUNDARY.sub("_", name).lower()
+
+
+def error_response(err: ByoiError, rid: str) -> Response:
+    body = json.dumps({"__type": err.code, "Message": err.message})
+    return Response(body, status_code=err.status, media_type=CONTENT_TYPE, headers={"x-amzn-RequestId": rid})
+
+
+class AwsJsonEndpoint:
+    def __init__(
+        self,
+        operations: dict[str, Operation],
+        lookup_key: Callable[[str], Awaitable[tuple[str, str] | None]],
+        is_allowed: Callable[[str, str], bool],
+        metrics: Metrics,
+        max_skew_seconds: int = 300,
+    ) -> None:
+        self.operations = operations
+        self.lookup_key = lookup_key
+        self.is_allowed = is_allowed
+        self.metrics = metrics
+        self.max_skew_seconds = max_skew_seconds
+
+    async def __call__(self, request: Request) -> Response:
+        rid = str(uuid.uuid4())
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        op_label = "unknown"
+        try:
+            target = request.headers.get("x-amz-target", "")
+            m = _TARGET.fullmatch(target)
+            if m:
+                op_label = m["op"] if operation(m["prefix"], m["op"]) else "unknown"
+            response = await self._handle(request, rid, m)
+            outcome = "ok"
+        except ByoiError as err:
+            response, outcome = error_response(err, rid), err.code
+        except Exception:
+            log.exception("unexpected failure in %s", op_label)
+            response, outcome = error_response(InternalFailure("An internal error occurred"), rid), "InternalFailure"
+        finally:
+            request_id.reset(token)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(op_label, outcome).inc()
+        self.metrics.latency.labels(op_label).observe(elapsed)
+        log.info(
+            "%s %s", op_label, outcome,
+            extra={"operation": op_label, "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
+                   "error_code": None if outcome == "ok" else outcome, "request_id": rid},
+        )
+        return response
+
+    async def _handle(self, request: Request, rid: str, target: Any) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise SerializationException(f"Request body is larger than {MAX_BODY_BYTES} bytes")
+        secret_lookup_role: dict[str, str] = {}
+
+        async def lookup_secret(key_id: str) -> str | None:
+            found = await self.lookup_key(key_id)
+            if found is None:
+                return None
+            secret_lookup_role["role"] = found[1]
+            return found[0]
+
+        await verify(
+            request.method, request.url.path, request.url.query, request.headers, body, lookup_secret,
+            self.max_skew_seconds,
+        )
+        if target is None:
+            raise UnknownOperationException("The X-Amz-Target header must name an operation, e.g. SageMaker.ListImages")
+        op_model = operation(target["prefix"], target["op"])
+        handler = self.operations.get(snake(target["op"])) if op_model else None
+        if op_model is None or handler is None:
+            raise UnknownOperationException(f"Operation {target.group(0)} is not supported by byoi")
+        if not self.is_allowed(secret_lookup_role.get("role", ""), target["op"]):
+            raise AccessDeniedException(f"You are not authorized to perform {target['op']}")
+        try:
+            decoded = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise SerializationException("The request body is not valid JSON") from None
+        params = validate_request(op_model.input_shape, decoded)
+        result = await handler(**{snake(k): v for k, v in params.items()})
+        payload = json.dumps(shape_output(op_model.output_shape, result))
+        return Response(payload, media_type=CONTENT_TYPE, headers={"x-amzn-RequestId": rid})

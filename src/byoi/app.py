@@ -1,0 +1,130 @@
+"""The composition root: builds the store, registry client, worker and services from Settings, and
+the one ASGI app that serves them. Concrete backends are chosen here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from byoi.api.model import sagemaker_model
+from byoi.api.protocol import AwsJsonEndpoint, Operation, snake
+from byoi.auth import policy
+from byoi.auth.secrets import SecretBox
+from byoi.config import Settings
+from byoi.jobs.worker import Worker
+from byoi.metrics import Metrics
+from byoi.registry.client import RegistryClient
+from byoi.registry.errors import RegistryError
+from byoi.services.access_keys import AccessKeyService
+from byoi.services.context import ServiceContext
+from byoi.services.image_versions import ImageVersionService
+from byoi.services.images import ImageService
+from byoi.services.tags import TagService
+from byoi.store.db import Database, migrate
+
+log = logging.getLogger("byoi")
+
+
+class Services:
+    """Every service, and the table of operations they implement (found by name, never listed by hand)."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.access_keys = AccessKeyService(ctx)
+        self.images = ImageService(ctx)
+        self.image_versions = ImageVersionService(ctx)
+        self.tags = TagService(ctx)
+        self.tags.register_kind("image", self.images.image_exists)
+        self.tags.register_kind("image-version", self.image_versions.version_exists)
+        for service in (self.images, self.image_versions):
+            for task in service.tasks():
+                ctx.worker.register(task)
+
+    def operations(self) -> dict[str, Operation]:
+        wanted = {snake(name) for name in sagemaker_model().operation_names}
+        table: dict[str, Operation] = {}
+        for service in (self.images, self.image_versions, self.tags):
+            for name, method in inspect.getmembers(service, inspect.iscoroutinefunction):
+                if name in wanted:
+                    assert name not in table, f"two services implement {name}"
+                    table[name] = method
+        return table
+
+
+def build_context(settings: Settings) -> ServiceContext:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    return ServiceContext(
+        settings=settings,
+        db=db,
+        registry=RegistryClient(settings.registries, settings.docker_config, settings.registry_timeout),
+        worker=Worker(db, settings.lease_seconds, settings.worker_concurrency),
+        secrets=SecretBox.from_settings(settings.data_dir, settings.master_key),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ctx = build_context(settings)
+        await asyncio.to_thread(migrate, ctx.db.url)
+        services = Services(ctx)
+        key_id, created = await services.access_keys.ensure_admin_key()
+        if created:
+            log.info("created administrator access key %s in %s", key_id, services.access_keys.credentials_path)
+        endpoint = AwsJsonEndpoint(
+            services.operations(), services.access_keys.lookup, policy.is_allowed, metrics,
+            settings.max_clock_skew_seconds,
+        )
+        metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
+        state.update(ctx=ctx, endpoint=endpoint)
+        ctx.worker.start()
+        try:
+            yield
+        finally:
+            await ctx.worker.stop()
+            await ctx.registry.close()
+            await ctx.db.close()
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/")
+    async def aws_json(request: Request) -> Response:
+        return await state["endpoint"](request)  # type: ignore[no-any-return]
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        ctx: ServiceContext = state["ctx"]
+        checks: dict[str, str] = {}
+        try:
+            await ctx.db.ping()
+            checks["store"] = "ok"
+        except Exception as exc:  # any store failure is reported, not raised
+            checks["store"] = f"error: {type(exc).__name__}: {exc}"
+        for reg in settings.registries:
+            try:
+                await ctx.registry.ping(reg.host)
+                checks[f"registry {reg.host}"] = "ok"
+            except RegistryError as exc:
+                checks[f"registry {reg.host}"] = f"error: {exc}"
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,1 @@
+"""The authentication seam: request signatures and secrets at rest."""

@@ -1,0 +1,37 @@
+"""Secrets at rest: access-key secrets are stored encrypted (Fernet) with a key kept outside the database.
+
+The master key comes from `BYOI_MASTER_KEY` (or the `master_key` setting) or from `<data-dir>/master.key`,
+created with mode 0600 on first start. A copy of the database alone therefore reveals no secret.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    @classmethod
+    def from_settings(cls, data_dir: Path, master_key: str | None) -> SecretBox:
+        if master_key:
+            return cls(master_key.encode())
+        path = data_dir / "master.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
+        return cls(path.read_bytes().strip())
+
+    def seal(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def open(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise RuntimeError("stored secret cannot be decrypted: wrong master key?") from exc

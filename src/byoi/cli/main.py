@@ -1,0 +1,286 @@
+"""The `byoi` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from rich.console import Console
+from rich.table import Table
+
+from byoi.cli.client import sagemaker_client
+from byoi.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    RegistryConfig,
+    Settings,
+    default_data_dir,
+    load_registries_file,
+    parse_registry_url,
+)
+
+app = typer.Typer(help="byoi: bring your own image to RStudio, self-hosted and SageMaker-compatible.", no_args_is_help=True)
+images_app = typer.Typer(help="Images: named holders of image versions.", no_args_is_help=True)
+versions_app = typer.Typer(help="Image versions: immutable, digest-pinned container images.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+app.add_typer(versions_app, name="versions")
+console = Console()
+err = Console(stderr=True)
+
+# -- server options, shared by `server` and `up` -------------------------------------------------
+
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="BYOI_DATA_DIR", help="Where byoi keeps its state.")]
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", envvar="BYOI_DATABASE_URL", help="PostgreSQL URL; default SQLite in the data dir.")
+]
+Registry = Annotated[
+    list[str] | None,
+    typer.Option("--registry", envvar="BYOI_REGISTRY", help="Registry URL (repeatable; the first is the default)."),
+]
+RegistriesFile = Annotated[
+    Path | None,
+    typer.Option("--registries-file", envvar="BYOI_REGISTRIES_FILE", help="TOML file of [[registry]] url/username/password."),
+]
+DockerConfig = Annotated[
+    Path | None, typer.Option("--docker-config", envvar="BYOI_DOCKER_CONFIG", help="Docker config.json to read registry credentials from.")
+]
+Region = Annotated[str, typer.Option(envvar="BYOI_REGION")]
+Account = Annotated[str, typer.Option("--account-id", envvar="BYOI_ACCOUNT_ID")]
+Platform = Annotated[str, typer.Option(envvar="BYOI_PLATFORM", help="Platform image indexes resolve to.")]
+LogLevel = Annotated[str, typer.Option(envvar="BYOI_LOG_LEVEL")]
+
+
+def _settings(
+    data_dir: Path, host: str, port: int, database_url: str | None, registry: list[str] | None,
+    registries_file: Path | None, docker_config: Path | None, region: str, account_id: str, platform: str,
+) -> Settings:
+    try:
+        urls = [parse_registry_url(u) for u in (registry or [])]
+        extra = load_registries_file(registries_file) if registries_file else []
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    by_url = {r.url: r for r in extra}
+    registries = [by_url.pop(u, RegistryConfig(u)) for u in urls] + list(by_url.values())
+    if not registries:
+        registries = [RegistryConfig("http://127.0.0.1:5000")]
+    if not account_id.isdigit() or len(account_id) != 12:
+        raise typer.BadParameter(f"--account-id must be 12 digits, not {account_id!r}")
+    if docker_config is None and os.environ.get("DOCKER_CONFIG"):
+        docker_config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    settings = Settings(
+        data_dir=data_dir.expanduser().resolve(), host=host, port=port, database_url=database_url,
+        registries=tuple(registries), docker_config=docker_config, region=region, account_id=account_id,
+        platform=platform, master_key=os.environ.get("BYOI_MASTER_KEY"),
+    )
+    tuning = {
+        "lease_seconds": float, "resolve_attempts": int, "retry_base_delay": float, "worker_concurrency": int,
+        "registry_timeout": float,
+    }
+    overrides = {k: cast(os.environ[f"BYOI_{k.upper()}"]) for k, cast in tuning.items() if f"BYOI_{k.upper()}" in os.environ}
+    return replace(settings, **overrides)
+
+
+@app.command()
+def server(
+    data_dir: DataDir = default_data_dir(),
+    host: Host = DEFAULT_HOST,
+    port: Port = DEFAULT_PORT,
+    database_url: DatabaseUrl = None,
+    registry: Registry = None,
+    registries_file: RegistriesFile = None,
+    docker_config: DockerConfig = None,
+    region: Region = "us-east-1",
+    account_id: Account = "000000000000",
+    platform: Platform = "linux/amd64",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Serve the SageMaker-compatible API."""
+    from byoi.cli.server import run_server
+
+    run_server(
+        _settings(data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform),
+        log_level,
+    )
+
+
+@app.command()
+def up(
+    data_dir: DataDir = default_data_dir(),
+    host: Host = DEFAULT_HOST,
+    port: Port = DEFAULT_PORT,
+    registry_port: Annotated[int, typer.Option(help="Port of the local registry on 127.0.0.1.")] = 5000,
+    database_url: DatabaseUrl = None,
+    region: Region = "us-east-1",
+    account_id: Account = "000000000000",
+    platform: Platform = "linux/amd64",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Start a local registry and the server using it (one machine). Ctrl-C stops both."""
+    from byoi.cli.server import run_up
+
+    settings = _settings(
+        data_dir, host, port, database_url, [f"http://127.0.0.1:{registry_port}"], None, None, region, account_id, platform
+    )
+    run_up(settings, registry_port, log_level)
+
+
+# -- client commands ---------------------------------------------------------------------------
+
+EndpointUrl = Annotated[str | None, typer.Option("--endpoint-url", help="byoi API URL (else AWS_ENDPOINT_URL_SAGEMAKER).")]
+Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile (else AWS_PROFILE).")]
+Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+
+
+def _call(endpoint_url: str | None, profile: str | None, action: Callable[[Any], Any]) -> Any:
+    try:
+        return action(sagemaker_client(endpoint_url, profile))
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        err.print(f"[red]error[/red]: {error.get('Code')}: {error.get('Message')}")
+        raise typer.Exit(1) from None
+    except EndpointConnectionError as exc:
+        err.print(f"[red]error[/red]: cannot reach byoi at {exc.kwargs.get('endpoint_url')}: is `byoi up` running?")
+        raise typer.Exit(1) from None
+    except NoCredentialsError:
+        err.print("[red]error[/red]: no credentials: set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE or use --profile")
+        raise typer.Exit(1) from None
+
+
+def _print(data: Any, output: str, columns: list[str], rows: list[dict[str, Any]] | None = None) -> None:
+    if output == "json":
+        data = dict(data)
+        data.pop("ResponseMetadata", None)
+        console.print_json(json.dumps(data, default=str))
+        return
+    table = Table(*columns)
+    for row in rows if rows is not None else [data]:
+        table.add_row(*[str(row.get(c, "")) for c in columns])
+    console.print(table)
+
+
+@images_app.command("create")
+def images_create(
+    name: str,
+    role_arn: Annotated[str, typer.Option(help="Kept and echoed, as on SageMaker.")] = "arn:aws:iam::000000000000:role/byoi",
+    description: Annotated[str | None, typer.Option()] = None,
+    display_name: Annotated[str | None, typer.Option()] = None,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Create an image."""
+    args: dict[str, Any] = {"ImageName": name, "RoleArn": role_arn}
+    if description:
+        args["Description"] = description
+    if display_name:
+        args["DisplayName"] = display_name
+    result = _call(endpoint_url, profile, lambda c: c.create_image(**args))
+    console.print(result["ImageArn"])
+
+
+@images_app.command("list")
+def images_list(output: Output = "table", endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+    """List images, newest first."""
+    def fetch(c: Any) -> list[dict[str, Any]]:
+        return [i for page in c.get_paginator("list_images").paginate() for i in page["Images"]]
+
+    found = _call(endpoint_url, profile, fetch)
+    _print({"Images": found}, output, ["ImageName", "ImageStatus", "CreationTime", "DisplayName"], found)
+
+
+@images_app.command("describe")
+def images_describe(name: str, output: Output = "json", endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+    """Describe an image."""
+    result = _call(endpoint_url, profile, lambda c: c.describe_image(ImageName=name))
+    _print(result, output, ["ImageName", "ImageStatus", "ImageArn", "FailureReason"])
+
+
+@images_app.command("delete")
+def images_delete(name: str, endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+    """Delete an image and all its versions (the container images in the registry are kept)."""
+    _call(endpoint_url, profile, lambda c: c.delete_image(ImageName=name))
+    console.print(f"deleting {name}")
+
+
+@versions_app.command("create")
+def versions_create(
+    image: str,
+    base_image: str,
+    alias: Annotated[list[str] | None, typer.Option("--alias")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the version is CREATED or CREATE_FAILED.")] = True,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Create an image version from a container image reference (resolved and pinned to its digest)."""
+    args: dict[str, Any] = {"ImageName": image, "BaseImage": base_image, "ClientToken": str(uuid.uuid4())}
+    if alias:
+        args["Aliases"] = alias
+
+    def create(c: Any) -> dict[str, Any]:
+        arn = c.create_image_version(**args)["ImageVersionArn"]
+        number = int(arn.rsplit("/", 1)[1])
+        console.print(arn)
+        if not wait:
+            return {}
+        with console.status(f"resolving {base_image} ..."):
+            import time
+
+            while True:
+                d = c.describe_image_version(ImageName=image, Version=number)
+                if d["ImageVersionStatus"] != "CREATING":
+                    return d  # type: ignore[no-any-return]
+                time.sleep(0.5)
+
+    result = _call(endpoint_url, profile, create)
+    if result:
+        status = result["ImageVersionStatus"]
+        console.print(f"{status}: {result.get('ContainerImage') or result.get('FailureReason', '')}")
+        if status != "CREATED":
+            raise typer.Exit(1)
+
+
+@versions_app.command("list")
+def versions_list(image: str, output: Output = "table", endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+    """List an image's versions, newest first."""
+    def fetch(c: Any) -> list[dict[str, Any]]:
+        pages = c.get_paginator("list_image_versions").paginate(ImageName=image)
+        return [v for page in pages for v in page["ImageVersions"]]
+
+    found = _call(endpoint_url, profile, fetch)
+    _print({"ImageVersions": found}, output, ["Version", "ImageVersionStatus", "CreationTime", "FailureReason"], found)
+
+
+@versions_app.command("describe")
+def versions_describe(
+    image: str,
+    version: Annotated[int | None, typer.Option("--version", "-v")] = None,
+    alias: Annotated[str | None, typer.Option("--alias")] = None,
+    output: Output = "json",
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Describe a version (the newest when neither --version nor --alias is given)."""
+    args: dict[str, Any] = {"ImageName": image}
+    if version is not None:
+        args["Version"] = version
+    if alias:
+        args["Alias"] = alias
+    result = _call(endpoint_url, profile, lambda c: c.describe_image_version(**args))
+    _print(result, output, ["Version", "ImageVersionStatus", "ContainerImage", "FailureReason"])
+
+
+def main() -> None:  # pragma: no cover - entry point for `python -m byoi`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

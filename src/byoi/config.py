@@ -1,0 +1,115 @@
+"""Server configuration: one typed object, built from CLI options and environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+import regex
+
+DEFAULT_REGISTRY = "http://127.0.0.1:5000"
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"
+CREDENTIALS_PROFILE = "byoi"  # the profile byoi writes its administrator key under
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("BYOI_DATA_DIR")
+    return Path(env) if env else Path(platformdirs.user_data_dir("byoi"))
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """One registry byoi may resolve images in, with optional credentials."""
+
+    url: str  # scheme://host[:port]
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None  # a ready bearer token / identity token, for registries that issue them
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/")
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0]
+
+
+_REGISTRY_URL = regex.compile(r"(https?)://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(:[0-9]{1,5})?/?")
+
+
+def parse_registry_url(url: str) -> str:
+    """Normalise a registry URL; raise ValueError naming what is wrong."""
+    if "://" not in url:
+        url = "https://" + url
+    if not _REGISTRY_URL.fullmatch(url):
+        raise ValueError(f"registry URL {url!r} must look like http(s)://host[:port]")
+    return url.rstrip("/")
+
+
+def load_registries_file(path: Path) -> list[RegistryConfig]:
+    """Read `[[registry]]` tables (url, username, password or password_env, token) from a TOML file."""
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    result = []
+    for i, entry in enumerate(data.get("registry", [])):
+        if "url" not in entry:
+            raise ValueError(f"{path}: registry entry {i + 1} has no url")
+        password = entry.get("password")
+        if entry.get("password_env"):
+            password = os.environ.get(entry["password_env"])
+            if password is None:
+                raise ValueError(f"{path}: environment variable {entry['password_env']} is not set")
+        result.append(
+            RegistryConfig(
+                url=parse_registry_url(entry["url"]),
+                username=entry.get("username"),
+                password=password,
+                token=entry.get("token"),
+            )
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    database_url: str | None = None  # None: SQLite file in the data dir
+    # The first registry is the default one: a BaseImage without a registry host resolves there.
+    registries: tuple[RegistryConfig, ...] = (RegistryConfig(DEFAULT_REGISTRY),)
+    docker_config: Path | None = None  # a Docker config.json with "auths" to read credentials from
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    platform: str = "linux/amd64"
+    # Background work
+    worker_concurrency: int = 4
+    lease_seconds: float = 30.0
+    resolve_attempts: int = 4  # transient registry errors are retried this many times in all
+    retry_base_delay: float = 1.0  # seconds; doubles each attempt
+    registry_timeout: float = 20.0
+    # Request signing
+    max_clock_skew_seconds: int = 300
+    master_key: str | None = None  # Fernet key for secrets at rest; None: <data-dir>/master.key
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "byoi.db"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    @property
+    def default_registry(self) -> RegistryConfig:
+        return self.registries[0]
+
+    @property
+    def endpoint_url(self) -> str:
+        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        return f"http://{host}:{self.port}"

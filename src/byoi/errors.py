@@ -1,0 +1,83 @@
+"""The one error root of byoi.
+
+Every leaf is named after the wire error code it becomes, so the API door can render any of them
+without a mapping table (`type(err).__name__` is the `__type`). Services raise these; exactly one
+place (`byoi.api.protocol`) turns them into responses.
+"""
+
+from __future__ import annotations
+
+
+class ByoiError(Exception):
+    """Base of every error that reaches a client. `status` is the HTTP status AWS uses for it."""
+
+    status: int = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+
+# Modeled SageMaker errors (no "Exception" suffix, as in botocore's model).
+class ResourceNotFound(ByoiError):
+    pass
+
+
+class ResourceInUse(ByoiError):
+    pass
+
+
+class ResourceLimitExceeded(ByoiError):
+    pass
+
+
+# Generic AWS errors.
+class ValidationException(ByoiError):
+    pass
+
+
+class SerializationException(ByoiError):
+    pass
+
+
+class UnknownOperationException(ByoiError):
+    pass
+
+
+class AccessDeniedException(ByoiError):
+    pass
+
+
+class ThrottlingException(ByoiError):
+    pass
+
+
+# Authentication failures: AWS answers all of these with 403.
+class AuthError(ByoiError):
+    status = 403
+
+
+class MissingAuthenticationTokenException(AuthError):
+    pass
+
+
+class IncompleteSignatureException(AuthError):
+    pass
+
+
+class InvalidSignatureException(AuthError):
+    pass
+
+
+class UnrecognizedClientException(AuthError):
+    pass
+
+
+class InternalFailure(ByoiError):
+    """Only ever produced by the API door's last-resort handler; services never raise it."""
+
+    status = 500

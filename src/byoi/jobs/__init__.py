@@ -1,0 +1,1 @@
+"""The background-work seam: a reconciler that claims rows in transitional states by lease."""

@@ -1,0 +1,169 @@
+"""Durable background work as a reconciler over status and lease columns.
+
+A `Task` names a table, the statuses whose rows need work, and a handler. The worker repeatedly finds
+such rows whose lease is free and whose next attempt is due, claims each with a conditional UPDATE
+(so two workers or two processes never run the same row), renews the lease while the handler runs,
+and releases it afterwards. A row whose server died keeps its lease only until `lease_until`; then any
+worker picks it up again. Handlers are idempotent and write their outcome guarded by `Claim.owns`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from byoi.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """Raised by a handler to try the row again after `delay` seconds (e.g. a transient registry error)."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class Claim:
+    table: sa.Table
+    row_id: int
+    owner: str
+    attempts: int  # including this one
+
+    def owns(self) -> sa.ColumnElement[bool]:
+        """A WHERE clause true only while this claim still holds the row."""
+        return sa.and_(self.table.c.id == self.row_id, self.table.c.lease_owner == self.owner)
+
+
+Handler = Callable[[Claim], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    table: sa.Table
+    statuses: tuple[str, ...]
+    handler: Handler
+
+
+class Worker:
+    def __init__(self, db: Database, lease_seconds: float = 30.0, concurrency: int = 4, poll_seconds: float = 1.0):
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.owner = uuid.uuid4().hex[:16]
+        self.tasks: list[Task] = []
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self.waiting: dict[str, int] = {}
+
+    def register(self, task: Task) -> None:
+        self.tasks.append(task)
+
+    def wake(self) -> None:
+        """Called after a service records new work, so it starts now rather than at the next poll."""
+        self._wake.set()
+
+    @property
+    def running(self) -> dict[str, int]:
+        counts: dict[str, int] = {t.name: 0 for t in self.tasks}
+        for name, _ in self._running:
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="byoi-worker")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for t in list(self._running.values()):
+            t.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store may be briefly unavailable; keep reconciling
+                log.exception("background work loop failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()
+
+    async def run_once(self) -> None:
+        now = time.time()
+        for task in self.tasks:
+            t = task.table
+            due = sa.and_(
+                t.c.status.in_(task.statuses),
+                sa.or_(t.c.lease_until.is_(None), t.c.lease_until < now),
+                sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now),
+            )
+            async with self.db.read() as conn:
+                ids = [r[0] for r in await conn.execute(sa.select(t.c.id).where(due).order_by(t.c.id).limit(100))]
+                self.waiting[task.name] = len(ids)
+            for row_id in ids:
+                if (task.name, row_id) in self._running:
+                    continue
+                claim = await self._claim(task, row_id, due)
+                if claim is not None:
+                    self._running[(task.name, row_id)] = asyncio.create_task(self._run(task, claim))
+
+    async def _claim(self, task: Task, row_id: int, due: sa.ColumnElement[bool]) -> Claim | None:
+        t = task.table
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                sa.update(t)
+                .where(t.c.id == row_id, due)
+                .values(lease_owner=self.owner, lease_until=time.time() + self.lease_seconds, attempts=t.c.attempts + 1)
+                .returning(t.c.attempts)
+            )
+            row = result.first()
+        return Claim(t, row_id, self.owner, row[0]) if row else None
+
+    async def _run(self, task: Task, claim: Claim) -> None:
+        renew = asyncio.create_task(self._renew(claim))
+        values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+        try:
+            async with self._slots:
+                await task.handler(claim)
+        except RetryLater as exc:
+            log.info("%s %s: retrying in %.1fs: %s", task.name, claim.row_id, exc.delay, exc)
+            values["next_attempt_at"] = time.time() + exc.delay
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A handler bug must not wedge the row: it is retried after a pause, with the error logged.
+            log.exception("%s %s: handler failed", task.name, claim.row_id)
+            values["next_attempt_at"] = time.time() + 5.0
+        finally:
+            renew.cancel()
+            self._running.pop((task.name, claim.row_id), None)
+        async with self.db.transaction() as conn:
+            await conn.execute(sa.update(claim.table).where(claim.owns()).values(**values))
+        self.wake()
+
+    async def _renew(self, claim: Claim) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    sa.update(claim.table).where(claim.owns()).values(lease_until=time.time() + self.lease_seconds)
+                )

@@ -1,0 +1,1 @@
+"""The registry seam: an OCI distribution API client (resolve references, read manifests and blobs)."""

@@ -1,0 +1,320 @@
+"""An async client for the OCI distribution API, on httpx2.
+
+It resolves references to digest-pinned manifests (Docker v2 and OCI, indexes and manifest lists
+resolved to one platform), verifies every digest it is given, and streams blobs. Authentication follows
+the registry's `WWW-Authenticate` challenge: anonymous, Basic, or Bearer tokens from the realm it names.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import regex
+
+from byoi.config import RegistryConfig
+from byoi.registry.errors import (
+    PlatformNotFound,
+    RegistryAuthError,
+    RegistryBadContent,
+    RegistryError,
+    RegistryNotFound,
+    RegistryServerError,
+    RegistryUnreachable,
+)
+from byoi.registry.reference import Reference
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+IMAGE_MANIFESTS = (DOCKER_MANIFEST, OCI_MANIFEST)
+INDEXES = (DOCKER_LIST, OCI_INDEX)
+ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+_CHALLENGE_PARAM = regex.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """A reference resolved in a registry: the digest to pin, and the image manifest behind it."""
+
+    registry: str
+    repository: str
+    digest: str  # of the platform's image manifest
+    media_type: str
+    manifest: dict[str, Any]
+    index_digest: str | None = None  # when the reference named an index / manifest list
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.registry}/{self.repository}@{self.digest}"
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def docker_config_credentials(path: Path | None) -> dict[str, Credentials]:
+    """Credentials from a Docker `config.json` (`auths`: base64 `auth`, or `identitytoken`)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        auths = json.loads(path.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        return {}
+    result = {}
+    for host, entry in auths.items():
+        host = host.split("://", 1)[-1].rstrip("/").removesuffix("/v1")
+        if entry.get("identitytoken"):
+            result[host] = Credentials(token=entry["identitytoken"])
+        elif entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            result[host] = Credentials(user, password)
+    return result
+
+
+@dataclass
+class _HostState:
+    base_url: str
+    credentials: Credentials
+    # Authorization header per scope, learnt from the last challenge.
+    authorizations: dict[str, str] = field(default_factory=dict)
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        registries: tuple[RegistryConfig, ...] | list[RegistryConfig],
+        docker_config: Path | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        self._configured = {r.host: r for r in registries}
+        self._docker_credentials = docker_config_credentials(docker_config)
+        self._hosts: dict[str, _HostState] = {}
+        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- per-host setup -------------------------------------------------------------------------
+
+    def _host(self, host: str) -> _HostState:
+        state = self._hosts.get(host)
+        if state is None:
+            cfg = self._configured.get(host)
+            if cfg is not None:
+                base = f"{cfg.scheme}://{host}"
+                creds = Credentials(cfg.username, cfg.password, cfg.token)
+            else:
+                # Plain HTTP only for loopback registries that were not configured explicitly.
+                base = f"{'http' if is_loopback(host) else 'https'}://{host}"
+                creds = self._docker_credentials.get(host, Credentials())
+            state = self._hosts[host] = _HostState(base, creds)
+        return state
+
+    # -- HTTP with the auth dance ---------------------------------------------------------------
+
+    async def _send(
+        self, host: str, method: str, path: str, scope: str, headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        state = self._host(host)
+        hdrs = dict(headers or {})
+        auth = state.authorizations.get(scope)
+        for attempt in range(2):
+            if auth:
+                hdrs["Authorization"] = auth
+            try:
+                request = self._http.build_request(method, state.base_url + path, headers=hdrs)
+                response = await self._http.send(request, stream=stream)
+            except httpx.TimeoutException as exc:
+                raise RegistryUnreachable(f"registry {host} did not answer in time ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                raise RegistryUnreachable(f"registry {host} could not be reached: {exc or type(exc).__name__}") from exc
+            if response.status_code != 401 or attempt == 1:
+                return response
+            challenge = response.headers.get("www-authenticate", "")
+            await response.aclose()
+            auth = await self._authorize(host, state, challenge, scope)
+            state.authorizations[scope] = auth
+        raise AssertionError("unreachable")
+
+    async def _authorize(self, host: str, state: _HostState, challenge: str, scope: str) -> str:
+        creds = state.credentials
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            if not creds.username:
+                raise RegistryAuthError(f"registry {host} requires credentials and none are configured for it")
+            raw = f"{creds.username}:{creds.password or ''}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        if scheme == "bearer":
+            params = dict(_CHALLENGE_PARAM.findall(challenge))
+            realm = params.get("realm")
+            if not realm:
+                raise RegistryBadContent(f"registry {host} sent a Bearer challenge without a realm")
+            query = {"scope": params.get("scope", scope)}
+            if params.get("service"):
+                query["service"] = params["service"]
+            basic = (creds.username, creds.password or "") if creds.username else None
+            try:
+                response = await self._http.get(realm, params=query, auth=basic)
+            except httpx.TransportError as exc:
+                raise RegistryUnreachable(f"token service {realm} for registry {host} could not be reached") from exc
+            if response.status_code in (401, 403):
+                raise RegistryAuthError(f"token service of registry {host} refused the configured credentials")
+            if response.status_code >= 500:
+                raise RegistryServerError(f"token service of registry {host} failed ({response.status_code})")
+            if response.status_code != 200:
+                raise RegistryAuthError(
+                    f"token service of registry {host} answered {response.status_code} for scope {query['scope']}"
+                )
+            try:
+                body = response.json()
+                token = body.get("token") or body.get("access_token")
+            except ValueError:
+                token = None
+            if not token:
+                raise RegistryBadContent(f"token service of registry {host} returned no token")
+            return f"Bearer {token}"
+        raise RegistryAuthError(f"registry {host} asks for an unsupported authentication scheme {scheme!r}")
+
+    @staticmethod
+    def _check_status(response: httpx.Response, host: str, repository: str, what: str) -> None:
+        code = response.status_code
+        if code < 300:
+            return
+        if code in (401, 403):
+            raise RegistryAuthError(
+                f"registry {host} refused access to repository {repository} (HTTP {code}): "
+                "check the credentials configured for it"
+            )
+        if code == 404:
+            error_codes: set[str] = set()
+            try:
+                error_codes = {e.get("code") for e in response.json().get("errors", [])}
+            except (ValueError, AttributeError):
+                pass
+            if "NAME_UNKNOWN" in error_codes:
+                raise RegistryNotFound(f"repository {repository} does not exist in registry {host}")
+            raise RegistryNotFound(f"{what} not found in repository {repository} of registry {host}")
+        if code == 429 or code >= 500:
+            raise RegistryServerError(f"registry {host} answered HTTP {code} for {what}")
+        raise RegistryError(f"registry {host} answered HTTP {code} for {what}")
+
+    # -- public operations ---------------------------------------------------------------------
+
+    async def ping(self, host: str) -> None:
+        """Raise RegistryError unless the registry answers its API root (401 counts as alive)."""
+        response = await self._send(host, "GET", "/v2/", scope="registry:catalog:*")
+        await response.aclose()
+        if response.status_code >= 500:
+            raise RegistryServerError(f"registry {host} answered HTTP {response.status_code}")
+
+    async def get_manifest(self, host: str, repository: str, selector: str) -> tuple[str, str, bytes]:
+        """Fetch a manifest by tag or digest; return (digest, media type, raw bytes), digest verified."""
+        scope = f"repository:{repository}:pull"
+        what = f"manifest {selector}" if selector.startswith("sha256:") else f"tag {selector}"
+        response = await self._send(
+            host, "GET", f"/v2/{repository}/manifests/{selector}", scope, headers={"Accept": ACCEPT}
+        )
+        self._check_status(response, host, repository, what)
+        raw = response.content
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise RegistryBadContent(f"manifest {selector} of {repository} is larger than {MAX_MANIFEST_BYTES} bytes")
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if selector.startswith("sha256:") and digest != selector:
+            raise RegistryBadContent(f"registry {host} returned manifest {digest} when asked for {selector}")
+        announced = response.headers.get("docker-content-digest")
+        if announced and announced.startswith("sha256:") and announced != digest:
+            raise RegistryBadContent(
+                f"registry {host} announced digest {announced} for {repository}:{selector} but the content hashes to {digest}"
+            )
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        return digest, media_type, raw
+
+    async def resolve(self, ref: Reference, platform: str = "linux/amd64") -> ResolvedImage:
+        """Resolve a reference (with its registry set) to the image manifest for `platform`."""
+        assert ref.registry, "the caller decides the default registry"
+        host, repo = ref.registry, ref.repository
+        digest, media_type, raw = await self.get_manifest(host, repo, ref.selector)
+        manifest = _decode_manifest(raw, host, repo)
+        media_type = manifest.get("mediaType") or media_type
+        if media_type in INDEXES or "manifests" in manifest:
+            index_digest = digest
+            chosen = _choose_platform(manifest, platform, f"{host}/{repo}:{ref.selector}")
+            digest, media_type, raw = await self.get_manifest(host, repo, chosen)
+            manifest = _decode_manifest(raw, host, repo)
+            media_type = manifest.get("mediaType") or media_type
+            if media_type not in IMAGE_MANIFESTS:
+                raise RegistryBadContent(f"platform entry {chosen} of {repo} is not an image manifest ({media_type})")
+            return ResolvedImage(host, repo, digest, media_type, manifest, index_digest)
+        if media_type not in IMAGE_MANIFESTS:
+            raise RegistryBadContent(
+                f"{host}/{repo}:{ref.selector} is not a container image (media type {media_type or 'unknown'})"
+            )
+        return ResolvedImage(host, repo, digest, media_type, manifest)
+
+    async def stream_blob(self, host: str, repository: str, digest: str, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Yield a blob's bytes as they arrive; raise RegistryBadContent at the end if the digest is wrong."""
+        response = await self._send(
+            host, "GET", f"/v2/{repository}/blobs/{digest}", f"repository:{repository}:pull", stream=True
+        )
+        try:
+            self._check_status(response, host, repository, f"blob {digest}")
+            hasher = hashlib.sha256()
+            async for part in response.aiter_bytes(chunk):
+                hasher.update(part)
+                yield part
+            if "sha256:" + hasher.hexdigest() != digest:
+                raise RegistryBadContent(f"blob {digest} of {repository} does not match its digest")
+        finally:
+            await response.aclose()
+
+
+def _decode_manifest(raw: bytes, host: str, repo: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryBadContent(f"registry {host} returned a manifest for {repo} that is not JSON") from exc
+    if not isinstance(manifest, dict):
+        raise RegistryBadContent(f"registry {host} returned a manifest for {repo} that is not a JSON object")
+    return manifest
+
+
+def _choose_platform(index: dict[str, Any], platform: str, where: str) -> str:
+    os_name, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    available = []
+    for entry in index.get("manifests", []):
+        p = entry.get("platform") or {}
+        available.append("/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x))
+        if p.get("os") == os_name and p.get("architecture") == arch and (not variant or p.get("variant") == variant):
+            digest = entry.get("digest", "")
+            if isinstance(digest, str) and digest.startswith("sha256:"):
+                return digest
+    raise PlatformNotFound(
+        f"{where} has no image for platform {platform} (it has: {', '.join(a for a in available if a) or 'none'})"
+    )

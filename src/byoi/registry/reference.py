@@ -1,0 +1,75 @@
+"""Parse container image references (`[registry/]repository[:tag][@sha256:digest]`), as Docker does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import regex
+
+# From the distribution reference grammar.
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+REPOSITORY = regex.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG = regex.compile(r"[\w][\w.-]{0,127}")
+DIGEST = regex.compile(r"sha256:[0-9a-f]{64}")
+_HOST = regex.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                      r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?")
+
+
+class InvalidReference(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str | None  # host[:port]; None means "the default registry"
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def selector(self) -> str:
+        """What to ask the registry for: the digest when pinned, else the tag (default `latest`)."""
+        return self.digest or self.tag or "latest"
+
+    def with_registry(self, registry: str) -> Reference:
+        return Reference(registry, self.repository, self.tag, self.digest)
+
+    def pinned(self, digest: str) -> str:
+        return f"{self.registry}/{self.repository}@{digest}"
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}" if self.registry else self.repository
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse(text: str) -> Reference:
+    """Parse a reference; raise InvalidReference with a message that says what is wrong."""
+    if not text or text != text.strip():
+        raise InvalidReference(f"image reference {text!r} is empty or has surrounding spaces")
+    rest, digest = text, None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        if not DIGEST.fullmatch(digest):
+            raise InvalidReference(f"digest {digest!r} in {text!r} is not of the form sha256:<64 hex digits>")
+    registry = None
+    first, sep, remainder = rest.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        if not _HOST.fullmatch(first):
+            raise InvalidReference(f"registry host {first!r} in {text!r} is not a valid host[:port]")
+        registry, rest = first, remainder
+    tag = None
+    name, colon, maybe_tag = rest.rpartition(":")
+    if colon and "/" not in maybe_tag:
+        rest, tag = name, maybe_tag
+        if not TAG.fullmatch(tag):
+            raise InvalidReference(f"tag {tag!r} in {text!r} is not a valid tag")
+    if not REPOSITORY.fullmatch(rest) or len(rest) > 255:
+        raise InvalidReference(
+            f"repository {rest!r} in {text!r} is not a valid repository name "
+            "(lower-case letters, digits and separators . _ __ - between path components)"
+        )
+    return Reference(registry, rest, tag, digest)

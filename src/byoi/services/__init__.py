@@ -1,0 +1,1 @@
+"""Services: every rule and state transition, one module per resource. They never know HTTP."""

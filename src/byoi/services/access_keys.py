@@ -1,0 +1,87 @@
+"""Access keys: who may sign requests. The first start creates an administrator key and writes it to
+`<data-dir>/credentials` (AWS shared-credentials format, profile `byoi`, mode 0600)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from byoi.config import CREDENTIALS_PROFILE as PROFILE
+from byoi.services.context import ServiceContext
+from byoi.store.schema import access_keys
+
+ADMIN_ROLE = "admin"
+
+
+def new_key_pair() -> tuple[str, str]:
+    alphabet = string.ascii_uppercase + string.digits
+    key_id = "BYOI" + "".join(secrets.choice(alphabet) for _ in range(16))
+    secret = secrets.token_urlsafe(30)
+    return key_id, secret
+
+
+def write_credentials_file(path: Path, key_id: str, secret: str, region: str) -> None:
+    """Write the profile atomically with mode 0600 (never readable by others, even for an instant)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"[{PROFILE}]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\nregion = {region}\n")
+    os.replace(tmp, path)
+
+
+class AccessKeyService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self._cache: dict[str, tuple[str, str]] = {}  # key id -> (secret, role)
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.ctx.settings.data_dir / "credentials"
+
+    async def ensure_admin_key(self) -> tuple[str, bool]:
+        """Create the first administrator key when there is none; return (key id, created now)."""
+        async with self.ctx.db.transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(access_keys.c.access_key_id, access_keys.c.secret_ciphertext)
+                    .where(access_keys.c.role == ADMIN_ROLE, access_keys.c.active.is_(True))
+                    .order_by(access_keys.c.created_at).limit(1)
+                )
+            ).first()
+            if row is not None:
+                if not self.credentials_path.exists():
+                    secret = self.ctx.secrets.open(row.secret_ciphertext)
+                    write_credentials_file(self.credentials_path, row.access_key_id, secret, self.ctx.settings.region)
+                return row.access_key_id, False
+            key_id, secret = new_key_pair()
+            await conn.execute(
+                sa.insert(access_keys).values(
+                    access_key_id=key_id, secret_ciphertext=self.ctx.secrets.seal(secret), principal="admin",
+                    role=ADMIN_ROLE, active=True, created_at=time.time(),
+                )
+            )
+        write_credentials_file(self.credentials_path, key_id, secret, self.ctx.settings.region)
+        return key_id, True
+
+    async def lookup(self, key_id: str) -> tuple[str, str] | None:
+        """(secret, role) for an active key, or None."""
+        cached = self._cache.get(key_id)
+        if cached:
+            return cached
+        async with self.ctx.db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(access_keys.c.secret_ciphertext, access_keys.c.role)
+                    .where(access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True))
+                )
+            ).first()
+        if row is None:
+            return None
+        entry = (self.ctx.secrets.open(row.secret_ciphertext), row.role)
+        self._cache[key_id] = entry
+        return entry

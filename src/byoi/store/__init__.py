@@ -1,0 +1,1 @@
+"""The metadata store seam: schema, connections, migrations and generic query helpers."""
