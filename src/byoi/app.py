@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from byoi.api.model import sagemaker_model
+from byoi.api.model import all_operation_names
 from byoi.api.protocol import AwsJsonEndpoint, Operation, snake
 from byoi.auth import policy
 from byoi.auth.secrets import SecretBox
@@ -28,6 +28,7 @@ from byoi.services.access_keys import AccessKeyService
 from byoi.services.context import ServiceContext
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
+from byoi.services.server_info import ServerInfoService
 from byoi.services.tags import TagService
 from byoi.store.db import Database, migrate
 
@@ -35,24 +36,32 @@ log = logging.getLogger("byoi")
 
 
 class Services:
-    """Every service, and the table of operations they implement (found by name, never listed by hand)."""
+    """Every service, and the table of operations they implement (found by name, never listed by hand).
+
+    To add a resource: construct its service here, append it to `self.all`, and register its taggable
+    ARN kind; its background tasks (a `tasks()` method) and operations are then picked up by themselves.
+    """
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.access_keys = AccessKeyService(ctx)
+        self.server_info = ServerInfoService(ctx)
         self.images = ImageService(ctx)
         self.image_versions = ImageVersionService(ctx)
         self.tags = TagService(ctx)
+        self.all: list[Any] = [self.server_info, self.images, self.image_versions, self.tags]
         self.tags.register_kind("image", self.images.image_exists)
         self.tags.register_kind("image-version", self.image_versions.version_exists)
-        for service in (self.images, self.image_versions):
-            for task in service.tasks():
-                ctx.worker.register(task)
+
+    def register_tasks(self) -> None:
+        for service in self.all:
+            for task in service.tasks() if hasattr(service, "tasks") else []:
+                self.ctx.worker.register(task)
 
     def operations(self) -> dict[str, Operation]:
-        wanted = {snake(name) for name in sagemaker_model().operation_names}
+        wanted = {snake(name) for name in all_operation_names()}
         table: dict[str, Operation] = {}
-        for service in (self.images, self.image_versions, self.tags):
+        for service in self.all:
             for name, method in inspect.getmembers(service, inspect.iscoroutinefunction):
                 if name in wanted:
                     assert name not in table, f"two services implement {name}"
@@ -82,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
         ctx = build_context(settings)
         await asyncio.to_thread(migrate, ctx.db.url)
         services = Services(ctx)
+        services.register_tasks()
         key_id, created = await services.access_keys.ensure_admin_key()
         if created:
             log.info("created administrator access key %s in %s", key_id, services.access_keys.credentials_path)

@@ -61,7 +61,7 @@ def migrate(url: str) -> None:
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "heads")  # each area adds its tables on its own branch from 0001
     finally:
         engine.dispose()
 

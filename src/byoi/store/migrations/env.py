@@ -1,8 +1,17 @@
 """Alembic environment: byoi passes an open connection in `config.attributes["connection"]`."""
 
+import importlib
+import pkgutil
+
 from alembic import context
 
+import byoi.store
 from byoi.store.schema import metadata
+
+# Every `byoi.store.schema_<area>` module adds its tables to the one metadata.
+for module in pkgutil.iter_modules(byoi.store.__path__):
+    if module.name.startswith("schema_"):
+        importlib.import_module(f"byoi.store.{module.name}")
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic revision --autogenerate` run by a developer

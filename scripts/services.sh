@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Start the services the test suite talks to, each on loopback, if they are not running yet:
+# Docker Engine and PostgreSQL. Prints the environment the tests read (eval it).
+set -euo pipefail
+LOGDIR=${BYOI_TEST_LOGDIR:-/tmp/byoi-test-logs}
+mkdir -p "$LOGDIR"
+
+# Docker Engine: not running at boot on this kind of machine.
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
+    (dockerd >"$LOGDIR/dockerd.log" 2>&1 &)
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+fi
+docker info >/dev/null 2>&1 && echo "export BYOI_TEST_DOCKER=1" || echo "echo 'Docker Engine is not running: docker tests will be skipped' >&2"
+
+# PostgreSQL 15 from Debian, in its own cluster on 127.0.0.1:54329 (initdb refuses root: run as postgres).
+PGPORT=${BYOI_TEST_PGPORT:-54329}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+if [ -n "$PGBIN" ] && id postgres >/dev/null 2>&1; then
+  PGDATA=/tmp/byoi-test-pg
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    rm -rf "$PGDATA"; mkdir -p "$PGDATA"; chown postgres "$PGDATA"
+    su postgres -s /bin/sh -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres >$LOGDIR/initdb.log 2>&1"
+  fi
+  if ! su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $PGDATA status" >/dev/null 2>&1; then
+    su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $PGDATA -l $LOGDIR/postgres.log -w -o '-p $PGPORT -c listen_addresses=127.0.0.1 -k /tmp' start" >/dev/null
+  fi
+  echo "export BYOI_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$PGPORT/postgres"
+else
+  echo "echo 'PostgreSQL is not installed: PostgreSQL store tests will be skipped' >&2"
+fi

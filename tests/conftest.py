@@ -1,0 +1,131 @@
+"""Shared fixtures: real Distribution registries (anonymous, Basic, token auth) and real byoi servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.oci import Pusher
+from tests.support.processes import ByoiServer, free_port, start_registry
+from tests.support.token_server import TokenIssuer, serve
+
+REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pw"
+
+
+@pytest.fixture(scope="session")
+def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not shutil.which("docker-registry"):
+        pytest.exit("docker-registry is not installed: run scripts/install.sh", returncode=2)
+    return tmp_path_factory.mktemp("registries")
+
+
+@pytest.fixture(scope="session")
+def registry(registry_root: Path) -> Iterator[str]:
+    """An anonymous registry: yields its host:port."""
+    port = free_port()
+    proc = start_registry(registry_root / "anon", port)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def basic_registry(registry_root: Path) -> Iterator[str]:
+    """A registry that wants Basic credentials (htpasswd, bcrypt)."""
+    port = free_port()
+    htpasswd = registry_root / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    htpasswd.write_text(line + "\n")
+    proc = start_registry(registry_root / "basic", port,
+                          f"auth:\n  htpasswd:\n    realm: byoi-test\n    path: {htpasswd}\n")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def token_registry(registry_root: Path) -> Iterator[tuple[str, TokenIssuer]]:
+    """A registry using bearer tokens from a token server (Distribution's `auth.token`)."""
+    issuer = TokenIssuer(service="byoi-test-registry", issuer="byoi-test-issuer")
+    cert = registry_root / "token-cert.pem"
+    issuer.write_cert(cert)
+    token_port, port = free_port(), free_port()
+    server = serve(issuer, token_port, {REGISTRY_USER: REGISTRY_PASSWORD})
+    proc = start_registry(
+        registry_root / "token", port,
+        f"auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: byoi-test-registry\n"
+        f"    issuer: byoi-test-issuer\n    rootcertbundle: {cert}\n",
+    )
+    yield f"127.0.0.1:{port}", issuer
+    proc.terminate()
+    proc.wait()
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pusher(registry: str) -> Pusher:
+    return Pusher(f"http://{registry}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    """Start extra byoi servers with their own data dir; all are stopped after the test."""
+    started: list[ByoiServer] = []
+
+    def make(registries: list[str], **kwargs) -> ByoiServer:
+        data_dir = kwargs.pop("data_dir", tmp_path / f"byoi-{len(started)}")
+        srv = ByoiServer(data_dir=data_dir, registries=registries, **kwargs).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
+    """One byoi server (SQLite) per test module, using the anonymous registry as its default."""
+    srv = ByoiServer(data_dir=tmp_path_factory.mktemp("byoi"), registries=[f"http://{registry}"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def sm(server: ByoiServer):
+    """A boto3 SageMaker client signed with the server's administrator key."""
+    return server.client()
+
+
+@pytest.fixture
+def name() -> str:
+    """A fresh, valid image name, so tests sharing a server never collide."""
+    return "img-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("BYOI_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("BYOI_TEST_POSTGRES_URL is not set (scripts/services.sh starts PostgreSQL)")
+    return url
+
+
+def fresh_postgres_database(base_url: str) -> str:
+    """Create an empty database on the test PostgreSQL server and return its URL."""
+    import psycopg
+
+    db = "byoi_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    return base_url.rsplit("/", 1)[0] + "/" + db
+
+
+ROLE = "arn:aws:iam::000000000000:role/byoi-test"

@@ -1,0 +1,123 @@
+"""Start real registries and real byoi servers for tests, on loopback, and stop them afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import httpx2 as httpx
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0, ok=(200, 401, 503)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code in ok:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def start_registry(workdir: Path, port: int, auth_yaml: str = "") -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"
+        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=(workdir / "log").open("wb"),
+                            stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/v2/")
+    return proc
+
+
+@dataclass
+class ByoiServer:
+    """A real `byoi server` process. `kill()` is SIGKILL, as a crash would be."""
+
+    data_dir: Path
+    registries: list[str]
+    database_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / "credentials"
+
+    def start(self) -> ByoiServer:
+        args = [sys.executable, "-m", "byoi", "server", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        for reg in self.registries:
+            args += ["--registry", reg]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        env = {**os.environ, "BYOI_LEASE_SECONDS": "3", "BYOI_RESOLVE_ATTEMPTS": "2", "BYOI_RETRY_BASE_DELAY": "0.2",
+               "BYOI_REGISTRY_TIMEOUT": "5", **self.env}
+        env.pop("BYOI_REGISTRY", None)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(args + self.extra_args, env=env, stdout=(self.data_dir / "server.log").open("ab"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"byoi server exited: {(self.data_dir / 'server.log').read_text()[-3000:]}")
+            try:
+                httpx.get(self.endpoint + "/healthz", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise TimeoutError("byoi server did not start:\n" + (self.data_dir / "server.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def session(self) -> boto3.Session:
+        os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(self.credentials_file)
+        session = boto3.Session(profile_name="byoi")
+        return session
+
+    def client(self, **config):
+        return self.session().client(
+            "sagemaker", endpoint_url=self.endpoint,
+            config=Config(retries={"max_attempts": 1}, **config),
+        )
+
+    def aws_env(self) -> dict[str, str]:
+        """Environment for the AWS CLI and the byoi CLI, the way a user would set it."""
+        return {**os.environ, "AWS_SHARED_CREDENTIALS_FILE": str(self.credentials_file), "AWS_PROFILE": "byoi",
+                "AWS_ENDPOINT_URL_SAGEMAKER": self.endpoint}
