@@ -40,11 +40,13 @@ def basic_registry(registry_root: Path) -> Iterator[str]:
     """A registry that wants Basic credentials (htpasswd, bcrypt)."""
     port = free_port()
     htpasswd = registry_root / "htpasswd"
-    line = subprocess.run(["htpasswd", "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    line = subprocess.run(
+        ["htpasswd", "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD], check=True, capture_output=True, text=True
+    ).stdout.strip()
     htpasswd.write_text(line + "\n")
-    proc = start_registry(registry_root / "basic", port,
-                          f"auth:\n  htpasswd:\n    realm: byoi-test\n    path: {htpasswd}\n")
+    proc = start_registry(
+        registry_root / "basic", port, f"auth:\n  htpasswd:\n    realm: byoi-test\n    path: {htpasswd}\n"
+    )
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait()
@@ -59,7 +61,8 @@ def token_registry(registry_root: Path) -> Iterator[tuple[str, TokenIssuer]]:
     token_port, port = free_port(), free_port()
     server = serve(issuer, token_port, {REGISTRY_USER: REGISTRY_PASSWORD})
     proc = start_registry(
-        registry_root / "token", port,
+        registry_root / "token",
+        port,
         f"auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: byoi-test-registry\n"
         f"    issuer: byoi-test-issuer\n    rootcertbundle: {cert}\n",
     )

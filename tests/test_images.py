@@ -22,7 +22,12 @@ def test_create_describe_update_image(sm, name):
     sm.get_waiter("image_created").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 10})
     d = sm.describe_image(ImageName=name)
     assert (d["ImageName"], d["ImageStatus"], d["DisplayName"], d["Description"], d["RoleArn"]) == (
-        name, "CREATED", "Team R", "R 4.2 with tidyverse", ROLE)
+        name,
+        "CREATED",
+        "Team R",
+        "R 4.2 with tidyverse",
+        ROLE,
+    )
     assert d["CreationTime"] <= d["LastModifiedTime"]
 
     time.sleep(0.01)
@@ -117,14 +122,20 @@ def test_tags_on_images_and_versions(sm, name, pusher):
     assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "bio"}]
     added = sm.add_tags(ResourceArn=arn, Tags=[{"Key": "team", "Value": "genomics"}, {"Key": "cost", "Value": "42"}])
     assert added["Tags"] == [{"Key": "team", "Value": "genomics"}, {"Key": "cost", "Value": "42"}]
-    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "genomics"}, {"Key": "cost", "Value": "42"}]
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == [
+        {"Key": "team", "Value": "genomics"},
+        {"Key": "cost", "Value": "42"},
+    ]
     sm.delete_tags(ResourceArn=arn, TagKeys=["team"])
     assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "cost", "Value": "42"}]
 
     many = [{"Key": f"k{i:02d}", "Value": str(i)} for i in range(49)]
     sm.add_tags(ResourceArn=arn, Tags=many)
-    paged = [t for p in sm.get_paginator("list_tags").paginate(ResourceArn=arn, PaginationConfig={"PageSize": 50})
-             for t in p["Tags"]]
+    paged = [
+        t
+        for p in sm.get_paginator("list_tags").paginate(ResourceArn=arn, PaginationConfig={"PageSize": 50})
+        for t in p["Tags"]
+    ]
     assert len(paged) == 50
     with pytest.raises(ClientError) as e:
         sm.add_tags(ResourceArn=arn, Tags=[{"Key": "one-too-many", "Value": ""}])

@@ -96,7 +96,10 @@ def create_app(settings: Settings) -> FastAPI:
         if created:
             log.info("created administrator access key %s in %s", key_id, services.access_keys.credentials_path)
         endpoint = AwsJsonEndpoint(
-            services.operations(), services.access_keys.lookup, policy.is_allowed, metrics,
+            services.operations(),
+            services.access_keys.lookup,
+            policy.is_allowed,
+            metrics,
             settings.max_clock_skew_seconds,
         )
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
@@ -131,7 +134,9 @@ def create_app(settings: Settings) -> FastAPI:
             except RegistryError as exc:
                 checks[f"registry {reg.host}"] = f"error: {exc}"
         healthy = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503
+        )
 
     @app.get("/metrics")
     async def prometheus() -> Response:

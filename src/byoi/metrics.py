@@ -13,12 +13,17 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "byoi_requests_total", "API requests by operation and outcome (ok or the error code)",
-            ["operation", "outcome"], registry=self.registry,
+            "byoi_requests_total",
+            "API requests by operation and outcome (ok or the error code)",
+            ["operation", "outcome"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "byoi_request_duration_seconds", "API request latency by operation", ["operation"],
-            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            "byoi_request_duration_seconds",
+            "API request latency by operation",
+            ["operation"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
 
     def watch_work(self, waiting: Callable[[], dict[str, int]], running: Callable[[], dict[str, int]]) -> None:
@@ -30,7 +35,9 @@ class _WorkCollector(Collector):
         self._waiting, self._running = waiting, running
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        waiting = GaugeMetricFamily("byoi_work_waiting", "Background work items due and not yet running", labels=["task"])
+        waiting = GaugeMetricFamily(
+            "byoi_work_waiting", "Background work items due and not yet running", labels=["task"]
+        )
         for task, n in self._waiting().items():
             waiting.add_metric([task], n)
         running = GaugeMetricFamily("byoi_work_running", "Background work items running now", labels=["task"])

@@ -61,8 +61,9 @@ class Pusher:
             if location.startswith("/"):
                 location = self.base + location
             sep = "&" if "?" in location else "?"
-            r = c.put(f"{location}{sep}digest={digest}", content=data,
-                      headers={"Content-Type": "application/octet-stream"})
+            r = c.put(
+                f"{location}{sep}digest={digest}", content=data, headers={"Content-Type": "application/octet-stream"}
+            )
             r.raise_for_status()
         return digest
 
@@ -72,23 +73,46 @@ class Pusher:
             r.raise_for_status()
         return Pushed(digest_of(body), body)
 
-    def image(self, repo: str, tag: str, files: dict[str, bytes] | None = None, media_type: str = DOCKER_MANIFEST,
-              architecture: str = "amd64", env: list[str] | None = None) -> Pushed:
+    def image(
+        self,
+        repo: str,
+        tag: str,
+        files: dict[str, bytes] | None = None,
+        media_type: str = DOCKER_MANIFEST,
+        architecture: str = "amd64",
+        env: list[str] | None = None,
+    ) -> Pushed:
         layer = tar_layer(files or {"hello.txt": f"{repo}:{tag}".encode()})
         layer_digest = self.blob(repo, layer)
-        config = json.dumps({
-            "architecture": architecture, "os": "linux",
-            "config": {"Env": env or ["PATH=/usr/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [digest_of(gzip.decompress(layer))]},
-        }).encode()
+        config = json.dumps(
+            {
+                "architecture": architecture,
+                "os": "linux",
+                "config": {"Env": env or ["PATH=/usr/bin"]},
+                "rootfs": {"type": "layers", "diff_ids": [digest_of(gzip.decompress(layer))]},
+            }
+        ).encode()
         config_digest = self.blob(repo, config)
         oci = media_type == OCI_MANIFEST
         manifest = {
-            "schemaVersion": 2, "mediaType": media_type,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json" if oci else
-                       "application/vnd.docker.container.image.v1+json", "digest": config_digest, "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip" if oci else
-                        "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer_digest, "size": len(layer)}],
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json"
+                if oci
+                else "application/vnd.docker.container.image.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"
+                    if oci
+                    else "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": layer_digest,
+                    "size": len(layer),
+                }
+            ],
         }
         return self.manifest(repo, tag, json.dumps(manifest).encode(), media_type)
 
@@ -100,7 +124,13 @@ class Pusher:
             os_name, arch = platform.split("/")
             pushed = self.image(repo, f"{tag}-{arch}", {"arch.txt": arch.encode()}, OCI_MANIFEST, architecture=arch)
             images[platform] = pushed
-            entries.append({"mediaType": OCI_MANIFEST, "digest": pushed.digest, "size": len(pushed.manifest),
-                            "platform": {"os": os_name, "architecture": arch}})
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": pushed.digest,
+                    "size": len(pushed.manifest),
+                    "platform": {"os": os_name, "architecture": arch},
+                }
+            )
         body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
         return self.manifest(repo, tag, body, OCI_INDEX), images

@@ -43,8 +43,9 @@ def start_registry(workdir: Path, port: int, auth_yaml: str = "") -> subprocess.
         f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"
         f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}"
     )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=(workdir / "log").open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT
+    )
     wait_http(f"http://127.0.0.1:{port}/v2/")
     return proc
 
@@ -75,12 +76,19 @@ class ByoiServer:
             args += ["--registry", reg]
         if self.database_url:
             args += ["--database-url", self.database_url]
-        env = {**os.environ, "BYOI_LEASE_SECONDS": "3", "BYOI_RESOLVE_ATTEMPTS": "2", "BYOI_RETRY_BASE_DELAY": "0.2",
-               "BYOI_REGISTRY_TIMEOUT": "5", **self.env}
+        env = {
+            **os.environ,
+            "BYOI_LEASE_SECONDS": "3",
+            "BYOI_RESOLVE_ATTEMPTS": "2",
+            "BYOI_RETRY_BASE_DELAY": "0.2",
+            "BYOI_REGISTRY_TIMEOUT": "5",
+            **self.env,
+        }
         env.pop("BYOI_REGISTRY", None)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(args + self.extra_args, env=env, stdout=(self.data_dir / "server.log").open("ab"),
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args + self.extra_args, env=env, stdout=(self.data_dir / "server.log").open("ab"), stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -113,11 +121,16 @@ class ByoiServer:
 
     def client(self, **config):
         return self.session().client(
-            "sagemaker", endpoint_url=self.endpoint,
+            "sagemaker",
+            endpoint_url=self.endpoint,
             config=Config(retries={"max_attempts": 1}, **config),
         )
 
     def aws_env(self) -> dict[str, str]:
         """Environment for the AWS CLI and the byoi CLI, the way a user would set it."""
-        return {**os.environ, "AWS_SHARED_CREDENTIALS_FILE": str(self.credentials_file), "AWS_PROFILE": "byoi",
-                "AWS_ENDPOINT_URL_SAGEMAKER": self.endpoint}
+        return {
+            **os.environ,
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.credentials_file),
+            "AWS_PROFILE": "byoi",
+            "AWS_ENDPOINT_URL_SAGEMAKER": self.endpoint,
+        }

@@ -88,9 +88,16 @@ class AwsJsonEndpoint:
         self.metrics.requests.labels(op_label, outcome).inc()
         self.metrics.latency.labels(op_label).observe(elapsed)
         log.info(
-            "%s %s", op_label, outcome,
-            extra={"operation": op_label, "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
-                   "error_code": None if outcome == "ok" else outcome, "request_id": rid},
+            "%s %s",
+            op_label,
+            outcome,
+            extra={
+                "operation": op_label,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+                "error_code": None if outcome == "ok" else outcome,
+                "request_id": rid,
+            },
         )
         return response
 
@@ -108,7 +115,12 @@ class AwsJsonEndpoint:
             return found[0]
 
         await verify(
-            request.method, request.url.path, request.url.query, request.headers, body, lookup_secret,
+            request.method,
+            request.url.path,
+            request.url.query,
+            request.headers,
+            body,
+            lookup_secret,
             self.max_skew_seconds,
         )
         if target is None:

@@ -40,9 +40,7 @@ class _Collector:
         self.errors: list[str] = []
 
     def fail(self, path: str, value: Any, constraint: str) -> None:
-        self.errors.append(
-            f"Value '{_show(value)}' at '{path}' failed to satisfy constraint: Member must {constraint}"
-        )
+        self.errors.append(f"Value '{_show(value)}' at '{path}' failed to satisfy constraint: Member must {constraint}")
 
 
 def validate_request(shape: StructureShape | None, body: Any) -> dict[str, Any]:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 USER_OPERATIONS = frozenset(
     {
-        "DescribeImage", "ListImages", "DescribeImageVersion", "ListImageVersions", "ListAliases", "ListTags",
+        "DescribeImage",
+        "ListImages",
+        "DescribeImageVersion",
+        "ListImageVersions",
+        "ListAliases",
+        "ListTags",
     }
 )
 

@@ -40,8 +40,9 @@ _CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"})
 
 def sagemaker_client(endpoint_url: str | None = None, profile: str | None = None) -> Any:
     session, endpoint = _session_and_endpoint(endpoint_url, profile)
-    return session.client("sagemaker", endpoint_url=endpoint, region_name=session.region_name or "us-east-1",
-                          config=_CONFIG)
+    return session.client(
+        "sagemaker", endpoint_url=endpoint, region_name=session.region_name or "us-east-1", config=_CONFIG
+    )
 
 
 def extension_client(endpoint_url: str | None = None, profile: str | None = None) -> Any:
@@ -52,8 +53,7 @@ def extension_client(endpoint_url: str | None = None, profile: str | None = None
     loader = session._session.get_component("data_loader")
     if extension_data_path() not in loader.search_paths:
         loader.search_paths.append(extension_data_path())
-    return session.client("byoi", endpoint_url=endpoint, region_name=session.region_name or "us-east-1",
-                          config=_CONFIG)
+    return session.client("byoi", endpoint_url=endpoint, region_name=session.region_name or "us-east-1", config=_CONFIG)
 
 
 def credentials_hint(data_dir: Path, endpoint_url: str) -> str:

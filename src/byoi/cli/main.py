@@ -27,7 +27,9 @@ from byoi.config import (
     parse_registry_url,
 )
 
-app = typer.Typer(help="byoi: bring your own image to RStudio, self-hosted and SageMaker-compatible.", no_args_is_help=True)
+app = typer.Typer(
+    help="byoi: bring your own image to RStudio, self-hosted and SageMaker-compatible.", no_args_is_help=True
+)
 images_app = typer.Typer(help="Images: named holders of image versions.", no_args_is_help=True)
 versions_app = typer.Typer(help="Image versions: immutable, digest-pinned container images.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
@@ -41,7 +43,8 @@ DataDir = Annotated[Path, typer.Option("--data-dir", envvar="BYOI_DATA_DIR", hel
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
 DatabaseUrl = Annotated[
-    str | None, typer.Option("--database-url", envvar="BYOI_DATABASE_URL", help="PostgreSQL URL; default SQLite in the data dir.")
+    str | None,
+    typer.Option("--database-url", envvar="BYOI_DATABASE_URL", help="PostgreSQL URL; default SQLite in the data dir."),
 ]
 Registry = Annotated[
     list[str] | None,
@@ -49,10 +52,15 @@ Registry = Annotated[
 ]
 RegistriesFile = Annotated[
     Path | None,
-    typer.Option("--registries-file", envvar="BYOI_REGISTRIES_FILE", help="TOML file of [[registry]] url/username/password."),
+    typer.Option(
+        "--registries-file", envvar="BYOI_REGISTRIES_FILE", help="TOML file of [[registry]] url/username/password."
+    ),
 ]
 DockerConfig = Annotated[
-    Path | None, typer.Option("--docker-config", envvar="BYOI_DOCKER_CONFIG", help="Docker config.json to read registry credentials from.")
+    Path | None,
+    typer.Option(
+        "--docker-config", envvar="BYOI_DOCKER_CONFIG", help="Docker config.json to read registry credentials from."
+    ),
 ]
 Region = Annotated[str, typer.Option(envvar="BYOI_REGION")]
 Account = Annotated[str, typer.Option("--account-id", envvar="BYOI_ACCOUNT_ID")]
@@ -61,8 +69,16 @@ LogLevel = Annotated[str, typer.Option(envvar="BYOI_LOG_LEVEL")]
 
 
 def _settings(
-    data_dir: Path, host: str, port: int, database_url: str | None, registry: list[str] | None,
-    registries_file: Path | None, docker_config: Path | None, region: str, account_id: str, platform: str,
+    data_dir: Path,
+    host: str,
+    port: int,
+    database_url: str | None,
+    registry: list[str] | None,
+    registries_file: Path | None,
+    docker_config: Path | None,
+    region: str,
+    account_id: str,
+    platform: str,
 ) -> Settings:
     try:
         urls = [parse_registry_url(u) for u in (registry or [])]
@@ -78,15 +94,27 @@ def _settings(
     if docker_config is None and os.environ.get("DOCKER_CONFIG"):
         docker_config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
     settings = Settings(
-        data_dir=data_dir.expanduser().resolve(), host=host, port=port, database_url=database_url,
-        registries=tuple(registries), docker_config=docker_config, region=region, account_id=account_id,
-        platform=platform, master_key=os.environ.get("BYOI_MASTER_KEY"),
+        data_dir=data_dir.expanduser().resolve(),
+        host=host,
+        port=port,
+        database_url=database_url,
+        registries=tuple(registries),
+        docker_config=docker_config,
+        region=region,
+        account_id=account_id,
+        platform=platform,
+        master_key=os.environ.get("BYOI_MASTER_KEY"),
     )
     tuning = {
-        "lease_seconds": float, "resolve_attempts": int, "retry_base_delay": float, "worker_concurrency": int,
+        "lease_seconds": float,
+        "resolve_attempts": int,
+        "retry_base_delay": float,
+        "worker_concurrency": int,
         "registry_timeout": float,
     }
-    overrides = {k: cast(os.environ[f"BYOI_{k.upper()}"]) for k, cast in tuning.items() if f"BYOI_{k.upper()}" in os.environ}
+    overrides = {
+        k: cast(os.environ[f"BYOI_{k.upper()}"]) for k, cast in tuning.items() if f"BYOI_{k.upper()}" in os.environ
+    }
     return replace(settings, **overrides)
 
 
@@ -108,7 +136,9 @@ def server(
     from byoi.cli.server import run_server
 
     run_server(
-        _settings(data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform),
+        _settings(
+            data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform
+        ),
         log_level,
     )
 
@@ -129,14 +159,25 @@ def up(
     from byoi.cli.server import run_up
 
     settings = _settings(
-        data_dir, host, port, database_url, [f"http://127.0.0.1:{registry_port}"], None, None, region, account_id, platform
+        data_dir,
+        host,
+        port,
+        database_url,
+        [f"http://127.0.0.1:{registry_port}"],
+        None,
+        None,
+        region,
+        account_id,
+        platform,
     )
     run_up(settings, registry_port, log_level)
 
 
 # -- client commands ---------------------------------------------------------------------------
 
-EndpointUrl = Annotated[str | None, typer.Option("--endpoint-url", help="byoi API URL (else AWS_ENDPOINT_URL_SAGEMAKER).")]
+EndpointUrl = Annotated[
+    str | None, typer.Option("--endpoint-url", help="byoi API URL (else AWS_ENDPOINT_URL_SAGEMAKER).")
+]
 Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile (else AWS_PROFILE).")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 
@@ -171,7 +212,9 @@ def _print(data: Any, output: str, columns: list[str], rows: list[dict[str, Any]
 @images_app.command("create")
 def images_create(
     name: str,
-    role_arn: Annotated[str, typer.Option(help="Kept and echoed, as on SageMaker.")] = "arn:aws:iam::000000000000:role/byoi",
+    role_arn: Annotated[
+        str, typer.Option(help="Kept and echoed, as on SageMaker.")
+    ] = "arn:aws:iam::000000000000:role/byoi",
     description: Annotated[str | None, typer.Option()] = None,
     display_name: Annotated[str | None, typer.Option()] = None,
     endpoint_url: EndpointUrl = None,
@@ -190,6 +233,7 @@ def images_create(
 @images_app.command("list")
 def images_list(output: Output = "table", endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
     """List images, newest first."""
+
     def fetch(c: Any) -> list[dict[str, Any]]:
         return [i for page in c.get_paginator("list_images").paginate() for i in page["Images"]]
 
@@ -198,7 +242,9 @@ def images_list(output: Output = "table", endpoint_url: EndpointUrl = None, prof
 
 
 @images_app.command("describe")
-def images_describe(name: str, output: Output = "json", endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+def images_describe(
+    name: str, output: Output = "json", endpoint_url: EndpointUrl = None, profile: Profile = None
+) -> None:
     """Describe an image."""
     result = _call(endpoint_url, profile, lambda c: c.describe_image(ImageName=name))
     _print(result, output, ["ImageName", "ImageStatus", "ImageArn", "FailureReason"])
@@ -249,8 +295,11 @@ def versions_create(
 
 
 @versions_app.command("list")
-def versions_list(image: str, output: Output = "table", endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+def versions_list(
+    image: str, output: Output = "table", endpoint_url: EndpointUrl = None, profile: Profile = None
+) -> None:
     """List an image's versions, newest first."""
+
     def fetch(c: Any) -> list[dict[str, Any]]:
         pages = c.get_paginator("list_image_versions").paginate(ImageName=image)
         return [v for page in pages for v in page["ImageVersions"]]

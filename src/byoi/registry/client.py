@@ -138,7 +138,12 @@ class RegistryClient:
     # -- HTTP with the auth dance ---------------------------------------------------------------
 
     async def _send(
-        self, host: str, method: str, path: str, scope: str, headers: dict[str, str] | None = None,
+        self,
+        host: str,
+        method: str,
+        path: str,
+        scope: str,
+        headers: dict[str, str] | None = None,
         stream: bool = False,
     ) -> httpx.Response:
         state = self._host(host)

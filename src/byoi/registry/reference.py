@@ -11,8 +11,10 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY = regex.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG = regex.compile(r"[\w][\w.-]{0,127}")
 DIGEST = regex.compile(r"sha256:[0-9a-f]{64}")
-_HOST = regex.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-                      r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?")
+_HOST = regex.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
+)
 
 
 class InvalidReference(ValueError):

@@ -50,7 +50,8 @@ class AccessKeyService:
                 await conn.execute(
                     sa.select(access_keys.c.access_key_id, access_keys.c.secret_ciphertext)
                     .where(access_keys.c.role == ADMIN_ROLE, access_keys.c.active.is_(True))
-                    .order_by(access_keys.c.created_at).limit(1)
+                    .order_by(access_keys.c.created_at)
+                    .limit(1)
                 )
             ).first()
             if row is not None:
@@ -61,8 +62,12 @@ class AccessKeyService:
             key_id, secret = new_key_pair()
             await conn.execute(
                 sa.insert(access_keys).values(
-                    access_key_id=key_id, secret_ciphertext=self.ctx.secrets.seal(secret), principal="admin",
-                    role=ADMIN_ROLE, active=True, created_at=time.time(),
+                    access_key_id=key_id,
+                    secret_ciphertext=self.ctx.secrets.seal(secret),
+                    principal="admin",
+                    role=ADMIN_ROLE,
+                    active=True,
+                    created_at=time.time(),
                 )
             )
         write_credentials_file(self.credentials_path, key_id, secret, self.ctx.settings.region)
@@ -76,8 +81,9 @@ class AccessKeyService:
         async with self.ctx.db.read() as conn:
             row = (
                 await conn.execute(
-                    sa.select(access_keys.c.secret_ciphertext, access_keys.c.role)
-                    .where(access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True))
+                    sa.select(access_keys.c.secret_ciphertext, access_keys.c.role).where(
+                        access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True)
+                    )
                 )
             ).first()
         if row is None:

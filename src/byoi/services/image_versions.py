@@ -87,7 +87,9 @@ class ImageVersionService:
         )
         return [r.alias for r in rows]
 
-    async def _find(self, conn: AsyncConnection, image: sa.Row[Any], version: int | None, alias: str | None) -> sa.Row[Any]:
+    async def _find(
+        self, conn: AsyncConnection, image: sa.Row[Any], version: int | None, alias: str | None
+    ) -> sa.Row[Any]:
         """The version named by number or alias; the newest one when neither is given."""
         query = sa.select(versions_t).where(versions_t.c.image_id == image.id)
         if version is not None and alias is not None:
@@ -117,11 +119,18 @@ class ImageVersionService:
             "LastModifiedTime": row.modified_at,
         }
 
-    async def describe_image_version(self, image_name: str, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
+    async def describe_image_version(
+        self, image_name: str, version: int | None = None, alias: str | None = None
+    ) -> dict[str, Any]:
         async with self.ctx.db.read() as conn:
             image = await load_image(conn, image_name)
             row = await self._find(conn, image, version, alias)
-        return {**row.spec, **self._summary(image.name, row), "BaseImage": row.base_image, "ContainerImage": row.container_image}
+        return {
+            **row.spec,
+            **self._summary(image.name, row),
+            "BaseImage": row.base_image,
+            "ContainerImage": row.container_image,
+        }
 
     async def list_image_versions(
         self,
@@ -141,15 +150,25 @@ class ImageVersionService:
             image = await load_image(conn, image_name)
             conds = time_filters(versions_t.c.created_at, versions_t.c.modified_at, filters)
             page = await fetch_page(
-                conn, sa.select(versions_t).where(versions_t.c.image_id == image.id, *conds),
-                versions_t.c[SORT_COLUMNS[sort_by]], versions_t.c.id, (sort_order or "DESCENDING") == "DESCENDING",
-                max_results or DEFAULT_PAGE, next_token, filters, SORT_COLUMNS[sort_by],
+                conn,
+                sa.select(versions_t).where(versions_t.c.image_id == image.id, *conds),
+                versions_t.c[SORT_COLUMNS[sort_by]],
+                versions_t.c.id,
+                (sort_order or "DESCENDING") == "DESCENDING",
+                max_results or DEFAULT_PAGE,
+                next_token,
+                filters,
+                SORT_COLUMNS[sort_by],
             )
         return {"ImageVersions": [self._summary(image.name, r) for r in page.rows], "NextToken": page.next_token}
 
     async def list_aliases(
-        self, image_name: str, alias: str | None = None, version: int | None = None,
-        max_results: int | None = None, next_token: str | None = None,
+        self,
+        image_name: str,
+        alias: str | None = None,
+        version: int | None = None,
+        max_results: int | None = None,
+        next_token: str | None = None,
     ) -> dict[str, Any]:
         async with self.ctx.db.read() as conn:
             image = await load_image(conn, image_name)
@@ -158,8 +177,15 @@ class ImageVersionService:
                 row = await self._find(conn, image, version, alias)
                 query = query.where(aliases_t.c.version_id == row.id)
             page = await fetch_page(
-                conn, query, aliases_t.c.alias, aliases_t.c.alias, False, max_results or DEFAULT_PAGE, next_token,
-                {"image": image.name, "alias": alias, "version": version}, "alias",
+                conn,
+                query,
+                aliases_t.c.alias,
+                aliases_t.c.alias,
+                False,
+                max_results or DEFAULT_PAGE,
+                next_token,
+                {"image": image.name, "alias": alias, "version": version},
+                "alias",
             )
         return {"SageMakerImageVersionAliases": [r.alias for r in page.rows], "NextToken": page.next_token}
 
@@ -191,7 +217,9 @@ class ImageVersionService:
             require_not_deleting(image)
             earlier = (
                 await conn.execute(
-                    sa.select(versions_t).where(versions_t.c.image_id == image.id, versions_t.c.client_token == client_token)
+                    sa.select(versions_t).where(
+                        versions_t.c.image_id == image.id, versions_t.c.client_token == client_token
+                    )
                 )
             ).first()
             if earlier is not None:
@@ -203,17 +231,26 @@ class ImageVersionService:
                 return {"ImageVersionArn": self.ctx.arns.image_version(image.name, earlier.version)}
             number = (
                 await conn.execute(
-                    sa.update(images_t).where(images_t.c.id == image.id)
+                    sa.update(images_t)
+                    .where(images_t.c.id == image.id)
                     .values(last_version=images_t.c.last_version + 1, modified_at=now)
                     .returning(images_t.c.last_version)
                 )
             ).scalar_one()
             version_id = (
                 await conn.execute(
-                    sa.insert(versions_t).values(
-                        image_id=image.id, version=number, status="CREATING", base_image=base_image,
-                        client_token=client_token, spec=_echoed(echoed), created_at=now, modified_at=now,
-                    ).returning(versions_t.c.id)
+                    sa.insert(versions_t)
+                    .values(
+                        image_id=image.id,
+                        version=number,
+                        status="CREATING",
+                        base_image=base_image,
+                        client_token=client_token,
+                        spec=_echoed(echoed),
+                        created_at=now,
+                        modified_at=now,
+                    )
+                    .returning(versions_t.c.id)
                 )
             ).scalar_one()
             await self._add_aliases(conn, image, version_id, aliases or [])
@@ -221,8 +258,13 @@ class ImageVersionService:
         return {"ImageVersionArn": self.ctx.arns.image_version(image.name, number)}
 
     async def update_image_version(
-        self, image_name: str, alias: str | None = None, version: int | None = None,
-        aliases_to_add: list[str] | None = None, aliases_to_delete: list[str] | None = None, **echoed: Any,
+        self,
+        image_name: str,
+        alias: str | None = None,
+        version: int | None = None,
+        aliases_to_add: list[str] | None = None,
+        aliases_to_delete: list[str] | None = None,
+        **echoed: Any,
     ) -> dict[str, Any]:
         _check_alias_list("AliasesToAdd", aliases_to_add or [])
         both = set(aliases_to_add or []) & set(aliases_to_delete or [])
@@ -236,16 +278,21 @@ class ImageVersionService:
                 raise ResourceInUse(f"Version {row.version} of image {image.name} is being deleted")
             if aliases_to_delete:
                 await conn.execute(
-                    sa.delete(aliases_t).where(aliases_t.c.version_id == row.id, aliases_t.c.alias.in_(aliases_to_delete))
+                    sa.delete(aliases_t).where(
+                        aliases_t.c.version_id == row.id, aliases_t.c.alias.in_(aliases_to_delete)
+                    )
                 )
             await self._add_aliases(conn, image, row.id, aliases_to_add or [])
             await conn.execute(
-                sa.update(versions_t).where(versions_t.c.id == row.id)
+                sa.update(versions_t)
+                .where(versions_t.c.id == row.id)
                 .values(spec={**row.spec, **_echoed(echoed)}, modified_at=time.time())
             )
         return {"ImageVersionArn": self.ctx.arns.image_version(image.name, row.version)}
 
-    async def delete_image_version(self, image_name: str, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
+    async def delete_image_version(
+        self, image_name: str, version: int | None = None, alias: str | None = None
+    ) -> dict[str, Any]:
         if version is None and alias is None:
             raise ValidationException("Specify the Version or the Alias of the image version to delete")
         async with self.ctx.db.transaction() as conn:
@@ -254,7 +301,8 @@ class ImageVersionService:
             if row.status == "DELETING":
                 raise ResourceInUse(f"Version {row.version} of image {image.name} is already being deleted")
             await conn.execute(
-                sa.update(versions_t).where(versions_t.c.id == row.id)
+                sa.update(versions_t)
+                .where(versions_t.c.id == row.id)
                 .values(status="DELETING", modified_at=time.time(), attempts=0, next_attempt_at=None)
             )
         self.ctx.worker.wake()
@@ -266,7 +314,8 @@ class ImageVersionService:
         async with self.ctx.db.transaction() as conn:
             row = (
                 await conn.execute(
-                    sa.select(versions_t, images_t.c.name).join(images_t, images_t.c.id == versions_t.c.image_id)
+                    sa.select(versions_t, images_t.c.name)
+                    .join(images_t, images_t.c.id == versions_t.c.image_id)
                     .where(claim.owns(), versions_t.c.status == "DELETING")
                 )
             ).first()
@@ -278,7 +327,9 @@ class ImageVersionService:
     async def _resolve(self, claim: Claim) -> None:
         """Pin a CREATING version to the digest its BaseImage names now."""
         async with self.ctx.db.read() as conn:
-            row = (await conn.execute(sa.select(versions_t).where(claim.owns(), versions_t.c.status == "CREATING"))).first()
+            row = (
+                await conn.execute(sa.select(versions_t).where(claim.owns(), versions_t.c.status == "CREATING"))
+            ).first()
         if row is None:
             return
         settings = self.ctx.settings
@@ -300,6 +351,7 @@ class ImageVersionService:
     async def _settle(self, claim: Claim, status: str, **values: Any) -> None:
         async with self.ctx.db.transaction() as conn:
             await conn.execute(
-                sa.update(versions_t).where(claim.owns(), versions_t.c.status == "CREATING")
+                sa.update(versions_t)
+                .where(claim.owns(), versions_t.c.status == "CREATING")
                 .values(status=status, modified_at=time.time(), **values)
             )

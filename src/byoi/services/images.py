@@ -67,18 +67,28 @@ class ImageService:
         tags: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
         now = time.time()
-        spec = {k: v for k, v in {"RoleArn": role_arn, "Description": description, "DisplayName": display_name}.items() if v is not None}
+        spec = {
+            k: v
+            for k, v in {"RoleArn": role_arn, "Description": description, "DisplayName": display_name}.items()
+            if v is not None
+        }
         arn = self.ctx.arns.image(image_name)
         try:
             async with self.ctx.db.transaction() as conn:
-                clash = (await conn.execute(sa.select(images.c.name).where(images.c.name_key == image_name.lower()))).first()
+                clash = (
+                    await conn.execute(sa.select(images.c.name).where(images.c.name_key == image_name.lower()))
+                ).first()
                 if clash:
                     raise ResourceInUse(f"Image {clash.name} already exists (image names are unique ignoring case)")
                 # Nothing has to happen before an image can hold versions, so it is CREATED at once.
                 await conn.execute(
                     sa.insert(images).values(
-                        name=image_name, name_key=image_name.lower(), status="CREATED", spec=spec,
-                        created_at=now, modified_at=now,
+                        name=image_name,
+                        name_key=image_name.lower(),
+                        status="CREATED",
+                        spec=spec,
+                        created_at=now,
+                        modified_at=now,
                     )
                 )
                 if tags:
@@ -99,7 +109,11 @@ class ImageService:
         display_name: str | None = None,
         role_arn: str | None = None,
     ) -> dict[str, Any]:
-        changes = {k: v for k, v in {"Description": description, "DisplayName": display_name, "RoleArn": role_arn}.items() if v is not None}
+        changes = {
+            k: v
+            for k, v in {"Description": description, "DisplayName": display_name, "RoleArn": role_arn}.items()
+            if v is not None
+        }
         for prop in delete_properties or []:
             if prop in changes:
                 raise ValidationException(f"{prop} cannot be both set and listed in DeleteProperties")
@@ -109,9 +123,9 @@ class ImageService:
             spec = {k: v for k, v in {**image.spec, **changes}.items() if k not in (delete_properties or [])}
             # UPDATING lasts no time here: there is nothing to re-provision, so the image stays CREATED.
             await conn.execute(
-                sa.update(images).where(images.c.id == image.id).values(
-                    spec=spec, modified_at=time.time(), status="CREATED", failure_reason=None
-                )
+                sa.update(images)
+                .where(images.c.id == image.id)
+                .values(spec=spec, modified_at=time.time(), status="CREATED", failure_reason=None)
             )
         return {"ImageArn": self.ctx.arns.image(image_name)}
 
@@ -120,9 +134,9 @@ class ImageService:
             image = await load_image(conn, image_name)
             require_not_deleting(image)
             await conn.execute(
-                sa.update(images).where(images.c.id == image.id).values(
-                    status="DELETING", modified_at=time.time(), attempts=0, next_attempt_at=None
-                )
+                sa.update(images)
+                .where(images.c.id == image.id)
+                .values(status="DELETING", modified_at=time.time(), attempts=0, next_attempt_at=None)
             )
         self.ctx.worker.wake()
         return {}
@@ -162,7 +176,14 @@ class ImageService:
         query = sa.select(images).where(*conds)
         async with self.ctx.db.read() as conn:
             page = await fetch_page(
-                conn, query, sort_column, images.c.id, (sort_order or "DESCENDING") == "DESCENDING",
-                max_results or DEFAULT_PAGE, next_token, filters, SORT_COLUMNS[sort_by],
+                conn,
+                query,
+                sort_column,
+                images.c.id,
+                (sort_order or "DESCENDING") == "DESCENDING",
+                max_results or DEFAULT_PAGE,
+                next_token,
+                filters,
+                SORT_COLUMNS[sort_by],
             )
         return {"Images": [self._describe(r) for r in page.rows], "NextToken": page.next_token}

@@ -52,7 +52,9 @@ async def write_tags(conn: AsyncConnection, resource_arn: str, new_tags: list[di
 async def delete_all_tags(conn: AsyncConnection, arn_prefix: str) -> None:
     """Remove the tags of a resource, and of those under it (`<arn>` and `<arn>/...`)."""
     await conn.execute(
-        sa.delete(tags).where(sa.or_(tags.c.resource_arn == arn_prefix, tags.c.resource_arn.startswith(arn_prefix + "/")))
+        sa.delete(tags).where(
+            sa.or_(tags.c.resource_arn == arn_prefix, tags.c.resource_arn.startswith(arn_prefix + "/"))
+        )
     )
 
 
@@ -79,7 +81,9 @@ class TagService:
             await write_tags(conn, resource_arn, tags)
         return {"Tags": tags}
 
-    async def list_tags(self, resource_arn: str, next_token: str | None = None, max_results: int | None = None) -> dict[str, Any]:
+    async def list_tags(
+        self, resource_arn: str, next_token: str | None = None, max_results: int | None = None
+    ) -> dict[str, Any]:
         limit = max_results or DEFAULT_PAGE
         start = 0
         if next_token:

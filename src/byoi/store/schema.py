@@ -81,9 +81,7 @@ image_version_aliases = sa.Table(
     metadata,
     sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
     sa.Column("alias", sa.String(128), nullable=False),
-    sa.Column(
-        "version_id", sa.Integer, sa.ForeignKey("image_versions.id", ondelete="CASCADE"), nullable=False
-    ),
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("image_versions.id", ondelete="CASCADE"), nullable=False),
     sa.PrimaryKeyConstraint("image_id", "alias"),
 )
 
