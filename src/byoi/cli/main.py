@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-from rich.console import Console
-from rich.table import Table
 
-from byoi.cli.client import sagemaker_client
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
 from byoi.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -34,8 +29,6 @@ images_app = typer.Typer(help="Images: named holders of image versions.", no_arg
 versions_app = typer.Typer(help="Image versions: immutable, digest-pinned container images.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 app.add_typer(versions_app, name="versions")
-console = Console()
-err = Console(stderr=True)
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 
@@ -173,40 +166,7 @@ def up(
     run_up(settings, registry_port, log_level)
 
 
-# -- client commands ---------------------------------------------------------------------------
-
-EndpointUrl = Annotated[
-    str | None, typer.Option("--endpoint-url", help="byoi API URL (else AWS_ENDPOINT_URL_SAGEMAKER).")
-]
-Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile (else AWS_PROFILE).")]
-Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
-
-
-def _call(endpoint_url: str | None, profile: str | None, action: Callable[[Any], Any]) -> Any:
-    try:
-        return action(sagemaker_client(endpoint_url, profile))
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        err.print(f"[red]error[/red]: {error.get('Code')}: {error.get('Message')}")
-        raise typer.Exit(1) from None
-    except EndpointConnectionError as exc:
-        err.print(f"[red]error[/red]: cannot reach byoi at {exc.kwargs.get('endpoint_url')}: is `byoi up` running?")
-        raise typer.Exit(1) from None
-    except NoCredentialsError:
-        err.print("[red]error[/red]: no credentials: set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE or use --profile")
-        raise typer.Exit(1) from None
-
-
-def _print(data: Any, output: str, columns: list[str], rows: list[dict[str, Any]] | None = None) -> None:
-    if output == "json":
-        data = dict(data)
-        data.pop("ResponseMetadata", None)
-        console.print_json(json.dumps(data, default=str))
-        return
-    table = Table(*columns)
-    for row in rows if rows is not None else [data]:
-        table.add_row(*[str(row.get(c, "")) for c in columns])
-    console.print(table)
+# -- client commands (catalog); other areas live in their own cli/<area>.py modules ------------
 
 
 @images_app.command("create")
@@ -226,7 +186,7 @@ def images_create(
         args["Description"] = description
     if display_name:
         args["DisplayName"] = display_name
-    result = _call(endpoint_url, profile, lambda c: c.create_image(**args))
+    result = call(endpoint_url, profile, lambda c: c.create_image(**args))
     console.print(result["ImageArn"])
 
 
@@ -237,8 +197,8 @@ def images_list(output: Output = "table", endpoint_url: EndpointUrl = None, prof
     def fetch(c: Any) -> list[dict[str, Any]]:
         return [i for page in c.get_paginator("list_images").paginate() for i in page["Images"]]
 
-    found = _call(endpoint_url, profile, fetch)
-    _print({"Images": found}, output, ["ImageName", "ImageStatus", "CreationTime", "DisplayName"], found)
+    found = call(endpoint_url, profile, fetch)
+    print_result({"Images": found}, output, ["ImageName", "ImageStatus", "CreationTime", "DisplayName"], found)
 
 
 @images_app.command("describe")
@@ -246,14 +206,14 @@ def images_describe(
     name: str, output: Output = "json", endpoint_url: EndpointUrl = None, profile: Profile = None
 ) -> None:
     """Describe an image."""
-    result = _call(endpoint_url, profile, lambda c: c.describe_image(ImageName=name))
-    _print(result, output, ["ImageName", "ImageStatus", "ImageArn", "FailureReason"])
+    result = call(endpoint_url, profile, lambda c: c.describe_image(ImageName=name))
+    print_result(result, output, ["ImageName", "ImageStatus", "ImageArn", "FailureReason"])
 
 
 @images_app.command("delete")
 def images_delete(name: str, endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
     """Delete an image and all its versions (the container images in the registry are kept)."""
-    _call(endpoint_url, profile, lambda c: c.delete_image(ImageName=name))
+    call(endpoint_url, profile, lambda c: c.delete_image(ImageName=name))
     console.print(f"deleting {name}")
 
 
@@ -286,7 +246,7 @@ def versions_create(
                     return d  # type: ignore[no-any-return]
                 time.sleep(0.5)
 
-    result = _call(endpoint_url, profile, create)
+    result = call(endpoint_url, profile, create)
     if result:
         status = result["ImageVersionStatus"]
         console.print(f"{status}: {result.get('ContainerImage') or result.get('FailureReason', '')}")
@@ -304,8 +264,10 @@ def versions_list(
         pages = c.get_paginator("list_image_versions").paginate(ImageName=image)
         return [v for page in pages for v in page["ImageVersions"]]
 
-    found = _call(endpoint_url, profile, fetch)
-    _print({"ImageVersions": found}, output, ["Version", "ImageVersionStatus", "CreationTime", "FailureReason"], found)
+    found = call(endpoint_url, profile, fetch)
+    print_result(
+        {"ImageVersions": found}, output, ["Version", "ImageVersionStatus", "CreationTime", "FailureReason"], found
+    )
 
 
 @versions_app.command("describe")
@@ -323,8 +285,8 @@ def versions_describe(
         args["Version"] = version
     if alias:
         args["Alias"] = alias
-    result = _call(endpoint_url, profile, lambda c: c.describe_image_version(**args))
-    _print(result, output, ["Version", "ImageVersionStatus", "ContainerImage", "FailureReason"])
+    result = call(endpoint_url, profile, lambda c: c.describe_image_version(**args))
+    print_result(result, output, ["Version", "ImageVersionStatus", "ContainerImage", "FailureReason"])
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m byoi`

@@ -300,6 +300,11 @@ class ImageVersionService:
             row = await self._find(conn, image, version, alias)
             if row.status == "DELETING":
                 raise ResourceInUse(f"Version {row.version} of image {image.name} is already being deleted")
+            referrers = await self.ctx.referrers(conn, "image-version", image.name, row.version)
+            if referrers:
+                raise ResourceInUse(
+                    f"Version {row.version} of image {image.name} is still used by {', '.join(referrers)}; detach it first"
+                )
             await conn.execute(
                 sa.update(versions_t)
                 .where(versions_t.c.id == row.id)
@@ -338,6 +343,11 @@ class ImageVersionService:
             ref = ref.with_registry(settings.default_registry.host)
         try:
             resolved = await self.ctx.registry.resolve(ref, settings.platform)
+            for check in self.ctx.version_checks:
+                failure = await check(row, resolved)
+                if failure:
+                    await self._settle(claim, "CREATE_FAILED", failure_reason=failure[:1024])
+                    return
         except RegistryError as exc:
             if exc.transient and claim.attempts < settings.resolve_attempts:
                 raise RetryLater(settings.retry_base_delay * 2 ** (claim.attempts - 1), str(exc)) from exc
