@@ -133,6 +133,9 @@ class ImageService:
         async with self.ctx.db.transaction() as conn:
             image = await load_image(conn, image_name)
             require_not_deleting(image)
+            referrers = await self.ctx.referrers(conn, "image", image.name)
+            if referrers:
+                raise ResourceInUse(f"Image {image.name} is still used by {', '.join(referrers)}; detach it first")
             await conn.execute(
                 sa.update(images)
                 .where(images.c.id == image.id)
