@@ -245,7 +245,12 @@ class RegistryClient:
         response = await self._send(
             host, "GET", f"/v2/{repository}/manifests/{selector}", scope, headers={"Accept": ACCEPT}
         )
-        self._check_status(response, host, repository, what)
+        try:
+            self._check_status(response, host, repository, what)
+        except RegistryNotFound:
+            if not selector.startswith("sha256:") and not await self._repository_exists(host, repository, scope):
+                raise RegistryNotFound(f"repository {repository} does not exist in registry {host}") from None
+            raise
         raw = response.content
         if len(raw) > MAX_MANIFEST_BYTES:
             raise RegistryBadContent(f"manifest {selector} of {repository} is larger than {MAX_MANIFEST_BYTES} bytes")
@@ -259,6 +264,13 @@ class RegistryClient:
             )
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return digest, media_type, raw
+
+    async def _repository_exists(self, host: str, repository: str, scope: str) -> bool:
+        """Some registries (Distribution 2.8) answer MANIFEST_UNKNOWN for a missing repository too; the
+        tag list tells the two apart, so the failure reason can say which is missing."""
+        response = await self._send(host, "GET", f"/v2/{repository}/tags/list?n=1", scope)
+        await response.aclose()
+        return response.status_code != 404
 
     async def resolve(self, ref: Reference, platform: str = "linux/amd64") -> ResolvedImage:
         """Resolve a reference (with its registry set) to the image manifest for `platform`."""

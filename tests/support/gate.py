@@ -1,0 +1,68 @@
+"""A TCP relay on loopback that can hold connections: to keep background work mid-flight on purpose.
+
+While paused, connections are accepted and held without being forwarded; on resume, held and new
+connections are relayed to the target. Used to catch a server with versions still CREATING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from tests.support.processes import free_port
+
+
+class Gate:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._open: asyncio.Event | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._open is not None
+        await self._open.wait()
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        assert self._open is not None
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            assert self._open is not None
+            try:
+                while data := await src.read(65536):
+                    await self._open.wait()  # also holds kept-alive connections while paused
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def pause(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.clear)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.set)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        # The loop thread is a daemon: it stops with the test process, after relayed connections end.
+        self.resume()
+        self._loop.call_soon_threadsafe(self._server.close)

@@ -1,0 +1,78 @@
+"""Resolving versions in registries that want credentials: Basic (htpasswd), bearer tokens, Docker config.json."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, ROLE
+from tests.support.oci import Pusher
+from tests.test_versions import wait_version
+
+pytestmark = pytest.mark.slow
+
+
+def registries_file(tmp_path, url: str, password: str | None) -> str:
+    path = tmp_path / "registries.toml"
+    lines = ["[[registry]]", f'url = "{url}"', f'username = "{REGISTRY_USER}"']
+    if password is not None:
+        lines.append(f'password = "{password}"')
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def create_version(srv, base_image: str) -> dict:
+    sm = srv.client()
+    sm.create_image(ImageName="authimg", RoleArn=ROLE)
+    sm.create_image_version(ImageName="authimg", BaseImage=base_image)
+    return wait_version(sm, "authimg", 1)
+
+
+def test_basic_auth_registry(server_factory, registry, basic_registry, tmp_path):
+    pushed = Pusher(f"http://{basic_registry}", auth=(REGISTRY_USER, REGISTRY_PASSWORD)).image("private/r", "v1")
+    cfg = registries_file(tmp_path, f"http://{basic_registry}", REGISTRY_PASSWORD)
+    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", cfg])
+    d = create_version(srv, f"{basic_registry}/private/r:v1")
+    assert (d["ImageVersionStatus"], d["ContainerImage"]) == ("CREATED", f"{basic_registry}/private/r@{pushed.digest}")
+
+
+def test_basic_auth_refused_and_missing_credentials(server_factory, registry, basic_registry, tmp_path):
+    Pusher(f"http://{basic_registry}", auth=(REGISTRY_USER, REGISTRY_PASSWORD)).image("private/r", "v1")
+    cfg = registries_file(tmp_path, f"http://{basic_registry}", "wrong-password")
+    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", cfg])
+    d = create_version(srv, f"{basic_registry}/private/r:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert f"registry {basic_registry} refused access to repository private/r" in d["FailureReason"]
+
+    srv2 = server_factory([f"http://{registry}"])  # no credentials at all for that registry
+    d = create_version(srv2, f"{basic_registry}/private/r:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert "requires credentials and none are configured" in d["FailureReason"]
+
+
+def test_credentials_from_docker_config(server_factory, registry, basic_registry, tmp_path):
+    pushed = Pusher(f"http://{basic_registry}", auth=(REGISTRY_USER, REGISTRY_PASSWORD)).image("private/dc", "v1")
+    config = tmp_path / "config.json"
+    auth = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {basic_registry: {"auth": auth}}}))
+    srv = server_factory([f"http://{registry}"], extra_args=["--docker-config", str(config)])
+    d = create_version(srv, f"{basic_registry}/private/dc:v1")
+    assert d["ContainerImage"] == f"{basic_registry}/private/dc@{pushed.digest}"
+
+
+def test_bearer_token_registry(server_factory, registry, token_registry, tmp_path):
+    host, issuer = token_registry
+    pusher = Pusher(f"http://{host}", token_for=lambda scope: issuer.token(REGISTRY_USER, [scope]))
+    pushed = pusher.image("team/tok", "v1")
+    cfg = registries_file(tmp_path, f"http://{host}", REGISTRY_PASSWORD)
+    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", cfg])
+    d = create_version(srv, f"{host}/team/tok:v1")
+    assert (d["ImageVersionStatus"], d["ContainerImage"]) == ("CREATED", f"{host}/team/tok@{pushed.digest}")
+
+    bad = registries_file(tmp_path, f"http://{host}", "nope")
+    srv2 = server_factory([f"http://{registry}"], extra_args=["--registries-file", bad])
+    d = create_version(srv2, f"{host}/team/tok:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert "token service of registry" in d["FailureReason"] and "refused" in d["FailureReason"]

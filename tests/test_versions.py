@@ -1,0 +1,204 @@
+"""Image versions through boto3: digest pinning, idempotency, concurrency, aliases, registry failures."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import ROLE
+from tests.support.oci import OCI_MANIFEST
+
+
+def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
+    return exc.value.response["Error"]["Code"]
+
+
+def wait_version(sm, image: str, version: int) -> dict:
+    waiter = sm.get_waiter("image_version_created")
+    try:
+        waiter.wait(ImageName=image, Version=version, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    except Exception:  # the waiter stops on CREATE_FAILED too; the caller asserts on the status
+        pass
+    return sm.describe_image_version(ImageName=image, Version=version)
+
+
+def test_version_pinned_to_registry_digest_and_immutable(sm, name, pusher, registry):
+    first = pusher.image("catalog/pin", "v1", {"a.txt": b"one"})
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    arn = sm.create_image_version(
+        ImageName=name, BaseImage=f"{registry}/catalog/pin:v1", ReleaseNotes="first", Processor="CPU", Horovod=False
+    )["ImageVersionArn"]
+    assert arn == f"arn:aws:sagemaker:us-east-1:000000000000:image-version/{name}/1"
+    d = wait_version(sm, name, 1)
+    assert d["ImageVersionStatus"] == "CREATED"
+    assert d["ContainerImage"] == f"{registry}/catalog/pin@{first.digest}"
+    assert d["BaseImage"] == f"{registry}/catalog/pin:v1"
+    assert (d["ReleaseNotes"], d["Processor"], d["Horovod"]) == ("first", "CPU", False)
+
+    # Re-pushing the tag never changes an existing version; a new version picks up the new digest.
+    second = pusher.image("catalog/pin", "v1", {"a.txt": b"two"})
+    assert second.digest != first.digest
+    sm.create_image_version(ImageName=name, BaseImage=f"{registry}/catalog/pin:v1")
+    assert wait_version(sm, name, 2)["ContainerImage"] == f"{registry}/catalog/pin@{second.digest}"
+    assert sm.describe_image_version(ImageName=name, Version=1)["ContainerImage"].endswith(first.digest)
+    # Without Version or Alias, DescribeImageVersion answers for the newest version.
+    assert sm.describe_image_version(ImageName=name)["Version"] == 2
+
+
+def test_default_registry_digest_reference_and_oci_manifest(sm, name, pusher, registry):
+    pushed = pusher.image("catalog/oci", "v1", media_type=OCI_MANIFEST)
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    sm.create_image_version(ImageName=name, BaseImage="catalog/oci:v1")  # no host: the default registry
+    sm.create_image_version(ImageName=name, BaseImage=f"catalog/oci@{pushed.digest}")
+    for v in (1, 2):
+        assert wait_version(sm, name, v)["ContainerImage"] == f"{registry}/catalog/oci@{pushed.digest}"
+
+
+def test_index_resolves_to_configured_platform(sm, name, pusher, registry):
+    index, images = pusher.index("catalog/multi", "v1", ["linux/arm64", "linux/amd64"])
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    sm.create_image_version(ImageName=name, BaseImage="catalog/multi:v1")
+    d = wait_version(sm, name, 1)
+    assert d["ContainerImage"] == f"{registry}/catalog/multi@{images['linux/amd64'].digest}"
+
+    pusher.index("catalog/armonly", "v1", ["linux/arm64"])
+    sm.create_image_version(ImageName=name, BaseImage="catalog/armonly:v1")
+    d = wait_version(sm, name, 2)
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert "no image for platform linux/amd64" in d["FailureReason"] and "linux/arm64" in d["FailureReason"]
+
+
+def test_missing_repository_and_tag_fail_with_reason(sm, name, pusher, registry):
+    pusher.image("catalog/exists", "v1")
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    sm.create_image_version(ImageName=name, BaseImage="catalog/never-pushed:v1")
+    sm.create_image_version(ImageName=name, BaseImage="catalog/exists:nope")
+    d1, d2 = wait_version(sm, name, 1), wait_version(sm, name, 2)
+    assert d1["ImageVersionStatus"] == d2["ImageVersionStatus"] == "CREATE_FAILED"
+    assert "repository catalog/never-pushed does not exist" in d1["FailureReason"]
+    assert "tag nope not found in repository catalog/exists" in d2["FailureReason"]
+    assert "ContainerImage" not in d1
+
+
+def test_unreachable_registry_retries_then_fails(sm, name):
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    sm.create_image_version(ImageName=name, BaseImage="127.0.0.1:9/catalog/down:v1")  # port 9: nothing listens
+    d = wait_version(sm, name, 1)
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert "127.0.0.1:9 could not be reached" in d["FailureReason"]
+    assert "gave up after 2 attempts" in d["FailureReason"]
+
+
+def test_client_token_makes_create_idempotent(sm, name, pusher):
+    pusher.image("catalog/token", "v1")
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    token = str(uuid.uuid4())
+    a = sm.create_image_version(ImageName=name, BaseImage="catalog/token:v1", ClientToken=token)
+    b = sm.create_image_version(ImageName=name, BaseImage="catalog/token:v1", ClientToken=token)
+    assert a["ImageVersionArn"] == b["ImageVersionArn"]
+    assert len(sm.list_image_versions(ImageName=name)["ImageVersions"]) == 1
+    with pytest.raises(ClientError) as e:
+        sm.create_image_version(ImageName=name, BaseImage="catalog/token:v2", ClientToken=token)
+    assert code(e) == "ValidationException" and "ClientToken" in e.value.response["Error"]["Message"]
+
+
+def test_twenty_concurrent_creates_get_distinct_consecutive_versions(server, name, pusher):
+    pusher.image("catalog/concurrent", "v1")
+    sm = server.client()
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    arns: list[str] = []
+    errors: list[Exception] = []
+
+    def create() -> None:
+        try:
+            client = server.client()
+            arns.append(
+                client.create_image_version(ImageName=name, BaseImage="catalog/concurrent:v1")["ImageVersionArn"]
+            )
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(int(a.rsplit("/", 1)[1]) for a in arns) == list(range(1, 21))
+    pages = sm.get_paginator("list_image_versions").paginate(ImageName=name, SortBy="VERSION", SortOrder="ASCENDING")
+    assert [v["Version"] for p in pages for v in p["ImageVersions"]] == list(range(1, 21))
+
+
+def test_aliases(sm, name, pusher):
+    pusher.image("catalog/alias", "v1")
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    sm.create_image_version(ImageName=name, BaseImage="catalog/alias:v1", Aliases=["stable", "4.2"])
+    sm.create_image_version(ImageName=name, BaseImage="catalog/alias:v1")
+    assert sm.describe_image_version(ImageName=name, Alias="stable")["Version"] == 1
+    assert sorted(sm.list_aliases(ImageName=name, Version=1)["SageMakerImageVersionAliases"]) == ["4.2", "stable"]
+
+    with pytest.raises(ClientError) as e:  # unique within the image
+        sm.update_image_version(ImageName=name, Version=2, AliasesToAdd=["stable"])
+    assert code(e) == "ResourceInUse" and "version 1" in e.value.response["Error"]["Message"]
+    sm.update_image_version(ImageName=name, Version=1, AliasesToDelete=["stable"], ReleaseNotes="moved")
+    sm.update_image_version(ImageName=name, Version=2, AliasesToAdd=["stable"])
+    assert sm.describe_image_version(ImageName=name, Alias="stable")["Version"] == 2
+    assert sm.describe_image_version(ImageName=name, Version=1)["ReleaseNotes"] == "moved"
+    assert sm.list_aliases(ImageName=name, Alias="stable")["SageMakerImageVersionAliases"] == ["stable"]
+    assert sorted(sm.list_aliases(ImageName=name)["SageMakerImageVersionAliases"]) == ["4.2", "stable"]
+
+    with pytest.raises(ClientError) as e:
+        sm.describe_image_version(ImageName=name, Alias="nope")
+    assert code(e) == "ResourceNotFound"
+    with pytest.raises(ClientError) as e:
+        sm.describe_image_version(ImageName=name, Version=1, Alias="stable")
+    assert code(e) == "ValidationException"
+    with pytest.raises(ClientError) as e:
+        sm.create_image_version(ImageName=name, BaseImage="catalog/alias:v1", Aliases=["dup", "dup"])
+    assert code(e) == "ValidationException"
+
+    # Aliases work wherever the model allows: DeleteImageVersion by alias.
+    sm.delete_image_version(ImageName=name, Alias="4.2")
+    sm.get_waiter("image_version_deleted").wait(ImageName=name, Version=1, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    assert sm.list_aliases(ImageName=name)["SageMakerImageVersionAliases"] == ["stable"]
+
+
+def test_version_numbers_never_reused_and_errors(sm, name, pusher):
+    pusher.image("catalog/reuse", "v1")
+    with pytest.raises(ClientError) as e:
+        sm.create_image_version(ImageName=name, BaseImage="catalog/reuse:v1")
+    assert code(e) == "ResourceNotFound"
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    with pytest.raises(ClientError) as e:
+        sm.create_image_version(ImageName=name, BaseImage="Not A Reference!")
+    assert code(e) == "ValidationException" and "BaseImage" in e.value.response["Error"]["Message"]
+    sm.create_image_version(ImageName=name, BaseImage="catalog/reuse:v1")
+    sm.create_image_version(ImageName=name, BaseImage="catalog/reuse:v1")
+    wait_version(sm, name, 2)
+    sm.delete_image_version(ImageName=name, Version=2)
+    sm.get_waiter("image_version_deleted").wait(ImageName=name, Version=2, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    arn = sm.create_image_version(ImageName=name, BaseImage="catalog/reuse:v1")["ImageVersionArn"]
+    assert arn.endswith("/3")
+    with pytest.raises(ClientError) as e:
+        sm.delete_image_version(ImageName=name, Version=99)
+    assert code(e) == "ResourceNotFound"
+    with pytest.raises(ClientError) as e:
+        sm.delete_image_version(ImageName=name)
+    assert code(e) == "ValidationException"
+
+
+def test_list_image_versions_filters_and_errors(sm, name, pusher):
+    pusher.image("catalog/list", "v1")
+    sm.create_image(ImageName=name, RoleArn=ROLE)
+    for _ in range(12):
+        sm.create_image_version(ImageName=name, BaseImage="catalog/list:v1")
+    first = sm.list_image_versions(ImageName=name)
+    assert [v["Version"] for v in first["ImageVersions"]] == list(range(12, 2, -1))  # 10 per page, newest first
+    rest = sm.list_image_versions(ImageName=name, NextToken=first["NextToken"])
+    assert [v["Version"] for v in rest["ImageVersions"]] == [2, 1] and "NextToken" not in rest
+    with pytest.raises(ClientError) as e:
+        sm.list_image_versions(ImageName=name + "-missing")
+    assert code(e) == "ResourceNotFound"
