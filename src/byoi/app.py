@@ -25,11 +25,15 @@ from byoi.metrics import Metrics
 from byoi.registry.client import RegistryClient
 from byoi.registry.errors import RegistryError
 from byoi.services.access_keys import AccessKeyService
+from byoi.services.app_image_configs import AppImageConfigService
+from byoi.services.attachments import AttachmentService
 from byoi.services.context import ServiceContext
+from byoi.services.domains import DomainService
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
 from byoi.services.server_info import ServerInfoService
 from byoi.services.tags import TagService
+from byoi.services.user_profiles import UserProfileService
 from byoi.store.db import Database, migrate
 
 log = logging.getLogger("byoi")
@@ -52,6 +56,15 @@ class Services:
         self.all: list[Any] = [self.server_info, self.images, self.image_versions, self.tags]
         self.tags.register_kind("image", self.images.image_exists)
         self.tags.register_kind("image-version", self.image_versions.version_exists)
+        # Domains, user profiles, app image configs (and the attach extension operations).
+        self.domains = DomainService(ctx)
+        self.user_profiles = UserProfileService(ctx)
+        self.app_image_configs = AppImageConfigService(ctx)
+        self.attachments = AttachmentService(ctx, self.domains, self.user_profiles)
+        self.all += [self.domains, self.user_profiles, self.app_image_configs, self.attachments]
+        self.tags.register_kind("domain", self.domains.domain_exists)
+        self.tags.register_kind("user-profile", self.user_profiles.profile_exists)
+        self.tags.register_kind("app-image-config", self.app_image_configs.config_exists)
 
     def register_tasks(self) -> None:
         for service in self.all:
