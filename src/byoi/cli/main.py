@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from byoi.cli import domains as domains_cli
 from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
 from byoi.config import (
     DEFAULT_HOST,
@@ -29,6 +30,7 @@ images_app = typer.Typer(help="Images: named holders of image versions.", no_arg
 versions_app = typer.Typer(help="Image versions: immutable, digest-pinned container images.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 app.add_typer(versions_app, name="versions")
+domains_cli.register(app)  # byoi domains|users|attach|detach
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 
