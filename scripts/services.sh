@@ -21,10 +21,10 @@ if [ -n "$PGBIN" ] && id postgres >/dev/null 2>&1; then
   PGDATA=/tmp/byoi-test-pg
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
     rm -rf "$PGDATA"; mkdir -p "$PGDATA"; chown postgres "$PGDATA"
-    su postgres -s /bin/sh -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres >$LOGDIR/initdb.log 2>&1"
+    su postgres -s /bin/sh -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres" >"$LOGDIR/initdb.log" 2>&1
   fi
   if ! su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $PGDATA status" >/dev/null 2>&1; then
-    su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $PGDATA -l $LOGDIR/postgres.log -w -o '-p $PGPORT -c listen_addresses=127.0.0.1 -k /tmp' start" >/dev/null
+    su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -w -o '-p $PGPORT -c listen_addresses=127.0.0.1 -k /tmp' start" >/dev/null
   fi
   echo "export BYOI_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$PGPORT/postgres"
 else

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from byoi.cli.client import extension_client, sagemaker_client
 
-console = Console()
+console = Console(soft_wrap=True)  # never wrap references and ARNs: people copy them
 err = Console(stderr=True)
 
 EndpointUrl = Annotated[

@@ -110,11 +110,12 @@ class RegistryClient:
         registries: tuple[RegistryConfig, ...] | list[RegistryConfig],
         docker_config: Path | None = None,
         timeout: float = 20.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._configured = {r.host: r for r in registries}
         self._docker_credentials = docker_config_credentials(docker_config)
         self._hosts: dict[str, _HostState] = {}
-        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -1,0 +1,146 @@
+"""The AWS CLI and the byoi CLI against a real server, configured the way a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.support.processes import free_port, wait_http
+
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def aws(server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([str(BIN / "aws"), "sagemaker", *args, "--output", "json"], server.aws_env(), check)
+
+
+def test_aws_cli_follows_the_rstudio_byoi_create_steps(server, pusher, registry, name):
+    """The AWS documentation's create steps (reference §2.4), unchanged but for the endpoint."""
+    pushed = pusher.image("rstudio-custom", "v1")
+    out = json.loads(
+        aws(
+            server,
+            "create-image",
+            "--image-name",
+            name,
+            "--role-arn",
+            "arn:aws:iam::000000000000:role/service-role/exec",
+        ).stdout
+    )
+    assert out["ImageArn"].endswith(f":image/{name}")
+    out = json.loads(
+        aws(
+            server, "create-image-version", "--image-name", name, "--base-image", f"{registry}/rstudio-custom:v1"
+        ).stdout
+    )  # the CLI fills ClientToken itself
+    assert out["ImageVersionArn"].endswith(f"/{name}/1")
+    # The waiter keeps the model name `--version` (describe-image-version renames it --version-number).
+    aws(server, "wait", "image-version-created", "--image-name", name, "--version", "1")
+    d = json.loads(aws(server, "describe-image-version", "--image-name", name, "--version-number", "1").stdout)
+    assert d["ImageVersionStatus"] == "CREATED"
+    assert d["ContainerImage"] == f"{registry}/rstudio-custom@{pushed.digest}"
+    listed = json.loads(aws(server, "list-images", "--name-contains", name).stdout)
+    assert [i["ImageName"] for i in listed["Images"]] == [name]
+
+    bad = aws(server, "describe-image", "--image-name", name + "-nope", check=False)
+    assert bad.returncode != 0 and "ResourceNotFound" in bad.stderr
+    invalid = aws(
+        server,
+        "create-image",
+        "--image-name",
+        "bad_name",
+        "--role-arn",
+        "arn:aws:iam::000000000000:role/x",
+        check=False,
+    )
+    assert invalid.returncode != 0 and "ValidationException" in invalid.stderr
+
+    aws(server, "delete-image", "--image-name", name)
+    # awscli 1.46's own `wait image-deleted` expects "ResourceNotFoundException", a code the model never
+    # declares (DescribeImage raises ResourceNotFound, as boto3's waiter expects); so poll as a user would.
+    for _ in range(40):
+        gone = aws(server, "describe-image", "--image-name", name, check=False)
+        if gone.returncode != 0:
+            break
+        time.sleep(0.5)
+    assert "ResourceNotFound" in gone.stderr
+
+
+def test_byoi_cli_catalog_commands(server, pusher, name):
+    pushed = pusher.image("cli/img", "v1")
+    env = server.aws_env()
+    byoi = str(BIN / "byoi")
+    assert name in run([byoi, "images", "create", name, "--display-name", "From CLI"], env).stdout
+    out = run([byoi, "versions", "create", name, "cli/img:v1", "--alias", "stable"], env).stdout
+    assert "CREATED" in out and pushed.digest in out
+    listed = json.loads(run([byoi, "versions", "list", name, "-o", "json"], env).stdout)
+    assert [v["Version"] for v in listed["ImageVersions"]] == [1]
+    described = json.loads(run([byoi, "versions", "describe", name, "--alias", "stable"], env).stdout)
+    assert described["ContainerImage"].endswith(pushed.digest)
+    assert name in run([byoi, "images", "list"], env).stdout
+
+    failed = run([byoi, "versions", "create", name, "cli/never:v1"], env, check=False)
+    assert failed.returncode == 1 and "CREATE_FAILED" in failed.stdout and "does not exist" in failed.stdout
+    missing = run([byoi, "images", "describe", name + "-x"], env, check=False)
+    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_byoi_cli_falls_back_to_the_local_data_dir(server, name):
+    """No AWS_* configuration at all: the CLI uses the data dir's credentials and --endpoint-url."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(BYOI_DATA_DIR=str(server.data_dir), HOME=str(server.data_dir))
+    out = run([str(BIN / "byoi"), "images", "create", name, "--endpoint-url", server.endpoint], env).stdout
+    assert name in out
+
+
+def test_byoi_cli_reports_an_unreachable_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1", HOME=str(tmp_path))
+    result = run(
+        [str(BIN / "byoi"), "images", "list", "--endpoint-url", f"http://127.0.0.1:{free_port()}"], env, check=False
+    )
+    assert result.returncode == 1 and "cannot reach byoi" in result.stderr
+
+
+@pytest.mark.slow
+def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
+    port, registry_port = free_port(), free_port()
+    env = {**os.environ, "BYOI_DATA_DIR": str(tmp_path / "data")}
+    env.pop("BYOI_REGISTRY", None)
+    proc = subprocess.Popen(
+        [str(BIN / "byoi"), "up", "--port", str(port), "--registry-port", str(registry_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, ok=(200,))
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        assert health["checks"] == {"store": "ok", f"registry 127.0.0.1:{registry_port}": "ok"}
+        assert (tmp_path / "data" / "credentials").exists()
+        assert (tmp_path / "data" / "registry" / "storage").is_dir()
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "AWS_SHARED_CREDENTIALS_FILE=" in output and "byoi and its registry stopped" in output
+    time.sleep(0.5)
+    for p in (port, registry_port):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{p}/", timeout=1)

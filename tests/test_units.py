@@ -1,0 +1,113 @@
+"""Unit tests of pure logic: image references, registry-client checks a real registry cannot provoke."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx2 as httpx
+import pytest
+
+from byoi.api.protocol import snake
+from byoi.config import RegistryConfig
+from byoi.registry.client import RegistryClient
+from byoi.registry.errors import RegistryBadContent
+from byoi.registry.reference import InvalidReference, Reference, parse
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rstudio", Reference(None, "rstudio")),
+        ("team/rstudio:4.2", Reference(None, "team/rstudio", "4.2")),
+        ("127.0.0.1:5000/team/r:v1", Reference("127.0.0.1:5000", "team/r", "v1")),
+        ("localhost/r", Reference("localhost", "r")),
+        (
+            "123.dkr.ecr.us-east-1.amazonaws.com/rstudio-custom:tag",
+            Reference("123.dkr.ecr.us-east-1.amazonaws.com", "rstudio-custom", "tag"),
+        ),
+        ("r@sha256:" + "a" * 64, Reference(None, "r", None, "sha256:" + "a" * 64)),
+        ("h:1/r:t@sha256:" + "b" * 64, Reference("h:1", "r", "t", "sha256:" + "b" * 64)),
+    ],
+)
+def test_reference_parsing(text, expected):
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "empty"),
+        (" r", "spaces"),
+        ("Team/R", "not a valid repository"),
+        ("r:bad tag", "not a valid tag"),
+        ("r@sha256:xyz", "sha256:<64 hex digits>"),
+        ("a..b", "not a valid repository"),
+        ("r/../x", "not a valid"),
+    ],
+)
+def test_reference_errors_say_what_is_wrong(text, words):
+    with pytest.raises(InvalidReference) as e:
+        parse(text)
+    assert words in str(e.value)
+
+
+def test_snake_case_of_wire_names():
+    assert snake("CreateImageVersion") == "create_image_version"
+    assert snake("MLFramework") == "ml_framework"
+    assert snake("SageMakerImageVersionAliases") == "sage_maker_image_version_aliases"
+
+
+# The cases below need a registry that lies about content, which the real Distribution never does;
+# httpx2's MockTransport stands in for such a broken registry.
+async def _resolve_against(handler) -> None:
+    client = RegistryClient([RegistryConfig("http://reg.test")], transport=httpx.MockTransport(handler))
+    try:
+        await client.resolve(Reference("reg.test", "r", "v1"))
+    finally:
+        await client.close()
+
+
+async def test_announced_digest_mismatch_is_refused():
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}).encode()
+
+    def handler(request):
+        return httpx.Response(
+            200,
+            content=body,
+            headers={
+                "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                "Docker-Content-Digest": "sha256:" + "0" * 64,
+            },
+        )
+
+    with pytest.raises(RegistryBadContent, match="announced digest"):
+        await _resolve_against(handler)
+
+
+async def test_platform_manifest_not_matching_its_digest_is_refused():
+    child_digest = "sha256:" + hashlib.sha256(b"expected").hexdigest()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"digest": child_digest, "platform": {"os": "linux", "architecture": "amd64"}}],
+        }
+    ).encode()
+
+    def handler(request):
+        if request.url.path.endswith("/v1"):
+            return httpx.Response(
+                200, content=index, headers={"Content-Type": "application/vnd.oci.image.index.v1+json"}
+            )
+        return httpx.Response(200, content=b'{"something": "else"}')
+
+    with pytest.raises(RegistryBadContent, match="when asked for"):
+        await _resolve_against(handler)
+
+
+async def test_non_image_artifact_is_refused():
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.example.thing+json"}).encode()
+
+    with pytest.raises(RegistryBadContent, match="is not a container image"):
+        await _resolve_against(lambda request: httpx.Response(200, content=body))
