@@ -16,6 +16,7 @@ from tests.support.attach import (
     gone,
     new_domain,
     rsession,
+    server_on_each_store,  # noqa: F401 - the module's `server`, on SQLite and PostgreSQL
     unique,
     wait_for,
 )

@@ -8,7 +8,14 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.attach import ROLE, gone, new_domain, unique, wait_for
+from tests.support.attach import (
+    ROLE,
+    gone,
+    new_domain,
+    server_on_each_store,  # noqa: F401 - `server` on SQLite and PostgreSQL
+    unique,
+    wait_for,
+)
 from tests.support.signing import admin_credentials, send, signed
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError
+
+from tests.support.processes import ByoiServer
 
 ROLE = "arn:aws:iam::000000000000:role/byoi-test"
 
@@ -73,3 +78,22 @@ def entry(image: str, config: str, version: int | None = None) -> dict[str, Any]
     if version is not None:
         e["ImageVersionNumber"] = version
     return e
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], name="server")
+def server_on_each_store(request: Any, registry: str, tmp_path_factory: Any) -> Iterator[ByoiServer]:
+    """The module's byoi server, once on SQLite and once on PostgreSQL (skipped when none is configured):
+    the domain rules lean on row locks and conditional updates, which the two stores do differently."""
+    url = None
+    if request.param == "postgres":
+        base = os.environ.get("BYOI_TEST_POSTGRES_URL")
+        if not base:
+            pytest.skip("BYOI_TEST_POSTGRES_URL is not set (scripts/services.sh starts PostgreSQL)")
+        from tests.conftest import fresh_postgres_database
+
+        url = fresh_postgres_database(base)
+    srv = ByoiServer(
+        data_dir=tmp_path_factory.mktemp("byoi"), registries=[f"http://{registry}"], database_url=url
+    ).start()
+    yield srv
+    srv.stop()
