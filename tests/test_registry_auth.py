@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ssl
 import json
 
 import pytest
@@ -76,3 +77,31 @@ def test_bearer_token_registry(server_factory, registry, token_registry, tmp_pat
     d = create_version(srv2, f"{host}/team/tok:v1")
     assert d["ImageVersionStatus"] == "CREATE_FAILED"
     assert "token service of registry" in d["FailureReason"] and "refused" in d["FailureReason"]
+
+
+def test_https_registry_with_private_ca(server_factory, registry, registry_root, tmp_path):
+    from tests.support.processes import free_port, start_registry
+    from tests.support.tls import make_ca_and_server_cert
+
+    ca, cert, key = make_ca_and_server_cert(tmp_path / "tls")
+    port = free_port()
+    proc = start_registry(registry_root / f"tls-{port}", port, f"  tls:\n    certificate: {cert}\n    key: {key}\n")
+    try:
+        host = f"127.0.0.1:{port}"
+        pushed = Pusher(f"https://{host}", verify=ssl.create_default_context(cafile=str(ca))).image("secure/r", "v1")
+        cfg = tmp_path / "registries.toml"
+        cfg.write_text(f'[[registry]]\nurl = "https://{host}"\nca_file = "{ca}"\n')
+        srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", str(cfg)])
+        d = create_version(srv, f"{host}/secure/r:v1")
+        assert (d["ImageVersionStatus"], d["ContainerImage"]) == ("CREATED", f"{host}/secure/r@{pushed.digest}")
+
+        # Without the CA the certificate cannot be verified: a clear, permanent failure (no retries).
+        cfg.write_text(f'[[registry]]\nurl = "https://{host}"\n')
+        srv2 = server_factory([f"http://{registry}"], extra_args=["--registries-file", str(cfg)])
+        d = create_version(srv2, f"{host}/secure/r:v1")
+        assert d["ImageVersionStatus"] == "CREATE_FAILED"
+        assert "TLS certificate of registry" in d["FailureReason"] and "ca_file" in d["FailureReason"]
+        assert "gave up" not in d["FailureReason"]
+    finally:
+        proc.terminate()
+        proc.wait()

@@ -42,8 +42,9 @@ class Pushed:
 
 
 class Pusher:
-    def __init__(self, base_url: str, auth: tuple[str, str] | None = None, token_for=None) -> None:
+    def __init__(self, base_url: str, auth: tuple[str, str] | None = None, token_for=None, verify=True) -> None:
         self.base = base_url.rstrip("/")
+        self.verify = verify
         self.auth = auth
         self.token_for = token_for  # callable(scope) -> bearer token, for token-auth registries
 
@@ -54,7 +55,7 @@ class Pusher:
 
     def blob(self, repo: str, data: bytes) -> str:
         digest = digest_of(data)
-        with httpx.Client(auth=self.auth, headers=self._headers(repo), timeout=30) as c:
+        with httpx.Client(auth=self.auth, headers=self._headers(repo), timeout=30, verify=self.verify) as c:
             r = c.post(f"{self.base}/v2/{repo}/blobs/uploads/")
             r.raise_for_status()
             location = r.headers["location"]
@@ -68,7 +69,7 @@ class Pusher:
         return digest
 
     def manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> Pushed:
-        with httpx.Client(auth=self.auth, headers=self._headers(repo), timeout=30) as c:
+        with httpx.Client(auth=self.auth, headers=self._headers(repo), timeout=30, verify=self.verify) as c:
             r = c.put(f"{self.base}/v2/{repo}/manifests/{ref}", content=body, headers={"Content-Type": media_type})
             r.raise_for_status()
         return Pushed(digest_of(body), body)

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from byoi.registry.errors import (
     RegistryError,
     RegistryNotFound,
     RegistryServerError,
+    RegistryTLSError,
     RegistryUnreachable,
 )
 from byoi.registry.reference import Reference
@@ -100,6 +102,7 @@ def docker_config_credentials(path: Path | None) -> dict[str, Credentials]:
 class _HostState:
     base_url: str
     credentials: Credentials
+    http: httpx.AsyncClient
     # Authorization header per scope, learnt from the last challenge.
     authorizations: dict[str, str] = field(default_factory=dict)
 
@@ -115,10 +118,23 @@ class RegistryClient:
         self._configured = {r.host: r for r in registries}
         self._docker_credentials = docker_config_credentials(docker_config)
         self._hosts: dict[str, _HostState] = {}
+        self._timeout = timeout
         self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport)
+        self._private_ca_clients: list[httpx.AsyncClient] = []
 
     async def close(self) -> None:
         await self._http.aclose()
+        for client in self._private_ca_clients:
+            await client.aclose()
+
+    def _client_for(self, cfg: RegistryConfig | None) -> httpx.AsyncClient:
+        """The shared client, or one that trusts the registry's private CA (`ca_file`)."""
+        if cfg is None or not cfg.ca_file:
+            return self._http
+        context = ssl.create_default_context(cafile=cfg.ca_file)
+        client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=True, verify=context)
+        self._private_ca_clients.append(client)
+        return client
 
     # -- per-host setup -------------------------------------------------------------------------
 
@@ -133,7 +149,7 @@ class RegistryClient:
                 # Plain HTTP only for loopback registries that were not configured explicitly.
                 base = f"{'http' if is_loopback(host) else 'https'}://{host}"
                 creds = self._docker_credentials.get(host, Credentials())
-            state = self._hosts[host] = _HostState(base, creds)
+            state = self._hosts[host] = _HostState(base, creds, self._client_for(cfg))
         return state
 
     # -- HTTP with the auth dance ---------------------------------------------------------------
@@ -154,11 +170,16 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             try:
-                request = self._http.build_request(method, state.base_url + path, headers=hdrs)
-                response = await self._http.send(request, stream=stream)
+                request = state.http.build_request(method, state.base_url + path, headers=hdrs)
+                response = await state.http.send(request, stream=stream)
             except httpx.TimeoutException as exc:
                 raise RegistryUnreachable(f"registry {host} did not answer in time ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    raise RegistryTLSError(
+                        f"the TLS certificate of registry {host} could not be verified ({exc}); "
+                        "if it uses a private CA, set ca_file for it in the registries file"
+                    ) from exc
                 raise RegistryUnreachable(f"registry {host} could not be reached: {exc or type(exc).__name__}") from exc
             if response.status_code != 401 or attempt == 1:
                 return response
@@ -186,7 +207,7 @@ class RegistryClient:
                 query["service"] = params["service"]
             basic = (creds.username, creds.password or "") if creds.username else None
             try:
-                response = await self._http.get(realm, params=query, auth=basic)
+                response = await state.http.get(realm, params=query, auth=basic)
             except httpx.TransportError as exc:
                 raise RegistryUnreachable(f"token service {realm} for registry {host} could not be reached") from exc
             if response.status_code in (401, 403):

@@ -29,3 +29,7 @@ class RegistryBadContent(RegistryError):
 
 class PlatformNotFound(RegistryError):
     pass
+
+
+class RegistryTLSError(RegistryError):
+    """The registry's TLS certificate could not be verified: retrying will not help, configuration will."""
