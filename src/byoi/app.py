@@ -31,6 +31,7 @@ from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
+from byoi.services.inspection import InspectionService
 from byoi.services.server_info import ServerInfoService
 from byoi.services.tags import TagService
 from byoi.services.user_profiles import UserProfileService
@@ -65,6 +66,10 @@ class Services:
         self.tags.register_kind("domain", self.domains.domain_exists)
         self.tags.register_kind("user-profile", self.user_profiles.profile_exists)
         self.tags.register_kind("app-image-config", self.app_image_configs.config_exists)
+        # Compatibility reports: every version is inspected before it becomes CREATED.
+        self.inspection = InspectionService(ctx)
+        self.all.append(self.inspection)
+        ctx.version_checks.append(self.inspection.check_version)
 
     def register_tasks(self) -> None:
         for service in self.all:

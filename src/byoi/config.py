@@ -10,6 +10,8 @@ from pathlib import Path
 import platformdirs
 import regex
 
+from byoi.inspect.config import InspectionConfig
+
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
@@ -96,6 +98,8 @@ class Settings:
     # Request signing
     max_clock_skew_seconds: int = 300
     master_key: str | None = None  # Fernet key for secrets at rest; None: <data-dir>/master.key
+    # Image inspection (rules, levels, limits): byoi.inspect.config, from --inspection-config FILE
+    inspection: InspectionConfig = field(default_factory=InspectionConfig)
 
     @property
     def sqlite_path(self) -> Path:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from byoi.cli import domains as domains_cli
+from byoi.cli import inspect as inspect_cli
 from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
 from byoi.config import (
     DEFAULT_HOST,
@@ -31,6 +32,7 @@ versions_app = typer.Typer(help="Image versions: immutable, digest-pinned contai
 app.add_typer(images_app, name="images")
 app.add_typer(versions_app, name="versions")
 domains_cli.register(app)  # byoi domains|users|attach|detach
+inspect_cli.register(versions_app)  # byoi versions report|diff
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 
@@ -126,16 +128,15 @@ def server(
     account_id: Account = "000000000000",
     platform: Platform = "linux/amd64",
     log_level: LogLevel = "INFO",
+    inspection_config: inspect_cli.InspectionConfigOpt = None,
 ) -> None:
     """Serve the SageMaker-compatible API."""
     from byoi.cli.server import run_server
 
-    run_server(
-        _settings(
-            data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform
-        ),
-        log_level,
+    settings = _settings(
+        data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform
     )
+    run_server(inspect_cli.with_inspection(settings, inspection_config), log_level)
 
 
 @app.command()

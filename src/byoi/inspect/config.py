@@ -1,0 +1,103 @@
+"""Inspection settings: which rules run at which level, and the limits that keep bad input harmless.
+
+Operators change them with a TOML file (`byoi server --inspection-config FILE`):
+
+    enabled = true
+    [rules]
+    reticulate = "off"            # off | info | warning | required
+    non-root-user = "required"
+    [limits]
+    size_warning_bytes = 25_000_000_000
+    max_ratio = 250
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+LEVELS = ("required", "warning", "info", "off")
+
+# The RStudio image contract (DESIGN.md): rule name -> default level.
+DEFAULT_LEVELS: dict[str, str] = {
+    "linux-platform": "required",
+    "r-present": "required",
+    "rstudio-server": "required",
+    "non-root-user": "warning",
+    "rstudio-urls": "warning",
+    "image-size": "warning",
+    "reticulate": "warning",
+    "entrypoint-override": "info",
+}
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    size_warning_bytes: int = 25 * 10**9  # the image-size rule (SageMaker's 25 GB)
+    max_total_bytes: int = 200 * GiB  # uncompressed bytes of all layers together
+    max_layer_bytes: int = 100 * GiB  # uncompressed bytes of one layer
+    max_ratio: float = 250.0  # uncompressed / compressed, checked once a layer passes ratio_grace_bytes
+    ratio_grace_bytes: int = 64 * MiB
+    max_header_bytes: int = 1 * MiB  # one PAX or GNU long-name header
+    max_path_bytes: int = 4096
+    max_entries: int = 3_000_000  # tar entries over all layers
+    max_capture_bytes: int = 1 * MiB  # one file whose content a rule reads
+    max_config_bytes: int = 8 * MiB
+    max_layers: int = 256
+
+
+@dataclass(frozen=True)
+class InspectionConfig:
+    enabled: bool = True
+    levels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
+    limits: Limits = field(default_factory=Limits)
+    concurrency: int = 2  # layers read at once
+    cache_dir: Path | None = None  # None: <data dir>/inspect-cache
+
+    def level(self, rule: str) -> str:
+        return self.levels.get(rule, DEFAULT_LEVELS.get(rule, "warning"))
+
+
+def parse_inspection_config(data: dict[str, Any], where: str = "inspection config") -> InspectionConfig:
+    """Build a config from a parsed TOML document; raise ValueError naming the bad key."""
+    known = {"enabled", "rules", "limits", "concurrency", "cache_dir"}
+    for key in data:
+        if key not in known:
+            raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    levels = dict(DEFAULT_LEVELS)
+    for rule, level in (data.get("rules") or {}).items():
+        if rule not in DEFAULT_LEVELS:
+            raise ValueError(f"{where}: unknown rule {rule!r} (rules: {', '.join(DEFAULT_LEVELS)})")
+        if level not in LEVELS:
+            raise ValueError(f"{where}: rule {rule} has level {level!r}; use one of {', '.join(LEVELS)}")
+        levels[rule] = level
+    limits = Limits()
+    names = {f.name: f.type for f in fields(Limits)}
+    for key, value in (data.get("limits") or {}).items():
+        if key not in names:
+            raise ValueError(f"{where}: unknown limit {key!r} (limits: {', '.join(names)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{where}: limit {key} must be a positive number, not {value!r}")
+        limits = replace(limits, **{key: float(value) if key == "max_ratio" else int(value)})
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{where}: enabled must be true or false")
+    concurrency = data.get("concurrency", 2)
+    if not isinstance(concurrency, int) or not 1 <= concurrency <= 16:
+        raise ValueError(f"{where}: concurrency must be an integer from 1 to 16")
+    cache_dir = Path(data["cache_dir"]) if data.get("cache_dir") else None
+    return InspectionConfig(enabled, levels, limits, concurrency, cache_dir)
+
+
+def load_inspection_config(path: Path) -> InspectionConfig:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    return parse_inspection_config(data, str(path))

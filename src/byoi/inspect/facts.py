@@ -1,0 +1,185 @@
+"""What an image holds, read from its config and its final file tree: OS, users, R, RStudio Server,
+R libraries and packages. Everything here is a pure function of the tree and the config JSON.
+
+Paths in the result are absolute (`/usr/lib/R`), as a user would write them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from byoi.inspect.tree import Tree
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+R_HOMES = ("usr/lib/R", "usr/local/lib/R")
+RSERVER = "usr/lib/rstudio-server/bin/rserver"
+RSTUDIO_VERSION_FILES = ("usr/lib/rstudio-server/VERSION", "usr/lib/rstudio-server/resources/VERSION")
+SITE_LIBRARIES = ("usr/local/lib/R/site-library", "usr/lib/R/site-library", "usr/lib/R/library")
+
+
+def parse_dcf(data: bytes) -> dict[str, str]:
+    """An R DESCRIPTION file (Debian control format): `Key: value`, continuation lines indented."""
+    fields: dict[str, str] = {}
+    key = None
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line[:1] in (" ", "\t") and key:
+            fields[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            key = key.strip()
+            fields[key] = value.strip()
+    return fields
+
+
+def parse_os_release(data: bytes | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            result[key] = value
+    return result
+
+
+def parse_passwd(data: bytes | None) -> list[dict[str, Any]]:
+    users = []
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        parts = line.split(":")
+        if len(parts) < 7 or line.startswith("#"):
+            continue
+        try:
+            uid, gid = int(parts[2]), int(parts[3])
+        except ValueError:
+            continue
+        users.append({"Name": parts[0], "Uid": uid, "Gid": gid, "Home": parts[5], "Shell": parts[6]})
+    return users
+
+
+def env_map(env: list[str]) -> dict[str, str]:
+    result = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        result[key] = value
+    return result
+
+
+def _abs(path: str) -> str:
+    return "/" + path
+
+
+def _search_path(env: dict[str, str]) -> list[str]:
+    return [p.strip("/") for p in env.get("PATH", DEFAULT_PATH).split(":") if p.startswith("/")]
+
+
+def r_installations(tree: Tree, env: dict[str, str]) -> list[dict[str, Any]]:
+    """R homes in the places R is installed (/usr/lib/R, /usr/local/lib/R, /opt/R/<version>), with the
+    R version from the base package, and the `R` found on PATH."""
+    on_path = next((posixpath.join(d, "R") for d in _search_path(env) if tree.is_file(posixpath.join(d, "R"))), None)
+    candidates = list(R_HOMES)
+    for version in tree.listdir("opt/R"):
+        candidates += [f"opt/R/{version}/lib/R", f"opt/R/{version}/lib64/R"]
+    found: dict[str, dict[str, Any]] = {}
+    for home in candidates:
+        real = tree.resolve(home)
+        if real is None or real in found or not tree.is_dir(real):
+            continue
+        if not (tree.is_file(f"{real}/bin/R") or tree.is_file(f"{real}/bin/exec/R")):
+            continue
+        base = tree.read(f"{real}/library/base/DESCRIPTION")
+        found[real] = {"Home": _abs(home), "Version": parse_dcf(base).get("Version") if base else None}
+    installs = list(found.values())
+    if on_path:
+        if installs:
+            installs[0]["Binary"] = _abs(on_path)
+        else:
+            installs.append({"Binary": _abs(on_path)})
+    return installs
+
+
+def r_libraries(tree: Tree, env: dict[str, str], installs: list[dict[str, Any]]) -> list[str]:
+    """R's library search path as `.libPaths()` would have it (env libraries, site libraries, each R
+    home's own library), limited to directories that exist. Symlinks are followed (a loop raises)."""
+    named: list[str] = []
+    for var in ("R_LIBS", "R_LIBS_USER", "R_LIBS_SITE"):
+        for entry in env.get(var, "").split(":"):
+            if entry.startswith("/") and not any(c in entry for c in "%$~"):
+                named.append(entry.strip("/"))
+    named += SITE_LIBRARIES
+    for install in installs:
+        if install.get("Home"):
+            home = install["Home"].strip("/")
+            named += [f"{home}/site-library", f"{home}/library"]
+    seen: set[str] = set()
+    result = []
+    for lib in named:
+        real = tree.resolve(lib)
+        if real is None or real in seen or not tree.is_dir(real):
+            continue
+        seen.add(real)
+        result.append(_abs(real))
+    return result
+
+
+def r_packages(tree: Tree, libraries: list[str]) -> list[dict[str, Any]]:
+    packages = []
+    for lib in libraries:
+        for name in tree.listdir(lib):
+            data = tree.read(f"{lib}/{name}/DESCRIPTION")
+            if data is None:
+                continue
+            desc = parse_dcf(data)
+            if desc.get("Package") != name:  # R skips directories whose DESCRIPTION names another package
+                continue
+            package = {"Name": name, "Version": desc.get("Version", ""), "Library": _abs(lib)}
+            if desc.get("Priority"):
+                package["Priority"] = desc["Priority"]
+            packages.append(package)
+    return packages
+
+
+def rstudio_server(tree: Tree) -> dict[str, Any] | None:
+    node = tree.node(RSERVER)
+    if node is None or node[0] != "f":
+        return None
+    version = None
+    for path in RSTUDIO_VERSION_FILES:
+        data = tree.read(path)
+        if data:
+            version = data.decode("utf-8", "replace").strip().splitlines()[0][:64]
+            break
+    return {"Path": _abs(RSERVER), "Version": version, "Executable": bool(node[1] & 0o111)}
+
+
+def image_facts(tree: Tree, config: dict[str, Any]) -> dict[str, Any]:
+    """The report's facts section, from the final tree and the image config JSON."""
+    cfg = config.get("config") or {}
+    env_list = [e for e in cfg.get("Env") or [] if isinstance(e, str)]
+    env = env_map(env_list)
+    os_release = parse_os_release(tree.read("etc/os-release") or tree.read("usr/lib/os-release"))
+    installs = r_installations(tree, env)
+    libraries = r_libraries(tree, env, installs)
+    facts: dict[str, Any] = {
+        "Platform": "/".join(
+            str(x) for x in (config.get("os"), config.get("architecture"), config.get("variant")) if x
+        ),
+        "Os": {
+            k: os_release[w]
+            for k, w in (("Id", "ID"), ("VersionId", "VERSION_ID"), ("PrettyName", "PRETTY_NAME"))
+            if w in os_release
+        },
+        "Users": parse_passwd(tree.read("etc/passwd")),
+        "User": cfg.get("User") or None,
+        "Env": env_list,
+        "ExposedPorts": sorted((cfg.get("ExposedPorts") or {}).keys()),
+        "Entrypoint": cfg.get("Entrypoint") or [],
+        "Cmd": cfg.get("Cmd") or [],
+        "WorkingDir": cfg.get("WorkingDir") or None,
+        "RInstallations": installs,
+        "RStudioServer": rstudio_server(tree),
+        "RLibraries": libraries,
+        "RPackages": r_packages(tree, [lib.strip("/") for lib in libraries]),
+    }
+    return facts
