@@ -31,6 +31,7 @@ class RegistryConfig:
     username: str | None = None
     password: str | None = None
     token: str | None = None  # a ready bearer token / identity token, for registries that issue them
+    ca_file: str | None = None  # PEM bundle to verify an HTTPS registry with a private CA
 
     @property
     def host(self) -> str:
@@ -72,6 +73,7 @@ def load_registries_file(path: Path) -> list[RegistryConfig]:
                 username=entry.get("username"),
                 password=password,
                 token=entry.get("token"),
+                ca_file=entry.get("ca_file"),
             )
         )
     return result
