@@ -1,0 +1,164 @@
+"""The build routes that are not `POST /` operations, signed with SigV4 like every call:
+
+- `POST /byoi/build-contexts`: upload a build context (tar or tar.gz) as the raw body. The request must sign
+  `X-Amz-Content-SHA256` with the body's real SHA-256 (as S3 uploads do), so the body is streamed to disk
+  and checked against it instead of being held in memory. Answers `{"ContextId", "ContextSize", "Files"}`.
+- `GET /byoi/builds/{build_id}/events`: the build log as `text/event-stream`, from the start (or from the
+  byte offset in `Last-Event-ID` / `?offset=`), following the build until it ends with an `end` event.
+- `GET /byoi/builds/{build_id}/log`: the whole log as plain text.
+
+Only parsing and rendering live here; the rules are in `byoi.services.builds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import regex
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from byoi.api.protocol import error_response
+from byoi.auth.sigv4 import verify
+from byoi.build.logstore import read_records, render_text
+from byoi.errors import (
+    AccessDeniedException,
+    ByoiError,
+    IncompleteSignatureException,
+    InternalFailure,
+    ValidationException,
+)
+
+log = logging.getLogger("byoi.api.builds")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+POLL = 0.2  # seconds between reads of a growing log
+STATUS_POLL = 1.0  # seconds between status reads while following
+HEARTBEAT = 15.0  # seconds between SSE comments that keep idle connections open
+_SHA256 = regex.compile(r"[0-9a-f]{64}")
+
+State = dict[str, Any]
+
+
+async def _authorize(request: Request, state: State, operation: str) -> None:
+    """Verify the signature (the body's hash comes from its signed header) and the caller's role."""
+    endpoint = state["endpoint"]
+    role: dict[str, str] = {}
+
+    async def lookup(key_id: str) -> str | None:
+        found = await endpoint.lookup_key(key_id)
+        if found is None:
+            return None
+        role["role"] = found[1]
+        return str(found[0])
+
+    # For uploads the signed X-Amz-Content-SHA256 header stands for the body (checked while it streams in);
+    # other routes have no body.
+    await verify(
+        request.method, request.url.path, request.url.query, request.headers, b"", lookup, endpoint.max_skew_seconds
+    )
+    if not endpoint.is_allowed(role.get("role", ""), operation):
+        raise AccessDeniedException(f"You are not authorized to perform {operation}")
+
+
+async def _guarded(handler: Callable[[], Any]) -> Response:
+    rid = str(uuid.uuid4())
+    try:
+        response: Response = await handler()
+        return response
+    except ByoiError as err:
+        return error_response(err, rid)
+    except Exception:
+        log.exception("unexpected failure in a build route")
+        return error_response(InternalFailure("An internal error occurred"), rid)
+
+
+def install(app: FastAPI, state: State) -> None:
+    """Add the build routes to `app`; `state` is filled by the app's lifespan (endpoint, services)."""
+
+    def builds() -> Any:
+        return state["services"].builds
+
+    @app.post("/byoi/build-contexts")
+    async def upload_context(request: Request) -> Response:
+        async def handle() -> Response:
+            signed = [h.strip() for h in _signed_headers(request.headers.get("authorization", ""))]
+            body_hash = request.headers.get("x-amz-content-sha256", "")
+            if "x-amz-content-sha256" not in signed or not _SHA256.fullmatch(body_hash):
+                raise IncompleteSignatureException(
+                    "A context upload must sign X-Amz-Content-SHA256 with the hex SHA-256 of the body"
+                )
+            await _authorize(request, state, "StartImageBuild")
+            length = request.headers.get("content-length")
+            result = await builds().accept_context(
+                request.stream(), int(length) if length and length.isdigit() else None, body_hash
+            )
+            return JSONResponse(result)
+
+        return await _guarded(handle)
+
+    @app.get("/byoi/builds/{build_id}/log")
+    async def full_log(build_id: str, request: Request) -> Response:
+        async def handle() -> Response:
+            await _authorize(request, state, "DescribeImageBuild")
+            await builds().build_status(build_id)  # ResourceNotFound for unknown builds
+            text = await asyncio.to_thread(render_text, builds().log_path(build_id))
+            return PlainTextResponse(text)
+
+        return await _guarded(handle)
+
+    @app.get("/byoi/builds/{build_id}/events")
+    async def events(build_id: str, request: Request) -> Response:
+        async def handle() -> Response:
+            await _authorize(request, state, "DescribeImageBuild")
+            await builds().build_status(build_id)
+            raw = request.query_params.get("offset") or request.headers.get("last-event-id") or "0"
+            if not raw.isdigit():
+                raise ValidationException(f"offset {raw!r} must be a byte offset (a previous event id)")
+            return StreamingResponse(
+                _follow(builds(), build_id, int(raw)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+
+        return await _guarded(handle)
+
+
+def _signed_headers(authorization: str) -> list[str]:
+    m = regex.search(r"SignedHeaders=([a-z0-9\-;]+)", authorization)
+    return m[1].split(";") if m else []
+
+
+def _event(record: dict[str, Any], event_id: int) -> str:
+    return f"id: {event_id}\nevent: {record.get('k', 'log')}\ndata: {json.dumps(record)}\n\n"
+
+
+async def _follow(service: Any, build_id: str, offset: int) -> AsyncIterator[str]:
+    """Stream records as they are appended; end with `event: end` once the build is over and drained."""
+    path = service.log_path(build_id)
+    status, checked, beat = await service.build_status(build_id), time.monotonic(), time.monotonic()
+    while True:
+        records, offset = await asyncio.to_thread(read_records, path, offset)
+        for end, record in records:
+            yield _event(record, end)
+        if records:
+            beat = time.monotonic()
+        if status in TERMINAL and not records:
+            yield f"event: end\ndata: {json.dumps({'BuildStatus': status})}\n\n"
+            return
+        now = time.monotonic()
+        if now - checked >= STATUS_POLL:
+            status, checked = await service.build_status(build_id), now
+            if status in TERMINAL:
+                await asyncio.sleep(POLL)  # the final status record follows the store update
+                continue
+        if now - beat >= HEARTBEAT:
+            beat = now
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(POLL)

@@ -1,0 +1,66 @@
+"""What an image builder backend does, independent of how (Docker Engine today; BuildKit or buildah later)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+# An event for the build log: {"k": "log", "m": text} | {"k": "step", "n": 2, "of": 5, "m": "RUN ..."}
+# | {"k": "push", "id": layer, "s": status, "c": current, "n": total}.
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context_tar: Path  # an uncompressed, already checked tar (see byoi.build.context.sanitize_context)
+    dockerfile: str = "Dockerfile"  # path inside the context
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    platform: str | None = None
+    no_cache: bool = False
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    image_id: str  # what `build` returned
+    repository: str  # host[:port]/path
+    tag: str
+    auth: dict[str, str] | None = None  # {"username", "password"} or {"identitytoken"}; None: anonymous
+
+
+class BuildFailed(Exception):
+    """The build or push failed for a reason the user can act on (a failing step, a parse error, a denied push).
+
+    `step` is the Dockerfile step that failed (e.g. `Step 3/4 : RUN make`), when there was one.
+    """
+
+    def __init__(self, message: str, step: str | None = None, phase: str = "build") -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.phase = phase
+
+
+class BuilderUnavailable(Exception):
+    """The backend cannot be reached (e.g. the Docker Engine is not running): worth retrying later."""
+
+
+class Builder(Protocol):
+    name: str
+
+    async def build(self, request: BuildRequest, emit: Emit) -> str:
+        """Build; stream events through `emit`; return the image id. Cancelling the call stops the build."""
+        ...
+
+    async def push(self, request: PushRequest, emit: Emit) -> str:
+        """Tag and push; stream per-layer progress through `emit`; return the pushed manifest digest."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise BuilderUnavailable when the backend cannot build now."""
+        ...
+
+    async def close(self) -> None: ...

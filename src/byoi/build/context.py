@@ -1,0 +1,311 @@
+"""Build contexts: `.dockerignore`, packing a directory, and checking an uploaded tar without extracting it.
+
+A context reaches the builder only as a tar that `check_upload` and `filter_context` wrote: every member has a relative,
+normalised name with no `..`; links stay inside the context; there are no devices or FIFOs; the total size
+is under the limit; and what `.dockerignore` excludes is gone (except the Dockerfile and `.dockerignore`
+themselves, which the builder needs, as Docker's own client does). Nothing is ever extracted to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import regex
+
+DOCKERIGNORE = ".dockerignore"
+MAX_MEMBERS = 200_000
+
+
+class ContextError(ValueError):
+    """The build context is not acceptable; the message names the member and what is wrong."""
+
+
+# -- .dockerignore (the semantics of moby/patternmatcher, which `docker build` uses) ---------------
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    text: str
+    exclusion: bool
+    rx: regex.Pattern[str]
+
+
+def _compile(pattern: str) -> regex.Pattern[str]:
+    out, i = ["^"], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            if i + 1 < len(pattern) and pattern[i + 1] == "*":
+                i += 1
+                if i + 1 < len(pattern) and pattern[i + 1] == "/":
+                    i += 1  # "**/" is treated as "**"
+                out.append(".*" if i + 1 >= len(pattern) else "(.*/)?")
+            else:
+                out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\":
+            i += 1
+            out.append(regex.escape(pattern[i]) if i < len(pattern) else "\\\\")
+        elif ch in ".+()|{}$^" and ch != "^":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)  # letters, "/", and "[...]" classes pass through as in filepath.Match
+        i += 1
+    out.append("$")
+    try:
+        return regex.compile("".join(out))
+    except regex.error as exc:
+        raise ContextError(f".dockerignore pattern {pattern!r} is not valid: {exc}") from None
+
+
+class DockerIgnore:
+    """Patterns from a `.dockerignore`; `excluded(path)` as `docker build` decides it (last match wins,
+    `!` re-includes, a pattern matching a parent directory matches everything under it)."""
+
+    def __init__(self, text: str = "") -> None:
+        self.patterns: list[_Pattern] = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            exclusion = line.startswith("!")
+            if exclusion:
+                line = line[1:].strip()
+            cleaned = posixpath.normpath(line)
+            if len(cleaned) > 1 and cleaned.startswith("/"):
+                cleaned = cleaned.lstrip("/")
+            self.patterns.append(_Pattern(cleaned, exclusion, _compile(cleaned)))
+
+    @property
+    def has_exceptions(self) -> bool:
+        return any(p.exclusion for p in self.patterns)
+
+    def excluded(self, path: str) -> bool:
+        parts = path.split("/")
+        parents = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
+        matched = False
+        for p in self.patterns:
+            if p.exclusion != matched:
+                continue
+            hit = bool(p.rx.match(path)) or any(p.rx.match(parent) for parent in parents)
+            if hit:
+                matched = not p.exclusion
+        return matched
+
+
+# -- names and members ------------------------------------------------------------------------------
+
+
+def clean_relative(path: str, what: str) -> str:
+    """A normalised relative path inside the context, or ContextError naming `what`."""
+    if not path or "\0" in path:
+        raise ContextError(f"{what} {path!r} is empty or contains a NUL byte")
+    if path.startswith("/"):
+        raise ContextError(f"{what} {path!r} is an absolute path; paths in a build context must be relative")
+    if ".." in path.split("/"):
+        raise ContextError(f"{what} {path!r} contains '..'; paths in a build context must stay inside it")
+    cleaned = posixpath.normpath(path)
+    if cleaned in ("", "."):
+        return "."
+    return cleaned
+
+
+def check_member(info: tarfile.TarInfo, seen: set[str]) -> str:
+    """Check one tar member; return its cleaned name. `seen` holds the names of earlier members."""
+    name = clean_relative(info.name, "tar member")
+    if info.isdev() or info.isfifo():
+        raise ContextError(f"tar member {info.name!r} is a device or FIFO; a build context holds only files, "
+                           "directories and links")  # fmt: skip
+    if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
+        raise ContextError(f"tar member {info.name!r} has an unsupported type {info.type!r}")
+    if info.issym():
+        target = info.linkname
+        if target.startswith("/"):
+            raise ContextError(
+                f"symbolic link {info.name!r} points to the absolute path {target!r}, outside the context"
+            )  # noqa: E501
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise ContextError(f"symbolic link {info.name!r} points to {target!r}, outside the context")
+    if info.islnk():
+        target = clean_relative(info.linkname, f"hard link {info.name!r} target")
+        if target not in seen:
+            raise ContextError(f"hard link {info.name!r} points to {info.linkname!r}, which is not in the context")
+    return name
+
+
+# -- packing a directory (client side) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackResult:
+    size: int  # bytes of file content packed
+    files: int
+    excluded: int
+    dockerfile: str  # the Dockerfile's path inside the tar
+
+
+def _walk(root: Path, ignore: DockerIgnore) -> Iterator[tuple[Path, str]]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        keep = []
+        for d in sorted(dirnames):
+            rel = d if rel_dir == "." else f"{rel_dir}/{d}"
+            full = Path(dirpath) / d
+            # A symlinked directory is packed as a link, never followed.
+            if full.is_symlink():
+                filenames.append(d)
+            elif not (ignore.excluded(rel) and not ignore.has_exceptions):
+                keep.append(d)
+                yield full, rel
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            yield Path(dirpath) / f, (f if rel_dir == "." else f"{rel_dir}/{f}")
+
+
+def pack_directory(root: Path, out: BinaryIO, dockerfile: str | None = None, limit: int | None = None) -> PackResult:
+    """Write `root` as an uncompressed tar to `out`, honouring `root/.dockerignore`.
+
+    `dockerfile` may lie outside `root` (like `docker build -f`); it is then packed as `.byoi.Dockerfile`.
+    Raises ContextError for a context over `limit` bytes, links leaving it, devices, or a missing Dockerfile.
+    """
+    root = root.resolve()
+    if not root.is_dir():
+        raise ContextError(f"build context {root} is not a directory")
+    ignore_file = root / DOCKERIGNORE
+    ignore = DockerIgnore(ignore_file.read_text(errors="replace") if ignore_file.is_file() else "")
+    df_path = Path(dockerfile) if dockerfile else root / "Dockerfile"
+    if not df_path.is_absolute():
+        df_path = (Path.cwd() / df_path) if dockerfile else df_path
+    df_path = df_path.resolve()
+    if not df_path.is_file():
+        raise ContextError(f"Dockerfile {df_path} does not exist")
+    inside = df_path.is_relative_to(root)
+    df_name = df_path.relative_to(root).as_posix() if inside else ".byoi.Dockerfile"
+    always = {DOCKERIGNORE, df_name}
+    size = files = excluded = 0
+    seen: set[str] = set()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for full, rel in _walk(root, ignore):
+            if rel not in always and ignore.excluded(rel):
+                excluded += 1
+                continue
+            info = tar.gettarinfo(str(full), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            seen.add(check_member(info, seen))
+            if info.isfile():
+                size += info.size
+                files += 1
+                if limit is not None and size > limit:
+                    raise ContextError(f"build context {root} is larger than the limit of {limit} bytes")
+                with full.open("rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+        if not inside:
+            data = df_path.read_bytes()
+            info = tarfile.TarInfo(df_name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(df_path.stat().st_mtime)
+            tar.addfile(info, io.BytesIO(data))
+    return PackResult(size, files, excluded, df_name)
+
+
+# -- checking an uploaded tar (server side) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextSummary:
+    size: int  # bytes of file content kept
+    files: int
+    excluded: int
+
+
+def check_upload(src: BinaryIO, raw_path: Path, limit: int) -> ContextSummary:
+    """Check every member of the uploaded tar (or tar.gz) `src`, streamed, and copy it to `raw_path` with
+    cleaned names and no owners. Raises ContextError (leaving no file) when any member is unacceptable."""
+    total = files = 0
+    seen: set[str] = set()
+    try:
+        with (
+            raw_path.open("wb") as raw,
+            tarfile.open(fileobj=src, mode="r|*") as tin,
+            tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tout,
+        ):
+            for info in tin:
+                name = check_member(info, seen)
+                if len(seen) >= MAX_MEMBERS:
+                    raise ContextError(f"build context has more than {MAX_MEMBERS} entries")
+                if name == ".":
+                    continue
+                seen.add(name)
+                info.name = name
+                if info.islnk():
+                    info.linkname = clean_relative(info.linkname, "hard link target")
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.isfile():
+                    total += info.size
+                    files += 1
+                    if total > limit:
+                        raise ContextError(f"build context is larger than the limit of {limit} bytes (uncompressed)")
+                    tout.addfile(info, tin.extractfile(info))
+                else:
+                    tout.addfile(info)
+    except tarfile.TarError as exc:
+        raw_path.unlink(missing_ok=True)
+        raise ContextError(f"build context is not a valid tar archive: {exc}") from None
+    except EOFError:
+        raw_path.unlink(missing_ok=True)
+        raise ContextError("build context tar archive is truncated") from None
+    except BaseException:
+        raw_path.unlink(missing_ok=True)
+        raise
+    return ContextSummary(total, files, 0)
+
+
+def _read_member(tar: tarfile.TarFile, name: str, limit: int = 1 << 20) -> str | None:
+    try:
+        info = tar.getmember(name)
+    except KeyError:
+        return None
+    fh = tar.extractfile(info) if info.isfile() else None
+    return fh.read(limit).decode(errors="replace") if fh else None
+
+
+def context_has_file(raw_path: Path, name: str) -> bool:
+    """Whether the checked context holds a file (or link) called `name`."""
+    with tarfile.open(raw_path, mode="r:") as tar:
+        try:
+            return not tar.getmember(name).isdir()
+        except KeyError:
+            return False
+
+
+def filter_context(raw_path: Path, dst_path: Path, dockerfile: str) -> ContextSummary:
+    """Copy the checked context to `dst_path` leaving out what its `.dockerignore` excludes. The Dockerfile
+    and `.dockerignore` are always kept (Docker's client does the same; the daemon drops them from COPY)."""
+    size = files = excluded = 0
+    with tarfile.open(raw_path, mode="r:") as tin:
+        ignore = DockerIgnore(_read_member(tin, DOCKERIGNORE) or "")
+        always = {DOCKERIGNORE, dockerfile}
+        with dst_path.open("wb") as dst, tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+            for info in tin:
+                if info.name not in always and ignore.excluded(info.name):
+                    excluded += 1
+                    continue
+                if info.isfile():
+                    size += info.size
+                    files += 1
+                    tout.addfile(info, tin.extractfile(info))
+                else:
+                    tout.addfile(info)
+    return ContextSummary(size, files, excluded)

@@ -1,0 +1,193 @@
+"""The Docker Engine builder backend: Engine API `/build` (the classic builder) and `/images/{name}/push`,
+through aiodocker, with the JSON progress streams turned into build-log events.
+
+Cancelling `build()` closes the HTTP request, and the Engine then stops the build and removes its
+intermediate containers (`forcerm`). BuildKit-only Dockerfile features (`RUN --mount`, heredocs) are not
+available with this backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import regex
+
+from byoi.build.base import BuilderUnavailable, BuildFailed, BuildRequest, Emit, PushRequest
+
+_STEP = regex.compile(r"Step (\d+)/(\d+) : (.*)")
+_CHUNK = 1 << 20
+PROGRESS_INTERVAL = 0.25  # seconds between progress events per layer
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while True:
+            data = await asyncio.to_thread(fh.read, _CHUNK)
+            if not data:
+                return
+            yield data
+
+
+async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    while True:
+        line = await response.content.readline()
+        if not line:
+            return
+        line = line.strip()
+        if line:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                yield {"stream": line.decode(errors="replace") + "\n"}
+
+
+def _error_message(exc: aiodocker.DockerError) -> str:
+    message = exc.message
+    if isinstance(message, dict):
+        message = message.get("message", json.dumps(message))
+    return str(message).strip()
+
+
+def registry_auth_header(auth: dict[str, str] | None, server: str) -> str:
+    """The X-Registry-Auth header value: base64url JSON of the credentials (or an empty object)."""
+    payload = {**auth, "serveraddress": server} if auth else {}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+class DockerBuilder:
+    name = "docker"
+
+    def __init__(self, docker_host: str | None = None) -> None:
+        self._host = docker_host
+        self._docker: aiodocker.Docker | None = None
+        self._push_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._host)
+        return self._docker
+
+    async def ping(self) -> None:
+        try:
+            await self.docker.version()
+        except (aiohttp.ClientError, OSError, aiodocker.DockerError, ValueError) as exc:
+            raise BuilderUnavailable(f"the Docker Engine is not reachable: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def build(self, request: BuildRequest, emit: Emit) -> str:
+        params: dict[str, Any] = {"dockerfile": request.dockerfile, "rm": "1", "forcerm": "1"}
+        if request.build_args:
+            params["buildargs"] = json.dumps(request.build_args)
+        if request.labels:
+            params["labels"] = json.dumps(request.labels)
+        if request.target:
+            params["target"] = request.target
+        if request.platform:
+            params["platform"] = request.platform
+        if request.no_cache:
+            params["nocache"] = "1"
+        step: str | None = None
+        image_id: str | None = None
+        try:
+            async with self.docker._query(
+                "build",
+                "POST",
+                params=params,
+                data=_file_chunks(request.context_tar),
+                headers={"content-type": "application/x-tar"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
+            ) as response:
+                async for item in _json_lines(response):
+                    if "error" in item or "errorDetail" in item:
+                        detail = item.get("errorDetail") or {}
+                        raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), step)
+                    text = item.get("stream") or (item.get("status") and f"{item['status']}\n")
+                    if text:
+                        for line in text.splitlines():
+                            if not line.strip():
+                                continue
+                            m = _STEP.match(line)
+                            if m:
+                                step = line
+                                emit({"k": "step", "n": int(m[1]), "of": int(m[2]), "m": line})
+                            else:
+                                emit({"k": "log", "m": line})
+                    aux = item.get("aux")
+                    if isinstance(aux, dict) and aux.get("ID"):
+                        image_id = aux["ID"]
+        except aiodocker.DockerError as exc:
+            # 4xx before any step: e.g. "dockerfile parse error line 3: unknown instruction: RUNN".
+            if exc.status >= 500 and "connect" in _error_message(exc).lower():
+                raise BuilderUnavailable(_error_message(exc)) from exc
+            raise BuildFailed(_error_message(exc), step) from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise BuilderUnavailable(f"lost the Docker Engine during the build: {exc}") from exc
+        if image_id is None:
+            raise BuildFailed("the Docker Engine finished the build without reporting an image id", step)
+        return image_id
+
+    async def push(self, request: PushRequest, emit: Emit) -> str:
+        server = request.repository.split("/", 1)[0]
+        lock = self._push_locks.setdefault(f"{request.repository}:{request.tag}", asyncio.Lock())
+        # Tagging and pushing under one lock: two builds of the same repository:tag must not push each
+        # other's image.
+        async with lock:
+            try:
+                await self.docker.images.tag(request.image_id, request.repository, tag=request.tag)
+                return await self._push(request, server, emit)
+            except aiodocker.DockerError as exc:
+                raise BuildFailed(_error_message(exc), phase="push") from exc
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                raise BuilderUnavailable(f"lost the Docker Engine during the push: {exc}") from exc
+
+    async def _push(self, request: PushRequest, server: str, emit: Emit) -> str:
+        digest: str | None = None
+        last_status: dict[str, str] = {}
+        last_progress: dict[str, float] = {}
+        async with self.docker._query(
+            f"images/{request.repository}/push",
+            "POST",
+            params={"tag": request.tag},
+            headers={"X-Registry-Auth": registry_auth_header(request.auth, server)},
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
+        ) as response:
+            async for item in _json_lines(response):
+                if "error" in item or "errorDetail" in item:
+                    detail = item.get("errorDetail") or {}
+                    raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), phase="push")
+                aux = item.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = aux["Digest"]
+                    continue
+                layer, status = item.get("id"), item.get("status")
+                if not status:
+                    continue
+                if not layer:
+                    emit({"k": "log", "m": status})
+                    continue
+                progress = item.get("progressDetail") or {}
+                if last_status.get(layer) != status:
+                    last_status[layer] = status
+                    emit({"k": "push", "id": layer, "s": status})
+                if progress.get("total"):
+                    now = time.monotonic()
+                    if now - last_progress.get(layer, 0.0) >= PROGRESS_INTERVAL:
+                        last_progress[layer] = now
+                        emit({"k": "push", "id": layer, "s": status, "c": progress.get("current", 0),
+                              "n": progress["total"]})  # fmt: skip
+        if digest is None:
+            raise BuildFailed(f"pushing {request.repository}:{request.tag} reported no digest", phase="push")
+        return digest

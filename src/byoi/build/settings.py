@@ -1,0 +1,40 @@
+"""Build settings, read from the environment by the composition root (`BuildSettings.from_env()`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    concurrency: int = 2  # builds running at once; the rest wait QUEUED, in the order they were started
+    context_limit: int = 2 * GiB  # bytes of a build context (uncompressed, after the upload)
+    log_limit: int = 16 * MiB  # bytes of a build's log on disk; later output is dropped, the end is kept
+    resume_attempts: int = 2  # times a build is restarted after its server died before it is marked FAILED
+    context_ttl: float = 3600.0  # seconds an uploaded context waits for StartImageBuild
+    docker_host: str | None = None  # Docker Engine URL; None: DOCKER_HOST or the local socket
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> BuildSettings:
+        """BYOI_BUILD_CONCURRENCY, BYOI_BUILD_CONTEXT_LIMIT, BYOI_BUILD_LOG_LIMIT, BYOI_BUILD_RESUME_ATTEMPTS,
+        BYOI_BUILD_CONTEXT_TTL, and DOCKER_HOST."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            key = f"BYOI_BUILD_{f.name.upper()}"
+            if f.name == "docker_host":
+                values[f.name] = env.get("BYOI_BUILD_DOCKER_HOST") or env.get("DOCKER_HOST") or None
+            elif key in env:
+                cast = float if f.type in ("float", float) else int
+                try:
+                    values[f.name] = cast(env[key])
+                except ValueError:
+                    raise ValueError(f"{key} must be a number, not {env[key]!r}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.concurrency < 1:
+            raise ValueError("BYOI_BUILD_CONCURRENCY must be at least 1")
+        return settings

@@ -1,0 +1,267 @@
+"""Running one image build: admission in queue order, the build and push through the builder seam, the
+log on disk, stop requests, resumption after a crash, and the final status (written only while this
+worker's claim still holds the row)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from byoi.build.base import Builder, BuilderUnavailable, BuildFailed, BuildRequest, PushRequest
+from byoi.build.context import filter_context
+from byoi.build.logstore import BuildLog
+from byoi.build.settings import BuildSettings
+from byoi.errors import ByoiError, ResourceInUse
+from byoi.jobs.worker import Claim, RetryLater
+from byoi.registry.client import docker_config_credentials
+from byoi.services.context import ServiceContext
+from byoi.services.image_versions import ImageVersionService
+from byoi.services.images import ImageService
+from byoi.store.schema_builds import image_builds as builds_t
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("QUEUED", "BUILDING", "PUSHING")
+RUNNING = ("BUILDING", "PUSHING")
+QUEUE_POLL = 1.0  # seconds between admission attempts of a queued build
+STOP_POLL = 1.0  # seconds between checks for a stop requested through another server process
+DEFAULT_ROLE = "arn:aws:iam::{account}:role/byoi-build"
+_NOISE = (" ---> ", "Removing intermediate container", "Successfully ")
+
+
+def failure_reason(exc: BuildFailed, last_lines: list[str], where: str) -> str:
+    """A short reason: the failing step and the builder's message, then the last lines of output."""
+    if exc.phase == "push":
+        head = f"Push to {where} failed: {exc.message}"
+    elif exc.step:
+        head = f"{exc.step} failed: {exc.message}"
+    else:
+        head = f"The Dockerfile could not be built: {exc.message}"
+    tail = [ln for ln in last_lines if ln.strip() and not ln.startswith(_NOISE) and not ln.startswith("Step ")]
+    if tail:
+        head += " | last output: " + " / ".join(tail[-5:])
+    return head if len(head) <= 1024 else head[:1021] + "..."
+
+
+class BuildRunner:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        builder: Builder,
+        images: ImageService,
+        versions: ImageVersionService,
+        settings: BuildSettings,
+        root: Path,
+    ) -> None:
+        self.ctx = ctx
+        self.builder = builder
+        self.images = images
+        self.versions = versions
+        self.settings = settings
+        self.root = root
+        self._admission = asyncio.Lock()
+        self._stops: dict[str, asyncio.Event] = {}
+
+    def request_stop(self, build_id: str) -> None:
+        """A stop recorded in the store; if this process runs the build, stop it now rather than at the next poll."""
+        event = self._stops.get(build_id)
+        if event is not None:
+            event.set()
+
+    # -- the task handler ----------------------------------------------------------------------
+
+    async def run(self, claim: Claim) -> None:
+        async with self.ctx.db.read() as conn:
+            row = (await conn.execute(sa.select(builds_t).where(claim.owns(), builds_t.c.status.in_(ACTIVE)))).first()
+        if row is None:
+            return
+        blog = BuildLog(self.root / row.build_id / "log.jsonl", self.settings.log_limit)
+        try:
+            if row.stop_requested:
+                await self._settle(claim, blog, "STOPPED", failure_reason="Stopped on request before it started")
+                return
+            if row.status == "QUEUED":
+                if not await self._admit(claim, row, blog):
+                    raise RetryLater(QUEUE_POLL, f"build {row.build_id} waits for a build slot")
+            else:
+                # Claimed again while BUILDING or PUSHING: the server that ran it stopped (its lease ran out).
+                resumes = int(row.spec.get("Resumes", 0)) + 1
+                if resumes > self.settings.resume_attempts:
+                    await self._settle(
+                        claim, blog, "FAILED",
+                        failure_reason=f"The server running this build stopped {resumes} times; giving up",
+                    )  # fmt: skip
+                    return
+                await self._update(claim, status="BUILDING", spec={**row.spec, "Resumes": resumes})
+                blog.write("status", s="BUILDING", m=f"restarted after the server stopped (restart {resumes})")
+            await self._execute(claim, row, blog)
+        finally:
+            blog.close()
+
+    async def _admit(self, claim: Claim, row: Any, blog: BuildLog) -> bool:
+        """Start `row` if a slot is free and no build queued before it is still waiting."""
+        async with self._admission, self.ctx.db.transaction() as conn:
+            running = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(builds_t).where(builds_t.c.status.in_(RUNNING))
+                )
+            ).scalar_one()
+            earlier = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(builds_t)
+                    .where(builds_t.c.status == "QUEUED", builds_t.c.id < row.id, builds_t.c.stop_requested.is_(False))
+                )
+            ).scalar_one()
+            if running >= self.settings.concurrency or earlier:
+                return False
+            now = time.time()
+            result = await conn.execute(
+                sa.update(builds_t)
+                .where(claim.owns(), builds_t.c.status == "QUEUED")
+                .values(status="BUILDING", started_at=now, modified_at=now)
+            )
+            if result.rowcount != 1:
+                return False
+        blog.write("status", s="BUILDING")
+        return True
+
+    async def _execute(self, claim: Claim, row: Any, blog: BuildLog) -> None:
+        stop = self._stops.setdefault(row.build_id, asyncio.Event())
+        work = asyncio.create_task(self._steps(claim, row, blog))
+        watcher = asyncio.create_task(self._watch_stop(row.id, stop))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()  # closes the Engine request: the Engine stops the build
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+                await self._settle(claim, blog, "STOPPED", failure_reason="Stopped on request")
+                return
+            status, values = work.result()
+            await self._settle(claim, blog, status, **values)
+        finally:
+            work.cancel()
+            watcher.cancel()
+            self._stops.pop(row.build_id, None)
+
+    async def _watch_stop(self, row_id: int, stop: asyncio.Event) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STOP_POLL)
+                return
+            async with self.ctx.db.read() as conn:
+                wanted = (
+                    await conn.execute(sa.select(builds_t.c.stop_requested).where(builds_t.c.id == row_id))
+                ).scalar_one_or_none()
+            if wanted:
+                return
+
+    async def _steps(self, claim: Claim, row: Any, blog: BuildLog) -> tuple[str, dict[str, Any]]:
+        """Build, push and register; return the final status and the values to record with it."""
+        spec, folder = row.spec, self.root / row.build_id
+        where = f"{row.registry}/{row.repository}:{row.tag}"
+        try:
+            await self.builder.ping()
+            context = folder / "context.tar"
+            if not context.exists():
+                summary = await asyncio.to_thread(filter_context, folder / "raw.tar", context, spec["Dockerfile"])
+                excluded = f", {summary.excluded} excluded by .dockerignore" if summary.excluded else ""
+                blog.write("note", m=f"Build context: {summary.files} files, {summary.size} bytes{excluded}")
+            request = BuildRequest(
+                context_tar=context,
+                dockerfile=spec["Dockerfile"],
+                build_args=spec.get("BuildArgs") or {},
+                target=spec.get("Target"),
+                labels=spec.get("Labels") or {},
+                platform=spec.get("Platform"),
+                no_cache=bool(spec.get("NoCache")),
+            )
+            image_id = await self.builder.build(request, blog.emit)
+            await self._update(claim, status="PUSHING")
+            blog.write("status", s="PUSHING", m=where)
+            digest = await self.builder.push(
+                PushRequest(image_id, f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry)),
+                blog.emit,
+            )
+            blog.write("note", m=f"Pushed {where} as {row.registry}/{row.repository}@{digest}")
+            await self._update(claim, digest=digest)
+        except BuildFailed as exc:
+            blog.flush_partial()
+            return "FAILED", {
+                "failure_reason": failure_reason(exc, list(blog.last_lines), where),
+                "failed_step": exc.step[:512] if exc.step else None,
+            }
+        except BuilderUnavailable as exc:
+            return "FAILED", {"failure_reason": f"The builder is not available: {exc}"[:1024]}
+        values: dict[str, Any] = {"digest": digest}
+        if row.image_name:
+            try:
+                values["image_version_arn"] = await self._register(row, digest)
+                blog.write("note", m=f"Registered {values['image_version_arn']}")
+            except ByoiError as exc:
+                reason = f"Pushed {row.registry}/{row.repository}@{digest} but could not register a version of "
+                return "FAILED", {**values, "failure_reason": (reason + f"{row.image_name}: {exc.message}")[:1024]}
+        return "SUCCEEDED", values
+
+    def _auth(self, host: str) -> dict[str, str] | None:
+        for reg in self.ctx.settings.registries:
+            if reg.host == host:
+                if reg.token:
+                    return {"identitytoken": reg.token}
+                if reg.username:
+                    return {"username": reg.username, "password": reg.password or ""}
+        creds = docker_config_credentials(self.ctx.settings.docker_config).get(host)
+        if creds is not None and creds.token:
+            return {"identitytoken": creds.token}
+        if creds is not None and creds.username:
+            return {"username": creds.username, "password": creds.password or ""}
+        return None
+
+    async def _register(self, row: Any, digest: str) -> str:
+        """Create the image if missing, then a version pinned to the pushed digest (idempotent on restart)."""
+        role = row.spec.get("RoleArn") or DEFAULT_ROLE.format(account=self.ctx.settings.account_id)
+        with contextlib.suppress(ResourceInUse):
+            await self.images.create_image(image_name=row.image_name, role_arn=role)
+        token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"byoi-build:{row.build_id}"))
+        result = await self.versions.create_image_version(
+            image_name=row.image_name,
+            base_image=f"{row.registry}/{row.repository}:{row.tag}@{digest}",
+            client_token=token,
+        )
+        return str(result["ImageVersionArn"])
+
+    # -- writing outcomes ----------------------------------------------------------------------
+
+    async def _update(self, claim: Claim, **values: Any) -> None:
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(builds_t)
+                .where(claim.owns(), builds_t.c.status.in_(ACTIVE))
+                .values(modified_at=time.time(), **values)
+            )
+
+    async def _settle(self, claim: Claim, blog: BuildLog, status: str, **values: Any) -> None:
+        now = time.time()
+        async with self.ctx.db.transaction() as conn:
+            result = await conn.execute(
+                sa.update(builds_t)
+                .where(claim.owns(), builds_t.c.status.in_(ACTIVE))
+                .values(status=status, ended_at=now, modified_at=now, **values)
+                .returning(builds_t.c.build_id)
+            )
+            build_id = result.scalar_one_or_none()
+        if build_id is None:
+            return  # another worker took the row over; it writes the outcome
+        blog.write("status", s=status, m=values.get("failure_reason"))
+        folder = self.root / build_id
+        for name in ("raw.tar", "context.tar"):
+            (folder / name).unlink(missing_ok=True)
+        self.ctx.worker.wake()  # the next queued build may start now

@@ -1,0 +1,363 @@
+"""Image builds: from an uploaded build context to a pushed image and, optionally, a new image version.
+
+A context is uploaded first (`accept_context`, behind the signed upload route) and checked without being
+extracted; `StartImageBuild` then records a build `QUEUED`. The `run-image-build` task admits queued builds
+in the order they were started, at most `concurrency` at once, and runs them (`build_runner`): `BUILDING`,
+`PUSHING`, then `SUCCEEDED`, `FAILED` or `STOPPED`. A build whose server died is claimed again when its
+lease runs out and restarted from the beginning (the Engine's layer cache makes finished steps cheap), at
+most `resume_attempts` times, so no build is ever left `BUILDING`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import regex
+import sqlalchemy as sa
+
+from byoi.build.base import Builder
+from byoi.build.context import ContextError, check_upload, clean_relative, context_has_file
+from byoi.build.logstore import BuildLog
+from byoi.build.settings import BuildSettings
+from byoi.errors import ResourceNotFound, ValidationException
+from byoi.jobs.worker import Task
+from byoi.registry import reference
+from byoi.services.build_runner import ACTIVE, BuildRunner
+from byoi.services.context import ServiceContext
+from byoi.services.image_versions import ImageVersionService
+from byoi.services.images import ImageService
+from byoi.store.paging import fetch_page, time_filters
+from byoi.store.schema_builds import image_builds as builds_t
+
+DEFAULT_PAGE = 20
+CONTEXT_ID = regex.compile(r"ctx-[0-9a-f]{32}")
+BUILD_ID = regex.compile(r"b-[0-9a-f]{16}")
+_ARG_NAME = regex.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLATFORM = regex.compile(r"[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_]+)?")
+_TARGET = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_LABEL_KEY = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,254}")
+
+
+class BuildService:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        builder: Builder,
+        images: ImageService,
+        versions: ImageVersionService,
+        settings: BuildSettings,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.builder = builder
+        self.root = ctx.settings.data_dir / "builds"
+        self.runner = BuildRunner(ctx, builder, images, versions, settings, self.root)
+
+    def tasks(self) -> list[Task]:
+        return [Task("run-image-build", builds_t, ACTIVE, self.runner.run)]
+
+    # -- files --------------------------------------------------------------------------------
+
+    def log_path(self, build_id: str) -> Path:
+        return self.root / build_id / "log.jsonl"
+
+    def _context_dir(self, context_id: str) -> Path:
+        return self.root / "contexts" / context_id
+
+    def _sweep_contexts(self) -> None:
+        """Uploaded contexts nobody started a build from are removed after `context_ttl`."""
+        base = self.root / "contexts"
+        if not base.is_dir():
+            return
+        cutoff = time.time() - self.settings.context_ttl
+        for entry in base.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+
+    # -- the upload (called by the signed HTTP route in byoi.api.builds_http) ------------------
+
+    async def accept_context(self, body: AsyncIterator[bytes], length: int | None, sha256: str) -> dict[str, Any]:
+        """Store an uploaded context (tar or tar.gz) after checking it; return its ContextId and size."""
+        limit = self.settings.context_limit
+        if length is not None and length > limit:
+            raise ValidationException(f"build context upload of {length} bytes is larger than the limit of {limit}")
+        await asyncio.to_thread(self._sweep_contexts)
+        context_id = "ctx-" + uuid.uuid4().hex
+        folder = self._context_dir(context_id)
+        folder.mkdir(parents=True)
+        upload = folder / "upload"
+        try:
+            digest, received = hashlib.sha256(), 0
+            with upload.open("wb") as fh:
+                async for chunk in body:
+                    received += len(chunk)
+                    if received > limit:
+                        raise ValidationException(f"build context upload is larger than the limit of {limit} bytes")
+                    digest.update(chunk)
+                    fh.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise ValidationException(
+                    "the uploaded body does not match its signed X-Amz-Content-SHA256 (upload damaged or altered)"
+                )
+            summary = await asyncio.to_thread(self._check, upload, folder / "raw.tar", limit)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            upload.unlink(missing_ok=True)
+        return {"ContextId": context_id, "ContextSize": summary.size, "Files": summary.files}
+
+    @staticmethod
+    def _check(upload: Path, raw: Path, limit: int) -> Any:
+        try:
+            with upload.open("rb") as fh:
+                return check_upload(fh, raw, limit)
+        except ContextError as exc:
+            raise ValidationException(f"build context rejected: {exc}") from None
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def _registry_for(self, registry: str | None, repository: str) -> tuple[str, str]:
+        configured = [r.host for r in self.ctx.settings.registries]
+        first, sep, rest = repository.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost"):
+            if registry and registry != first:
+                raise ValidationException(f"Repository names registry {first} but Registry is {registry}")
+            registry, repository = first, rest
+        registry = registry or configured[0]
+        if registry not in configured:
+            raise ValidationException(
+                f"Registry {registry} is not one byoi is configured with ({', '.join(configured)})"
+            )
+        if not reference.REPOSITORY.fullmatch(repository) or len(repository) > 255:
+            raise ValidationException(
+                f"Repository {repository!r} is not a valid repository name: lower-case letters and digits, "
+                "with '.', '_', '__' or '-' between them and '/' between path components"
+            )
+        return registry, repository
+
+    @staticmethod
+    def _check_options(
+        tag: str, build_args: dict[str, str], labels: dict[str, str], platform: str | None, target: str | None
+    ) -> None:
+        if not reference.TAG.fullmatch(tag):
+            raise ValidationException(f"Tag {tag!r} is not a valid tag: up to 128 letters, digits, '_', '.', '-'")
+        for key in build_args:
+            if not _ARG_NAME.fullmatch(key):
+                raise ValidationException(f"BuildArgs name {key!r} is not valid: letters, digits and '_'")
+        for key in labels:
+            if not _LABEL_KEY.fullmatch(key):
+                raise ValidationException(f"Labels key {key!r} is not valid")
+        if platform is not None and not _PLATFORM.fullmatch(platform):
+            raise ValidationException(f"Platform {platform!r} is not of the form os/arch[/variant]")
+        if target is not None and not _TARGET.fullmatch(target):
+            raise ValidationException(f"Target {target!r} is not a valid build stage name")
+
+    async def start_image_build(
+        self,
+        context_id: str,
+        repository: str,
+        tag: str | None = None,
+        registry: str | None = None,
+        dockerfile: str | None = None,
+        build_args: dict[str, str] | None = None,
+        target: str | None = None,
+        labels: dict[str, str] | None = None,
+        platform: str | None = None,
+        no_cache: bool | None = None,
+        image_name: str | None = None,
+        role_arn: str | None = None,
+        client_token: str | None = None,
+    ) -> dict[str, Any]:
+        tag = tag or "latest"
+        registry, repository = self._registry_for(registry, repository)
+        self._check_options(tag, build_args or {}, labels or {}, platform, target)
+        try:
+            dockerfile = clean_relative(dockerfile or "Dockerfile", "Dockerfile")
+        except ContextError as exc:
+            raise ValidationException(str(exc)) from None
+        if client_token:
+            async with self.ctx.db.read() as conn:
+                earlier = (
+                    await conn.execute(sa.select(builds_t).where(builds_t.c.client_token == client_token))
+                ).first()
+            if earlier is not None:
+                return {"BuildId": earlier.build_id, "BuildStatus": earlier.status}
+        if not CONTEXT_ID.fullmatch(context_id):
+            raise ValidationException(f"ContextId {context_id!r} is not a context id returned by the upload")
+        folder = self._context_dir(context_id)
+        raw = folder / "raw.tar"
+        if not raw.is_file():
+            raise ResourceNotFound(
+                f"No build context {context_id}: upload it first (contexts are kept {self.settings.context_ttl:.0f}s)"
+            )
+        if not await asyncio.to_thread(context_has_file, raw, dockerfile):
+            raise ValidationException(f"Dockerfile {dockerfile!r} is not in the build context {context_id}")
+        build_id = "b-" + uuid.uuid4().hex[:16]
+        build_dir = self.root / build_id
+        folder.rename(build_dir)  # the context now belongs to this build alone
+        now = time.time()
+        spec = {
+            "Dockerfile": dockerfile,
+            "BuildArgs": build_args or {},
+            "Labels": labels or {},
+            "Target": target,
+            "Platform": platform,
+            "NoCache": bool(no_cache),
+            "RoleArn": role_arn,
+        }
+        try:
+            async with self.ctx.db.transaction() as conn:
+                await conn.execute(
+                    sa.insert(builds_t).values(
+                        build_id=build_id,
+                        status="QUEUED",
+                        registry=registry,
+                        repository=repository,
+                        tag=tag,
+                        image_name=image_name,
+                        client_token=client_token,
+                        context_size=(build_dir / "raw.tar").stat().st_size,
+                        spec={k: v for k, v in spec.items() if v is not None},
+                        created_at=now,
+                        modified_at=now,
+                    )
+                )
+        except BaseException:
+            build_dir.rename(folder)
+            raise
+        self.ctx.worker.wake()
+        return {"BuildId": build_id, "BuildStatus": "QUEUED"}
+
+    async def _load(self, conn: Any, build_id: str) -> sa.Row[Any]:
+        row = None
+        if BUILD_ID.fullmatch(build_id):
+            row = (await conn.execute(sa.select(builds_t).where(builds_t.c.build_id == build_id))).first()
+        if row is None:
+            raise ResourceNotFound(f"No image build with the id {build_id} exists")
+        return row
+
+    def _summary(self, row: sa.Row[Any]) -> dict[str, Any]:
+        ref = f"{row.registry}/{row.repository}"
+        return {
+            "BuildId": row.build_id,
+            "BuildStatus": row.status,
+            "ImageUri": f"{ref}:{row.tag}",
+            "ImageDigest": row.digest,
+            "PinnedImage": f"{ref}@{row.digest}" if row.digest else None,
+            "ImageName": row.image_name,
+            "ImageVersionArn": row.image_version_arn,
+            "FailureReason": row.failure_reason,
+            "CreationTime": row.created_at,
+            "StartTime": row.started_at,
+            "EndTime": row.ended_at,
+            "LastModifiedTime": row.modified_at,
+        }
+
+    async def describe_image_build(self, build_id: str) -> dict[str, Any]:
+        async with self.ctx.db.read() as conn:
+            row = await self._load(conn, build_id)
+            position = None
+            if row.status == "QUEUED":
+                position = (
+                    await conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(builds_t)
+                        .where(builds_t.c.status == "QUEUED", builds_t.c.id <= row.id)
+                    )
+                ).scalar_one()
+        log = self.log_path(row.build_id)
+        return {
+            **self._summary(row),
+            "Registry": row.registry,
+            "Repository": row.repository,
+            "Tag": row.tag,
+            "FailedStep": row.failed_step,
+            "StopRequested": row.stop_requested,
+            "QueuePosition": position,
+            "ContextSize": row.context_size,
+            "LogSize": log.stat().st_size if log.exists() else 0,
+            **{k: v for k, v in row.spec.items() if k != "Resumes"},
+        }
+
+    async def list_image_builds(
+        self,
+        status_equals: str | None = None,
+        repository_equals: str | None = None,
+        image_name_equals: str | None = None,
+        creation_time_after: float | None = None,
+        creation_time_before: float | None = None,
+        max_results: int | None = None,
+        next_token: str | None = None,
+    ) -> dict[str, Any]:
+        filters = {k: v for k, v in locals().items() if k not in ("self", "next_token", "max_results")}
+        conds = time_filters(builds_t.c.created_at, builds_t.c.modified_at, filters)
+        if status_equals:
+            conds.append(builds_t.c.status == status_equals)
+        if repository_equals:
+            conds.append(builds_t.c.repository == repository_equals)
+        if image_name_equals:
+            conds.append(builds_t.c.image_name == image_name_equals)
+        async with self.ctx.db.read() as conn:
+            page = await fetch_page(
+                conn,
+                sa.select(builds_t).where(*conds),
+                builds_t.c.created_at,
+                builds_t.c.id,
+                True,
+                max_results or DEFAULT_PAGE,
+                next_token,
+                filters,
+                "created_at",
+            )
+        return {"ImageBuilds": [self._summary(r) for r in page.rows], "NextToken": page.next_token}
+
+    async def stop_image_build(self, build_id: str) -> dict[str, Any]:
+        """Ask a build to stop. A queued build nobody is working on stops at once; a running one within
+        about a second (its Engine build is cancelled); a finished one is left as it is."""
+        now = time.time()
+        async with self.ctx.db.transaction() as conn:
+            row = await self._load(conn, build_id)
+            status = row.status
+            if status in ACTIVE:
+                await conn.execute(
+                    sa.update(builds_t)
+                    .where(builds_t.c.id == row.id, builds_t.c.status.in_(ACTIVE))
+                    .values(stop_requested=True, modified_at=now, next_attempt_at=None)
+                )
+                idle = sa.or_(builds_t.c.lease_until.is_(None), builds_t.c.lease_until < now)
+                result = await conn.execute(
+                    sa.update(builds_t)
+                    .where(builds_t.c.id == row.id, builds_t.c.status == "QUEUED", idle)
+                    .values(status="STOPPED", ended_at=now, failure_reason="Stopped on request before it started")
+                )
+                if result.rowcount == 1:
+                    status = "STOPPED"
+        if status == "STOPPED" and row.status == "QUEUED":
+            await asyncio.to_thread(self._forget_context, row.build_id)
+        elif status in ACTIVE:
+            self.runner.request_stop(row.build_id)
+            self.ctx.worker.wake()
+        return {"BuildId": row.build_id, "BuildStatus": status}
+
+    def _forget_context(self, build_id: str) -> None:
+        for name in ("raw.tar", "context.tar"):
+            (self.root / build_id / name).unlink(missing_ok=True)
+        blog = BuildLog(self.log_path(build_id), self.settings.log_limit)
+        blog.write("status", s="STOPPED", m="Stopped on request before it started")
+        blog.close()
+
+    async def build_status(self, build_id: str) -> str:
+        """The status alone, for the log stream (a cheap read, polled)."""
+        async with self.ctx.db.read() as conn:
+            return str((await self._load(conn, build_id)).status)
