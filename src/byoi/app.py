@@ -15,10 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from byoi.api import builds_http
 from byoi.api.model import all_operation_names
 from byoi.api.protocol import AwsJsonEndpoint, Operation, snake
 from byoi.auth import policy
 from byoi.auth.secrets import SecretBox
+from byoi.build.docker import DockerBuilder
+from byoi.build.settings import BuildSettings
 from byoi.config import Settings
 from byoi.jobs.worker import Worker
 from byoi.metrics import Metrics
@@ -27,6 +30,7 @@ from byoi.registry.errors import RegistryError
 from byoi.services.access_keys import AccessKeyService
 from byoi.services.app_image_configs import AppImageConfigService
 from byoi.services.attachments import AttachmentService
+from byoi.services.builds import BuildService
 from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService
 from byoi.services.image_versions import ImageVersionService
@@ -70,6 +74,12 @@ class Services:
         self.inspection = InspectionService(ctx)
         self.all.append(self.inspection)
         ctx.version_checks.append(self.inspection.check_version)
+
+        # Image builds: Docker Engine backend; successful builds can register new image versions.
+        build_settings = BuildSettings.from_env()
+        builder = DockerBuilder(build_settings.docker_host)
+        self.builds = BuildService(ctx, builder, self.images, self.image_versions, build_settings)
+        self.all.append(self.builds)
 
     def register_tasks(self) -> None:
         for service in self.all:
@@ -121,16 +131,18 @@ def create_app(settings: Settings) -> FastAPI:
             settings.max_clock_skew_seconds,
         )
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
-        state.update(ctx=ctx, endpoint=endpoint)
+        state.update(ctx=ctx, endpoint=endpoint, services=services)
         ctx.worker.start()
         try:
             yield
         finally:
             await ctx.worker.stop()
+            await services.builds.builder.close()
             await ctx.registry.close()
             await ctx.db.close()
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    builds_http.install(app, state)  # context upload and build log routes (signed, outside POST /)
 
     @app.post("/")
     async def aws_json(request: Request) -> Response:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
 from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
@@ -32,6 +33,7 @@ versions_app = typer.Typer(help="Image versions: immutable, digest-pinned contai
 app.add_typer(images_app, name="images")
 app.add_typer(versions_app, name="versions")
 domains_cli.register(app)  # byoi domains|users|attach|detach
+builds_cli.register(app)  # byoi build, byoi builds list|describe|logs|stop
 inspect_cli.register(versions_app)  # byoi versions report|diff
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
