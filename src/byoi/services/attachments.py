@@ -84,7 +84,7 @@ class AttachmentService:
                 revision = await self.profiles.write_spec(conn, domain, profile, spec)
             else:
                 revision = await self.domains.write_spec(conn, domain, spec)
-        self.ctx.worker.wake()
+        await (self.profiles.settle(profile.id) if profile is not None else self.domains.settle(domain.id))
         return {"Revision": revision}
 
     @staticmethod

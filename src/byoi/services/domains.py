@@ -2,8 +2,8 @@
 CreateDomain, DescribeDomain, UpdateDomain, DeleteDomain, ListDomains.
 
 Members that configure AWS infrastructure (VPC, subnets, KMS, roles, security groups) are kept and echoed.
-`CreateDomain` answers at once with the domain `Pending`; the background task makes it `InService`
-(`UpdateDomain` goes through `Updating` the same way). `DeleteDomain` is refused while the domain has user
+`CreateDomain` writes the domain `Pending` and then makes it `InService` (`UpdateDomain` goes through
+`Updating` the same way; see `settle`). `DeleteDomain` is refused while the domain has user
 profiles (or anything a later service registers in `delete_checks`); then the domain is `Deleting` until
 the background task removes it.
 """
@@ -156,7 +156,7 @@ class DomainService:
                     await write_tags(conn, self.ctx.arns.domain(domain_id), tags)
         except IntegrityError:
             raise ResourceInUse(f"Domain name {domain_name} is already in use") from None
-        self.ctx.worker.wake()
+        await self.settle(pk)
         return {"DomainArn": self.ctx.arns.domain(domain_id), "DomainId": domain_id, "Url": self.url(domain_id)}
 
     async def describe_domain(self, domain_id: str) -> dict[str, Any]:
@@ -201,7 +201,7 @@ class DomainService:
                 if value is not None:
                     spec[ECHOED[snake]] = value
             await self.write_spec(conn, row, spec)
-        self.ctx.worker.wake()
+        await self.settle(row.id)
         return {"DomainArn": self.ctx.arns.domain(domain_id)}
 
     async def write_spec(self, conn: AsyncConnection, row: sa.Row[Any], spec: dict[str, Any]) -> int:
@@ -262,7 +262,19 @@ class DomainService:
             )
         return {"Domains": [self._summary(r) for r in page.rows], "NextToken": page.next_token}
 
-    # -- background work ------------------------------------------------------------------------
+    # -- statuses -------------------------------------------------------------------------------
+
+    async def settle(self, pk: int) -> None:
+        """Pending / Updating -> InService. Nothing has to be provisioned for a domain yet, so this runs in
+        its own transaction right after the request's; the background task settles any row a crash left
+        in between. (Work that takes time, such as starting the domain's RStudioServerPro app, would
+        replace this call and leave the domain Pending until it is done.)"""
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(domains)
+                .where(domains.c.id == pk, domains.c.status.in_(("Pending", "Updating")))
+                .values(status="InService", failure_reason=None)
+            )
 
     async def _settle(self, claim: Claim) -> None:
         """Nothing has to be provisioned for a domain yet, so Pending and Updating end InService."""

@@ -2,7 +2,7 @@
 CreateUserProfile, DescribeUserProfile, UpdateUserProfile, DeleteUserProfile, ListUserProfiles.
 
 Names are case-insensitive within a domain (model doc). Statuses go `Pending` -> `InService`, `Updating` ->
-`InService`, `Deleting` -> gone, through background tasks. A profile whose apps are not all `Deleted` or
+`InService` (see `settle`), `Deleting` -> gone through a background task. A profile whose apps are not all `Deleted` or
 `Failed` cannot be deleted: the apps service registers that check in `UserProfileService.delete_checks`.
 """
 
@@ -161,7 +161,7 @@ class UserProfileService:
                     await write_tags(conn, arn, tags)
         except IntegrityError:
             raise ResourceInUse(f"User profile {user_profile_name} already exists in domain {domain_id}") from None
-        self.ctx.worker.wake()
+        await self.settle(pk)
         return {"UserProfileArn": arn}
 
     async def describe_user_profile(self, domain_id: str, user_profile_name: str) -> dict[str, Any]:
@@ -190,7 +190,7 @@ class UserProfileService:
             if user_settings is not None:
                 spec["UserSettings"] = custom_images.merge_members(spec.get("UserSettings"), user_settings)
             await self.write_spec(conn, domain, row, spec)
-        self.ctx.worker.wake()
+        await self.settle(row.id)
         return {"UserProfileArn": self.ctx.arns.user_profile(domain_id, row.name)}
 
     async def write_spec(
@@ -260,7 +260,16 @@ class UserProfileService:
             )
         return {"UserProfiles": [self._summary(r.domain_id, r) for r in page.rows], "NextToken": page.next_token}
 
-    # -- background work ------------------------------------------------------------------------
+    # -- statuses -------------------------------------------------------------------------------
+
+    async def settle(self, pk: int) -> None:
+        """Pending / Updating -> InService, in its own transaction (as `DomainService.settle`)."""
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(user_profiles)
+                .where(user_profiles.c.id == pk, user_profiles.c.status.in_(("Pending", "Updating")))
+                .values(status="InService", failure_reason=None)
+            )
 
     async def _settle(self, claim: Claim) -> None:
         async with self.ctx.db.transaction() as conn:
