@@ -17,7 +17,7 @@ from byoi.inspect.decompress import Budget, LayerDecompressor
 from byoi.inspect.errors import InspectionError, LimitExceeded
 from byoi.inspect.tar import Member, TarReader
 
-FORMAT = 1  # bump when the index or the capture policy changes: old cache files are then ignored
+FORMAT = 2  # bump when the index or the capture policy changes: old cache files are then ignored
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -137,10 +137,12 @@ class LayerIndexer:
         if not path:
             return 0  # the root directory itself
         parent, name = posixpath.split(path)
+        if f"/{WHITEOUT}{WHITEOUT}" in f"/{parent}/" or (name.startswith(WHITEOUT + WHITEOUT) and name != OPAQUE):
+            return 0  # aufs metadata (.wh..wh.plnk, .wh..wh.aufs ...): not part of the image's tree
         if name.startswith(WHITEOUT):
             if name == OPAQUE:
                 self.index.entries.append((parent, "o", 0, 0, 0, 0, ""))
-            elif not name.startswith(WHITEOUT + WHITEOUT):  # .wh..wh.* other than .opq: aufs metadata
+            else:
                 target = posixpath.join(parent, name[len(WHITEOUT) :])
                 self.index.entries.append((target, "w", 0, 0, 0, 0, ""))
             return 0

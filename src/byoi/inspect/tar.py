@@ -174,7 +174,7 @@ class TarReader:
             self._long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
         elif kind == "long-link":
             self._long_link = data.split(b"\0", 1)[0].decode("utf-8", "replace")
-        elif kind == "content" and member is not None:
+        elif kind == "content" and member is not None and self._collecting[2]:
             self.on_content(member, data)
         self._skip(self._after)
 

@@ -1,0 +1,100 @@
+"""Operators configure inspection with a TOML file (`byoi server --inspection-config`): rules turned off,
+levels changed, limits lowered; a bad file stops the server with a message naming the problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from byoi.cli.client import extension_client
+from tests.support.layers import Layer, base_files, compatible_layer, push_image, r_install
+from tests.test_inspect_synthetic import outcomes, register
+
+pytestmark = pytest.mark.slow
+
+
+def server_with(server_factory, registry, tmp_path, toml: str):
+    path = tmp_path / f"inspection-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(toml)
+    srv = server_factory([f"http://{registry}"], env={"BYOI_INSPECTION_CONFIG": str(path)})
+    srv.session()
+    return srv, srv.client(), extension_client(srv.endpoint, "byoi")
+
+
+def test_rules_can_be_turned_off_and_change_level(server_factory, registry, tmp_path, pusher):
+    srv, sm, ext = server_with(
+        server_factory,
+        registry,
+        tmp_path,
+        '[rules]\nrstudio-server = "off"\nnon-root-user = "required"\nreticulate = "info"\n',
+    )
+    r = "cfg/" + uuid.uuid4().hex[:8]
+    no_rserver = Layer().files(base_files([("analyst", 1000)]))
+    no_rserver.files(r_install(), 0o755)
+    push_image(pusher, r, "v1", [no_rserver])
+    name, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATED", d.get("FailureReason")  # RStudio Server is not checked
+    rules = {x["Name"]: x for x in ext.describe_image_version_report(ImageName=name)["Report"]["Rules"]}
+    assert rules["rstudio-server"]["Outcome"] == "SKIPPED" and rules["rstudio-server"]["Level"] == "off"
+    assert rules["reticulate"]["Level"] == "info"
+    root_only = Layer().files(base_files())
+    root_only.files(r_install(), 0o755)
+    push_image(pusher, r, "v2", [root_only])
+    _, d = register(sm, f"{r}:v2")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert d["FailureReason"] == (
+        "Not compatible with RStudio: no non-root user (uid 1000 to 65533) in /etc/passwd; "
+        "sessions will run as a user byoi adds [non-root-user]"
+    )
+
+
+def test_limits_from_the_config_file(server_factory, registry, tmp_path, pusher):
+    srv, sm, ext = server_with(
+        server_factory, registry, tmp_path, "[limits]\nmax_total_bytes = 200_000\nsize_warning_bytes = 50_000\n"
+    )
+    r = "cfg/" + uuid.uuid4().hex[:8]
+    push_image(pusher, r, "small", [compatible_layer().file("pad", b"p" * 60_000)])
+    name, d = register(sm, f"{r}:small")
+    assert d["ImageVersionStatus"] == "CREATED"
+    rep = ext.describe_image_version_report(ImageName=name)["Report"]
+    assert outcomes(rep)["image-size"] == "FAILED"  # a warning: over 50 kB
+    push_image(pusher, r, "big", [compatible_layer(), Layer().file("big", b"\1" * 300_000)])
+    _, d = register(sm, f"{r}:big")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert "the image's layers expand to more than 200000 bytes (the total limit)" in d["FailureReason"]
+
+
+def test_inspection_can_be_disabled(server_factory, registry, tmp_path, pusher):
+    _, sm, ext = server_with(server_factory, registry, tmp_path, "enabled = false\n")
+    r = "cfg/" + uuid.uuid4().hex[:8]
+    push_image(pusher, r, "v1", [Layer().file("hello.txt", "hi")])
+    name, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATED"
+    with pytest.raises(Exception, match="has no compatibility report"):
+        ext.describe_image_version_report(ImageName=name)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[rules]\nr-present = "maybe"\n', "rule r-present has level 'maybe'"),
+        ("[limits]\nmax_ratio = 'high'\n", "limit max_ratio must be a positive number"),
+        ("this is = = not toml\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_stops_the_server_with_a_clear_message(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    proc = subprocess.run(
+        [sys.executable, "-m", "byoi", "server", "--data-dir", str(tmp_path / "d"), "--inspection-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert proc.returncode != 0 and message in " ".join(proc.stderr.replace("│", " ").split())
+    assert "Traceback" not in proc.stderr
