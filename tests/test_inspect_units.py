@@ -237,3 +237,12 @@ def test_inspector_end_to_end_on_in_memory_blobs(tmp_path):
     assert {p["Name"] for p in report["RPackages"]} == {"base", "stats", "reticulate", "jsonlite"}
     blobs[digest_of(blob)] = b"not used: the layer index is cached"
     assert asyncio.run(Inspector(InspectionConfig(), tmp_path).inspect(manifest, stream))["LayersFromCache"] == 1
+
+
+def test_corrupt_zstd_and_gzip_raise_inspection_errors():
+    tar = compatible_layer().tar()
+    for blob in (pyzstd.compress(tar), gzip.compress(tar)):
+        bad = bytearray(blob)
+        bad[12:40] = b"\xff" * 28
+        with pytest.raises(InspectionError, match="layer is corrupt: its (zstd|gzip) stream cannot be decompressed"):
+            index_of(tar, blob=bytes(bad), chunk=1000)

@@ -14,7 +14,7 @@ Operators change them with a TOML file (`byoi server --inspection-config FILE`):
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,15 @@ def parse_inspection_config(data: dict[str, Any], where: str = "inspection confi
         if level not in LEVELS:
             raise ValueError(f"{where}: rule {rule} has level {level!r}; use one of {', '.join(LEVELS)}")
         levels[rule] = level
-    limits = Limits()
-    names = {f.name: f.type for f in fields(Limits)}
+    names = {f.name for f in fields(Limits)}
+    values: dict[str, Any] = {}
     for key, value in (data.get("limits") or {}).items():
         if key not in names:
-            raise ValueError(f"{where}: unknown limit {key!r} (limits: {', '.join(names)})")
+            raise ValueError(f"{where}: unknown limit {key!r} (limits: {', '.join(sorted(names))})")
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f"{where}: limit {key} must be a positive number, not {value!r}")
-        limits = replace(limits, **{key: float(value) if key == "max_ratio" else int(value)})
+        values[key] = float(value) if key == "max_ratio" else int(value)
+    limits = Limits(**values)
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ValueError(f"{where}: enabled must be true or false")

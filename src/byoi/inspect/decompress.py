@@ -95,7 +95,7 @@ class LayerDecompressor:
                         return
                 elif not data and len(out) < OUT_CHUNK:
                     return
-        except isal_zlib.error as exc:
+        except isal_zlib.error as exc:  # type: ignore[misc]  # isal declares it loosely
             raise InspectionError(f"layer is corrupt: its gzip stream cannot be decompressed ({exc})") from None
 
     def _zstd(self, data: bytes) -> None:
@@ -117,7 +117,7 @@ class LayerDecompressor:
                         return
                 elif self._d.needs_input:
                     return
-        except pyzstd.ZstdError as exc:
+        except pyzstd.ZstdError as exc:  # type: ignore[misc]  # a class from backports.zstd
             raise InspectionError(f"layer is corrupt: its zstd stream cannot be decompressed ({exc})") from None
 
     def _emit(self, out: bytes) -> None:

@@ -30,7 +30,8 @@ def _r_version(report: dict[str, Any]) -> str | None:
 
 def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     a, b = _effective_packages(old), _effective_packages(new)
-    upgraded, downgraded = [], []
+    upgraded: list[dict[str, Any]] = []
+    downgraded: list[dict[str, Any]] = []
     for name in sorted(set(a) & set(b)):
         va, vb = a[name]["Version"], b[name]["Version"]
         if va == vb:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from byoi.inspect.layer import LayerIndex, LayerIndexer
 from byoi.inspect.rules import evaluate, failure_reason
 from byoi.inspect.tree import Tree
 
-BlobStream = Callable[[str], AsyncIterator[bytes]]
+BlobStream = Callable[[str], AsyncGenerator[bytes, None]]
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
