@@ -29,11 +29,12 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import fresh_postgres_database  # noqa: E402
+from tests.support.processes import ByoiServer  # noqa: E402
+
 from byoi.cli.client import extension_client  # noqa: E402
 from byoi.store.db import Database, migrate  # noqa: E402
 from byoi.store.schema import image_versions, images  # noqa: E402
-from tests.conftest import fresh_postgres_database  # noqa: E402
-from tests.support.processes import ByoiServer  # noqa: E402
 
 
 async def fill(url: str, n_images: int, per_image: int) -> None:

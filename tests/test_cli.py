@@ -110,7 +110,8 @@ def test_byoi_cli_falls_back_to_the_local_data_dir(server, name):
 
 def test_byoi_cli_reports_an_unreachable_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1", HOME=str(tmp_path))
+    # Dummy credentials: the server is never reached.
+    env.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_DEFAULT_REGION="us-east-1", HOME=str(tmp_path))  # noqa: S106
     result = run(
         [str(BIN / "byoi"), "images", "list", "--endpoint-url", f"http://127.0.0.1:{free_port()}"], env, check=False
     )

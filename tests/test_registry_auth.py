@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import ssl
 import json
+import ssl
 
 import pytest
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from tests.conftest import ROLE
 from tests.support.oci import OCI_MANIFEST
@@ -18,10 +19,8 @@ def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
 
 def wait_version(sm, image: str, version: int) -> dict:
     waiter = sm.get_waiter("image_version_created")
-    try:
+    with contextlib.suppress(WaiterError):  # it stops on CREATE_FAILED too; the caller asserts on the status
         waiter.wait(ImageName=image, Version=version, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
-    except Exception:  # the waiter stops on CREATE_FAILED too; the caller asserts on the status
-        pass
     return sm.describe_image_version(ImageName=image, Version=version)
 
 

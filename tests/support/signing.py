@@ -40,9 +40,9 @@ def signed(
             canonical = signer.canonical_request(request)
             signature = signer.signature(signer.string_to_sign(request, canonical), request)
             scope = f"{creds.access_key}/{when:%Y%m%d}/us-east-1/{service}/aws4_request"
+            signed_headers = signer.signed_headers(signer.headers_to_sign(request))
             request.headers["Authorization"] = (
-                f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders={signer.signed_headers(signer.headers_to_sign(request))}, "
-                f"Signature={signature}"
+                f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders={signed_headers}, Signature={signature}"
             )
     prepared = request.prepare()
     return httpx.Request("POST", prepared.url, headers=dict(prepared.headers), content=prepared.body)

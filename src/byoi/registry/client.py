@@ -282,7 +282,8 @@ class RegistryClient:
         announced = response.headers.get("docker-content-digest")
         if announced and announced.startswith("sha256:") and announced != digest:
             raise RegistryBadContent(
-                f"registry {host} announced digest {announced} for {repository}:{selector} but the content hashes to {digest}"
+                f"registry {host} announced digest {announced} for {repository}:{selector} "
+                f"but the content hashes to {digest}"
             )
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return digest, media_type, raw

@@ -15,7 +15,6 @@ from byoi.jobs.worker import Worker
 from byoi.registry.client import RegistryClient
 from byoi.store.db import Database
 
-
 # (connection, kind, name, version) -> descriptions of what still refers to that resource. `kind` is
 # "image", "image-version" or "app-image-config"; `version` is set only for "image-version".
 ReferrerCheck = Callable[[AsyncConnection, str, str, int | None], Awaitable[list[str]]]

@@ -303,7 +303,8 @@ class ImageVersionService:
             referrers = await self.ctx.referrers(conn, "image-version", image.name, row.version)
             if referrers:
                 raise ResourceInUse(
-                    f"Version {row.version} of image {image.name} is still used by {', '.join(referrers)}; detach it first"
+                    f"Version {row.version} of image {image.name} is still used by {', '.join(referrers)}; "
+                    "detach it first"
                 )
             await conn.execute(
                 sa.update(versions_t)
