@@ -77,6 +77,12 @@ class UnrecognizedClientException(AuthError):
     pass
 
 
+class ConcurrentModification(ByoiError):
+    """A compare-and-swap lost: what the caller read has changed since (read again and retry)."""
+
+    status = 409
+
+
 class InternalFailure(ByoiError):
     """Only ever produced by the API door's last-resort handler; services never raise it."""
 

@@ -33,6 +33,7 @@ versions_app = typer.Typer(help="Image versions: immutable, digest-pinned contai
 app.add_typer(images_app, name="images")
 app.add_typer(versions_app, name="versions")
 domains_cli.register(app)  # byoi domains|users|attach|detach
+images_app.command("available")(domains_cli.domains_available)  # the issue's name for `byoi domains available`
 builds_cli.register(app)  # byoi build, byoi builds list|describe|logs|stop
 inspect_cli.register(versions_app)  # byoi versions report|diff
 

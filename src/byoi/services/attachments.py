@@ -12,17 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from byoi.errors import ByoiError, ResourceInUse
+from byoi.errors import ConcurrentModification, ResourceInUse
 from byoi.services import custom_images as rules
 from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService, load_domain, require_usable
 from byoi.services.user_profiles import UserProfileService, load_profile
-
-
-class ConcurrentModification(ByoiError):
-    """The settings' revision is not the one the caller read: someone else changed them meanwhile."""
-
-    status = 409
 
 
 def _with_images(settings: dict[str, Any] | None, images: list[dict[str, Any]]) -> dict[str, Any]:
