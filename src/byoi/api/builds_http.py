@@ -33,6 +33,7 @@ from byoi.errors import (
     ByoiError,
     IncompleteSignatureException,
     InternalFailure,
+    MissingAuthenticationTokenException,
     ValidationException,
 )
 
@@ -88,6 +89,8 @@ def install(app: FastAPI, state: State) -> None:
     @app.post("/byoi/build-contexts")
     async def upload_context(request: Request) -> Response:
         async def handle() -> Response:
+            if not request.headers.get("authorization"):
+                raise MissingAuthenticationTokenException("Missing Authentication Token")
             signed = [h.strip() for h in _signed_headers(request.headers.get("authorization", ""))]
             body_hash = request.headers.get("x-amz-content-sha256", "")
             if "x-amz-content-sha256" not in signed or not _SHA256.fullmatch(body_hash):

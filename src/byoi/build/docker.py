@@ -110,24 +110,28 @@ class DockerBuilder:
                 headers={"content-type": "application/x-tar"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
             ) as response:
-                async for item in _json_lines(response):
-                    if "error" in item or "errorDetail" in item:
-                        detail = item.get("errorDetail") or {}
-                        raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), step)
-                    text = item.get("stream") or (item.get("status") and f"{item['status']}\n")
-                    if text:
-                        for line in text.splitlines():
-                            if not line.strip():
-                                continue
-                            m = _STEP.match(line)
-                            if m:
-                                step = line
-                                emit({"k": "step", "n": int(m[1]), "of": int(m[2]), "m": line})
-                            else:
-                                emit({"k": "log", "m": line})
-                    aux = item.get("aux")
-                    if isinstance(aux, dict) and aux.get("ID"):
-                        image_id = aux["ID"]
+                try:
+                    async for item in _json_lines(response):
+                        if "error" in item or "errorDetail" in item:
+                            detail = item.get("errorDetail") or {}
+                            raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), step)
+                        text = item.get("stream") or (item.get("status") and f"{item['status']}\n")
+                        if text:
+                            for line in text.splitlines():
+                                if not line.strip():
+                                    continue
+                                m = _STEP.match(line)
+                                if m:
+                                    step = line
+                                    emit({"k": "step", "n": int(m[1]), "of": int(m[2]), "m": line})
+                                else:
+                                    emit({"k": "log", "m": line})
+                        aux = item.get("aux")
+                        if isinstance(aux, dict) and aux.get("ID"):
+                            image_id = aux["ID"]
+                finally:
+                    # Closing the connection is what tells the Engine to stop a build that is cancelled.
+                    response.close()
         except aiodocker.DockerError as exc:
             # 4xx before any step: e.g. "dockerfile parse error line 3: unknown instruction: RUNN".
             if exc.status >= 500 and "connect" in _error_message(exc).lower():
@@ -154,9 +158,6 @@ class DockerBuilder:
                 raise BuilderUnavailable(f"lost the Docker Engine during the push: {exc}") from exc
 
     async def _push(self, request: PushRequest, server: str, emit: Emit) -> str:
-        digest: str | None = None
-        last_status: dict[str, str] = {}
-        last_progress: dict[str, float] = {}
         async with self.docker._query(
             f"images/{request.repository}/push",
             "POST",
@@ -164,30 +165,41 @@ class DockerBuilder:
             headers={"X-Registry-Auth": registry_auth_header(request.auth, server)},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
         ) as response:
-            async for item in _json_lines(response):
-                if "error" in item or "errorDetail" in item:
-                    detail = item.get("errorDetail") or {}
-                    raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), phase="push")
-                aux = item.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = aux["Digest"]
-                    continue
-                layer, status = item.get("id"), item.get("status")
-                if not status:
-                    continue
-                if not layer:
-                    emit({"k": "log", "m": status})
-                    continue
-                progress = item.get("progressDetail") or {}
-                if last_status.get(layer) != status:
-                    last_status[layer] = status
-                    emit({"k": "push", "id": layer, "s": status})
-                if progress.get("total"):
-                    now = time.monotonic()
-                    if now - last_progress.get(layer, 0.0) >= PROGRESS_INTERVAL:
-                        last_progress[layer] = now
-                        emit({"k": "push", "id": layer, "s": status, "c": progress.get("current", 0),
-                              "n": progress["total"]})  # fmt: skip
+            try:
+                digest = await _read_push(response, emit)
+            finally:
+                response.close()  # a cancelled push must not leave the Engine streaming to nobody
         if digest is None:
             raise BuildFailed(f"pushing {request.repository}:{request.tag} reported no digest", phase="push")
         return digest
+
+
+async def _read_push(response: aiohttp.ClientResponse, emit: Emit) -> str | None:
+    """Turn the push stream into events: a `push` event when a layer's status changes, and its byte progress
+    at most every PROGRESS_INTERVAL; return the manifest digest the Engine reports at the end."""
+    digest: str | None = None
+    last_status: dict[str, str] = {}
+    last_progress: dict[str, float] = {}
+    async for item in _json_lines(response):
+        if "error" in item or "errorDetail" in item:
+            detail = item.get("errorDetail") or {}
+            raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), phase="push")
+        aux = item.get("aux")
+        if isinstance(aux, dict) and aux.get("Digest"):
+            digest = aux["Digest"]
+            continue
+        layer, status = item.get("id"), item.get("status")
+        if not status:
+            continue
+        if not layer:
+            emit({"k": "log", "m": status})
+            continue
+        if last_status.get(layer) != status:
+            last_status[layer] = status
+            emit({"k": "push", "id": layer, "s": status})
+        progress = item.get("progressDetail") or {}
+        now = time.monotonic()
+        if progress.get("total") and now - last_progress.get(layer, 0.0) >= PROGRESS_INTERVAL:
+            last_progress[layer] = now
+            emit({"k": "push", "id": layer, "s": status, "c": progress.get("current", 0), "n": progress["total"]})
+    return digest

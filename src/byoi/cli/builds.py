@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error[/red]: {message}")
+    err.print(f"[red]error[/red]: {message}", soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -145,7 +145,11 @@ class BuildRunner:
                     await work
                 await self._settle(claim, blog, "STOPPED", failure_reason="Stopped on request")
                 return
-            status, values = work.result()
+            try:
+                status, values = work.result()
+            except Exception as exc:  # a bug must end the build with a reason, not restart it forever
+                log.exception("build %s failed unexpectedly", row.build_id)
+                status, values = "FAILED", {"failure_reason": f"Internal error in byoi: {type(exc).__name__}: {exc}"}
             await self._settle(claim, blog, status, **values)
         finally:
             work.cancel()

@@ -1,0 +1,309 @@
+"""Image builds end to end: the `byoi` CLI and the Byoi.* API against a real server, a real Docker Engine
+and the real local registry (Distribution)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from byoi.cli.builds import Signed
+from byoi.cli.client import extension_client
+from tests.support.docker_images import BASE_IMAGE, docker_available, docker_client, ensure_base_image
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.skipif(not docker_available(), reason="Docker Engine is not running (scripts/services.sh)"),
+]
+BYOI = str(Path(sys.executable).parent / "byoi")
+IMAGES = Path(__file__).parent / "images"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def base_image() -> str:
+    return ensure_base_image()
+
+
+@pytest.fixture
+def ext(server):
+    server.session()  # points AWS_SHARED_CREDENTIALS_FILE at the server's key
+    return extension_client(server.endpoint, "byoi")
+
+
+def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
+    return exc.value.response["Error"]["Code"]
+
+
+def message(exc: pytest.ExceptionInfo[ClientError]) -> str:
+    return exc.value.response["Error"]["Message"]
+
+
+def byoi(server, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**server.aws_env(), "COLUMNS": "200"}
+    return subprocess.run([BYOI, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    root = tmp_path / "ctx"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\n{dockerfile}\n")
+    for rel, text in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def signed(server) -> Signed:
+    server.session()
+    return Signed(server.endpoint, "byoi")
+
+
+def upload_tar(server, data: bytes, sign_hash: bool = True) -> httpx.Response:
+    import hashlib
+
+    s = signed(server)
+    extra = {"Content-Type": "application/x-tar"}
+    if sign_hash:
+        extra["X-Amz-Content-SHA256"] = hashlib.sha256(data).hexdigest()
+    return httpx.post(
+        s.url("/byoi/build-contexts"), content=data, headers=s.headers("POST", "/byoi/build-contexts", extra)
+    )
+
+
+def tar_of(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return buf.getvalue()
+
+
+def start(server, ext, root: Path, **request: Any) -> str:
+    from byoi.cli.builds import upload_context
+
+    context_id, dockerfile = upload_context(signed(server), root, None)
+    return str(ext.start_image_build(ContextId=context_id, Dockerfile=dockerfile, **request)["BuildId"])
+
+
+def wait(ext, build_id: str, statuses=TERMINAL, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d: dict[str, Any] = ext.describe_image_build(BuildId=build_id)
+        if d["BuildStatus"] in statuses:
+            return d
+        time.sleep(0.3)
+    raise TimeoutError(f"build {build_id} is still {d['BuildStatus']}")
+
+
+def log_text(server, build_id: str) -> str:
+    s = signed(server)
+    path = f"/byoi/builds/{build_id}/log"
+    response = httpx.get(s.url(path), headers=s.headers("GET", path))
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def wait_log(server, build_id: str, needle: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in log_text(server, build_id):
+        assert time.monotonic() < deadline, f"{needle!r} never appeared in the log of {build_id}"
+        time.sleep(0.3)
+
+
+def registry_digest(registry: str, repository: str, tag: str) -> str:
+    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    response = httpx.head(f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": accept})
+    assert response.status_code == 200
+    return response.headers["docker-content-digest"]
+
+
+# -- success, failures ---------------------------------------------------------------------------
+
+
+def test_cli_build_with_register_pins_the_pushed_digest(server, sm, ext, registry, name, tmp_path):
+    root = context(tmp_path, f'ARG FLAVOUR=plain\nRUN echo "flavour=$FLAVOUR {name}" > /flavour && cat /flavour')
+    result = byoi(server, "build", str(root), "--image", name, "--tag", "v1", "--register",
+                  "--build-arg", "FLAVOUR=tidy", "--label", "team=r")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    digest = registry_digest(registry, name, "v1")
+    assert f"pushed {registry}/{name}:v1@{digest}" in result.stdout
+    assert "Step 2/4 : ARG FLAVOUR=plain" in result.stdout and f"flavour=tidy {name}" in result.stdout
+    arn = f"arn:aws:sagemaker:us-east-1:000000000000:image-version/{name}/1"
+    assert f"{arn} CREATED" in result.stdout
+
+    version = sm.describe_image_version(ImageName=name, Version=1)
+    assert version["ContainerImage"] == f"{registry}/{name}@{digest}"
+    assert version["BaseImage"] == f"{registry}/{name}:v1@{digest}"
+    builds = ext.list_image_builds(ImageNameEquals=name)["ImageBuilds"]
+    assert len(builds) == 1
+    d = ext.describe_image_build(BuildId=builds[0]["BuildId"])
+    assert (d["BuildStatus"], d["ImageDigest"], d["ImageVersionArn"]) == ("SUCCEEDED", digest, arn)
+    assert d["PinnedImage"] == f"{registry}/{name}@{digest}" and d["ImageUri"] == f"{registry}/{name}:v1"
+    assert d["BuildArgs"] == {"FLAVOUR": "tidy"} and d["Labels"] == {"team": "r"}
+    assert d["CreationTime"] <= d["StartTime"] <= d["EndTime"]
+    labels = docker_client().images.get(f"{registry}/{name}:v1").labels
+    assert labels["team"] == "r"
+
+    logs = byoi(server, "builds", "logs", d["BuildId"])
+    assert logs.returncode == 0 and "--> SUCCEEDED" in logs.stdout and f"flavour=tidy {name}" in logs.stdout
+    listed = byoi(server, "builds", "list", "--output", "json")
+    assert d["BuildId"] in listed.stdout
+
+
+def test_failing_run_names_the_step_and_registers_nothing(server, sm, ext, name):
+    result = byoi(server, "build", str(IMAGES / "run-fails"), "--image", name, "--register")
+    assert result.returncode == 1
+    assert "FAILED" in result.stderr and "Step 3/4" in result.stderr
+    [build] = ext.list_image_builds(ImageNameEquals=name)["ImageBuilds"]
+    d = ext.describe_image_build(BuildId=build["BuildId"])
+    assert d["BuildStatus"] == "FAILED"
+    assert d["FailedStep"] == 'Step 3/4 : RUN echo "about to fail" && exit 3'
+    assert "returned a non-zero code: 3" in d["FailureReason"] and "about to fail" in d["FailureReason"]
+    assert "ImageDigest" not in d and "ImageVersionArn" not in d
+    with pytest.raises(ClientError) as e:
+        sm.describe_image(ImageName=name)
+    assert code(e) == "ResourceNotFound"
+
+
+def test_dockerfile_syntax_error_fails_before_any_step(server, ext, name):
+    build_id = start(server, ext, IMAGES / "syntax-error", Repository=name, ImageName=name)
+    d = wait(ext, build_id)
+    assert d["BuildStatus"] == "FAILED"
+    assert "unknown instruction: RUNN" in d["FailureReason"].upper().replace(
+        "UNKNOWN INSTRUCTION", "unknown instruction"
+    )
+    assert "FailedStep" not in d
+    assert "Step 1/" not in log_text(server, build_id)
+
+
+def test_dockerignore_is_honoured_by_the_cli_and_by_the_server(server, ext, name, tmp_path):
+    files = {".dockerignore": "secret.txt\ndata\n!data/keep.txt\n", "secret.txt": "s3cret", "data/big.bin": "x" * 100,
+             "data/keep.txt": "keep", "app.R": "print(1)"}  # fmt: skip
+    listing = f"COPY . /ctx/\nRUN echo {name} && find /ctx -type f | sort"
+    root = context(tmp_path, listing, files)
+    result = byoi(server, "build", str(root), "--image", name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "/ctx/app.R" in result.stdout and "/ctx/data/keep.txt" in result.stdout
+    assert "/ctx/secret.txt" not in result.stdout and "/ctx/data/big.bin" not in result.stdout
+
+    # A client that sends everything (a raw tar through the API) gets the same result: the server filters too.
+    dockerfile = f"FROM {BASE_IMAGE}\n{listing} && echo raw\n"
+    upload = upload_tar(server, tar_of({"Dockerfile": dockerfile, **files}))
+    assert upload.status_code == 200, upload.text
+    build_id = ext.start_image_build(ContextId=upload.json()["ContextId"], Repository=name, Tag="raw")["BuildId"]
+    assert wait(ext, build_id)["BuildStatus"] == "SUCCEEDED"
+    text = log_text(server, build_id)
+    assert "/ctx/app.R" in text and "/ctx/secret.txt" not in text and "/ctx/data/big.bin" not in text
+    assert "3 excluded by .dockerignore" not in text and "excluded by .dockerignore" in text
+
+
+# -- stopping, restarts, queueing, live logs ---------------------------------------------------------
+
+
+def _running_sleepers(marker: str) -> list[Any]:
+    return [c for c in docker_client().containers.list() if marker in " ".join(c.attrs["Config"]["Cmd"] or [])]
+
+
+def test_stop_a_running_build(server, ext, name, tmp_path):
+    marker = f"sleep 120 # {name}"
+    build_id = start(server, ext, context(tmp_path, f'RUN echo st""arted && {marker}'), Repository=name)
+    wait_log(server, build_id, "\nstarted\n")  # the output, not the step's text
+    assert _running_sleepers(marker)
+    result = byoi(server, "builds", "stop", build_id)
+    assert result.returncode == 0 and build_id in result.stdout
+    d = wait(ext, build_id, timeout=30)
+    assert d["BuildStatus"] == "STOPPED" and d["StopRequested"] is True
+    deadline = time.monotonic() + 20
+    while _running_sleepers(marker):  # the Engine stops the build once its request is closed
+        assert time.monotonic() < deadline, "the build's container is still running"
+        time.sleep(0.5)
+    again = ext.stop_image_build(BuildId=build_id)
+    assert again["BuildStatus"] == "STOPPED"
+    assert "--> STOPPED" in log_text(server, build_id)
+
+
+def test_server_killed_mid_build_resumes_after_restart(server_factory, registry, name, tmp_path):
+    srv = server_factory([f"http://{registry}"])
+    srv.session()
+    ext1 = extension_client(srv.endpoint, "byoi")
+    build_id = start(srv, ext1, context(tmp_path, f'RUN echo be""gin {name} && sleep 4 && echo end'), Repository=name)
+    wait_log(srv, build_id, f"begin {name}")
+    srv.kill()
+    srv2 = server_factory([f"http://{registry}"], data_dir=srv.data_dir)
+    srv2.session()
+    ext2 = extension_client(srv2.endpoint, "byoi")
+    d = wait(ext2, build_id, timeout=120)
+    assert d["BuildStatus"] == "SUCCEEDED", d.get("FailureReason")
+    assert d["ImageDigest"] == registry_digest(registry, name, "latest")
+    assert "restarted after the server stopped (restart 1)" in log_text(srv2, build_id)
+
+
+def test_builds_beyond_the_limit_queue_in_order(server_factory, registry, name, tmp_path):
+    srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_CONCURRENCY": "1"})
+    srv.session()
+    ext = extension_client(srv.endpoint, "byoi")
+    first = start(srv, ext, context(tmp_path / "a", f"RUN echo first {name} && sleep 3"), Repository=name, Tag="a")
+    second = start(srv, ext, context(tmp_path / "b", f"RUN echo second {name}"), Repository=name, Tag="b")
+    third = start(srv, ext, context(tmp_path / "c", f"RUN echo third {name}"), Repository=name, Tag="c")
+    wait(ext, first, ("BUILDING",), timeout=30)
+    d2, d3 = ext.describe_image_build(BuildId=second), ext.describe_image_build(BuildId=third)
+    assert (d2["BuildStatus"], d2["QueuePosition"]) == ("QUEUED", 1)
+    assert (d3["BuildStatus"], d3["QueuePosition"]) == ("QUEUED", 2)
+    # A queued build stops at once (or, if the worker is looking at it that instant, at its next look).
+    assert ext.stop_image_build(BuildId=third)["BuildStatus"] in ("STOPPED", "QUEUED")
+    a, b = wait(ext, first), wait(ext, second)
+    assert (a["BuildStatus"], b["BuildStatus"]) == ("SUCCEEDED", "SUCCEEDED")
+    assert b["StartTime"] >= a["EndTime"]
+    assert wait(ext, third)["BuildStatus"] == "STOPPED"
+
+
+def test_live_log_stream_is_seen_during_the_build(server, ext, name, tmp_path):
+    steps = f"RUN for i in 1 2 3 4 5; do echo tick-$i-{name}; sleep 1; done"
+    build_id = start(server, ext, context(tmp_path, steps), Repository=name)
+    s = signed(server)
+    path = f"/byoi/builds/{build_id}/events"
+    seen: list[tuple[float, str, dict[str, Any], int | None]] = []
+    status_at_first_tick = None
+    with httpx.stream("GET", s.url(path), headers=s.headers("GET", path), timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event, event_id = "message", None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("id:"):
+                event_id = int(line[3:])
+            elif line.startswith("data:"):
+                data = json.loads(line[5:])
+                seen.append((time.monotonic(), event, data, event_id))
+                event_id = None
+                if status_at_first_tick is None and f"tick-1-{name}" in str(data.get("m")):
+                    status_at_first_tick = ext.describe_image_build(BuildId=build_id)["BuildStatus"]
+                if event == "end":
+                    break
+    first_tick = next(t for t, e, d, _ in seen if e == "log" and d["m"] == f"tick-1-{name}")
+    end_time, end_event, end_data, _ = seen[-1]
+    assert end_event == "end" and end_data == {"BuildStatus": "SUCCEEDED"}
+    assert status_at_first_tick == "BUILDING"
+    assert end_time - first_tick > 3  # the client saw tick-1 while the build still had seconds to run
+    ids = [i for *_, i in seen if i is not None]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # Resuming from an event id continues after it.
+    tick1_id = next(i for _, e, d, i in seen if e == "log" and d["m"] == f"tick-1-{name}")
+    query = f"offset={tick1_id}"
+    with httpx.stream("GET", s.url(path) + "?" + query, headers=s.headers("GET", path, query=query)) as response:
+        rest = [json.loads(ln[5:]) for ln in response.iter_lines() if ln.startswith("data:")]
+    assert all("tick-1-" not in str(r.get("m")) for r in rest) and any("tick-2-" in str(r.get("m")) for r in rest)

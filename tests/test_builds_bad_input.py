@@ -1,0 +1,163 @@
+"""Bad build input gets a clear error before anything is built, through the CLI, the API and the upload
+route; nothing is written outside the build's own folder. (No Docker Engine needed: nothing builds.)"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from byoi.cli.builds import Signed
+from byoi.cli.client import extension_client
+
+BYOI = str(Path(sys.executable).parent / "byoi")
+
+
+@pytest.fixture
+def ext(server):
+    server.session()
+    return extension_client(server.endpoint, "byoi")
+
+
+def byoi(server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BYOI, *args], env=server.aws_env(), capture_output=True, text=True, timeout=60)
+
+
+def tar_of(members: list[tarfile.TarInfo], content: bytes = b"FROM scratch\n") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info in members:
+            if info.isfile():
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+def upload(server, data: bytes, sha: str | None = "real", sign: bool = True) -> httpx.Response:
+    server.session()
+    s = Signed(server.endpoint, "byoi")
+    extra = {"Content-Type": "application/x-tar"}
+    if sha == "real":
+        extra["X-Amz-Content-SHA256"] = hashlib.sha256(data).hexdigest()
+    elif sha is not None:
+        extra["X-Amz-Content-SHA256"] = sha
+    headers = s.headers("POST", "/byoi/build-contexts", extra) if sign else extra
+    return httpx.post(s.url("/byoi/build-contexts"), content=data, headers=headers)
+
+
+def contexts_on_disk(server) -> list[Path]:
+    folder = server.data_dir / "builds" / "contexts"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (member("/etc/cron.d/evil"), "absolute path"),
+        (member("../escape.txt"), "contains '..'"),
+        (member("link", tarfile.SYMTYPE, "/etc/shadow"), "points to the absolute path '/etc/shadow'"),
+        (member("deep/link", tarfile.SYMTYPE, "../../../escape"), "outside the context"),
+        (member("hard", tarfile.LNKTYPE, "../outside"), "contains '..'"),
+    ],
+)
+def test_unsafe_context_tars_are_refused(server, bad, says):
+    before = contexts_on_disk(server)
+    response = upload(server, tar_of([member("Dockerfile"), bad]))
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["__type"] == "ValidationException" and says in body["Message"]
+    assert contexts_on_disk(server) == before  # the refused upload left nothing behind
+    assert not (server.data_dir.parent / "escape.txt").exists()
+    assert not (server.data_dir / "builds" / "escape.txt").exists()
+
+
+def test_uploads_must_be_signed_with_the_body_hash(server):
+    data = tar_of([member("Dockerfile")])
+    unsigned = upload(server, data, sign=False)
+    assert unsigned.status_code == 403 and unsigned.json()["__type"] == "MissingAuthenticationTokenException"
+    no_hash = upload(server, data, sha=None)
+    assert no_hash.status_code == 403 and "X-Amz-Content-SHA256" in no_hash.json()["Message"]
+    wrong = upload(server, data, sha=hashlib.sha256(b"something else").hexdigest())
+    assert wrong.status_code == 400 and "does not match" in wrong.json()["Message"]
+    ok = upload(server, data)
+    assert ok.status_code == 200 and ok.json()["ContextId"].startswith("ctx-")
+
+
+def test_context_larger_than_the_limit(server_factory, registry, tmp_path):
+    srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_CONTEXT_LIMIT": "4000"})
+    root = tmp_path / "ctx"
+    root.mkdir()
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / "data.bin").write_bytes(b"x" * 10_000)
+    result = byoi(srv, "build", str(root), "--image", "too-big")
+    assert result.returncode == 1
+    assert "larger than the limit" in result.stderr and "4000" in result.stderr
+    srv.session()
+    assert extension_client(srv.endpoint, "byoi").list_image_builds()["ImageBuilds"] == []
+
+
+def test_cli_refuses_bad_names_and_build_args_before_uploading(server, tmp_path):
+    root = tmp_path / "ctx"
+    root.mkdir()
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    cases = [
+        (["--image", "Team/Bad_Name!"], "not a valid repository name"),
+        (["--image", "ok", "--tag", "bad tag"], "not a valid tag"),
+        (["--image", "ok", "--build-arg", "=value"], "not in the form KEY=VALUE"),
+        (["--image", "ok", "--build-arg", "9LIVES=1"], "not in the form KEY=VALUE"),
+        (["--image", "ok", "--build-arg", "UNSET_ANYWHERE_X"], "has no value"),
+        (["--image", "ok", "--label", "novalue"], "not in the form KEY=VALUE"),
+    ]
+    before = contexts_on_disk(server)
+    for args, says in cases:
+        result = byoi(server, "build", str(root), *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert says in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    missing = byoi(server, "build", str(tmp_path / "nope"), "--image", "ok")
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
+    assert contexts_on_disk(server) == before
+
+
+def test_api_refuses_bad_requests(server, ext):
+    context_id = upload(server, tar_of([member("Dockerfile")])).json()["ContextId"]
+    bad = [
+        ({"Repository": "Team/Upper"}, "ValidationException", "not a valid repository name"),
+        ({"Repository": "ok", "Tag": "bad tag!"}, "ValidationException", "not a valid tag"),
+        ({"Repository": "ok", "BuildArgs": {"bad-name": "1"}}, "ValidationException", "BuildArgs name 'bad-name'"),
+        ({"Repository": "ok", "Registry": "registry.example:5000"}, "ValidationException", "not one byoi is config"),
+        ({"Repository": "ok", "Dockerfile": "../Dockerfile"}, "ValidationException", "contains '..'"),
+        ({"Repository": "ok", "Dockerfile": "Missing.Dockerfile"}, "ValidationException", "is not in the build"),
+        ({"Repository": "ok", "Platform": "amd64"}, "ValidationException", "os/arch"),
+        ({"Repository": "ok", "ContextId": "ctx-" + "0" * 32}, "ResourceNotFound", "upload it first"),
+    ]
+    for extra, error, says in bad:
+        request = {"ContextId": context_id, **extra}
+        with pytest.raises(ClientError) as e:
+            ext.start_image_build(**request)
+        assert e.value.response["Error"]["Code"] == error, extra
+        assert says in e.value.response["Error"]["Message"], (extra, e.value.response["Error"]["Message"])
+    assert ext.list_image_builds()["ImageBuilds"] == []  # nothing was queued
+    for build_id, error in (("b-0000000000000000", "ResourceNotFound"), ("not-a-build", "ValidationException")):
+        with pytest.raises(ClientError) as e:
+            ext.describe_image_build(BuildId=build_id)
+        assert e.value.response["Error"]["Code"] == error
+    s = Signed(server.endpoint, "byoi")
+    path = "/byoi/builds/b-0000000000000000/events"
+    response = httpx.get(s.url(path), headers=s.headers("GET", path))
+    assert response.status_code == 400 and response.json()["__type"] == "ResourceNotFound"
