@@ -148,11 +148,14 @@ async def _follow(service: Any, build_id: str, offset: int) -> AsyncIterator[str
     status, checked, beat = await service.build_status(build_id), time.monotonic(), time.monotonic()
     while True:
         records, offset = await asyncio.to_thread(read_records, path, offset)
+        finished = False
         for end, record in records:
             yield _event(record, end)
+            if record.get("k") == "status" and record.get("s") in TERMINAL:
+                status, finished = record["s"], True  # written after the store's final update: nothing follows
         if records:
             beat = time.monotonic()
-        if status in TERMINAL and not records:
+        if finished or (status in TERMINAL and not records):
             yield f"event: end\ndata: {json.dumps({'BuildStatus': status})}\n\n"
             return
         now = time.monotonic()

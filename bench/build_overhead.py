@@ -1,0 +1,104 @@
+"""Overhead of a byoi build against running `docker build` + `docker push` directly, on the same context.
+
+Both sides use the same Docker Engine and the same local registry, in the same run, alternating:
+- direct: `/usr/bin/docker build` (classic builder, as byoi's Docker backend uses) then `docker push`;
+- byoi:   `byoi build CTX --image REPO --tag TAG` (pack, signed upload, queue, build, push, log streaming).
+"cold" builds get fresh random content (no layer cache, new blobs to push); "warm" rebuild the previous
+context unchanged (every step cached, every layer already in the registry).
+
+    PYTHONPATH=. .venv/bin/python bench/build_overhead.py [--runs 3] [--mb 16]
+
+Prints JSON with median wall times and the ratio byoi/direct for each case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.docker_images import BASE_IMAGE, ensure_base_image
+from tests.support.processes import ByoiServer, free_port, start_registry
+
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+BYOI = str(Path(sys.executable).parent / "byoi")
+
+
+def make_context(root: Path, mb: int) -> Path:
+    root.mkdir(parents=True)
+    (root / "blob.bin").write_bytes(os.urandom(mb << 20))
+    (root / "Dockerfile").write_text(
+        f"FROM {BASE_IMAGE}\nCOPY blob.bin /data/blob.bin\nRUN sha256sum /data/blob.bin > /sum\n"
+    )
+    return root
+
+
+def timed(args: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def direct(ctx: Path, ref: str) -> float:
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    started = time.perf_counter()
+    timed([DOCKER, "build", "-q", "-t", ref, str(ctx)], env)
+    timed([DOCKER, "push", ref], env)
+    return time.perf_counter() - started
+
+
+def via_byoi(server: ByoiServer, ctx: Path, repo: str, tag: str) -> float:
+    return timed([BYOI, "build", str(ctx), "--image", repo, "--tag", tag, "--quiet"], server.aws_env())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--mb", type=int, default=16, help="size of the random file in the context")
+    opts = parser.parse_args()
+    ensure_base_image()
+    work = Path(tempfile.mkdtemp(prefix="byoi-bench-build-"))
+    port = free_port()
+    registry = start_registry(work / "registry", port)
+    server = ByoiServer(data_dir=work / "byoi", registries=[f"http://127.0.0.1:{port}"]).start()
+    times: dict[str, dict[str, list[float]]] = {"cold": {"direct": [], "byoi": []}, "warm": {"direct": [], "byoi": []}}
+    try:
+        # One untimed build each first, so the base image's layers are in the registry for both sides.
+        warmup = make_context(work / "warmup", 1)
+        direct(warmup, f"127.0.0.1:{port}/bench/direct:warmup")
+        via_byoi(server, warmup, "bench/byoi", "warmup")
+        for i in range(opts.runs):
+            for side in ("direct", "byoi"):
+                ctx = make_context(work / f"{side}-{i}", opts.mb)
+                repo = f"bench/{side}"
+                for case in ("cold", "warm"):  # warm: the same context again, right after
+                    tag = f"{case}{i}"
+                    if side == "direct":
+                        times[case][side].append(direct(ctx, f"127.0.0.1:{port}/{repo}:{tag}"))
+                    else:
+                        times[case][side].append(via_byoi(server, ctx, repo, tag))
+    finally:
+        server.stop()
+        registry.terminate()
+        registry.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, object] = {"benchmark": "build_overhead", "runs": opts.runs, "context_mb": opts.mb}
+    for case, sides in times.items():
+        d, b = statistics.median(sides["direct"]), statistics.median(sides["byoi"])
+        result[case] = {"direct_s": round(d, 3), "byoi_s": round(b, 3), "ratio": round(b / d, 3),
+                        "direct_all": [round(x, 3) for x in sides["direct"]],
+                        "byoi_all": [round(x, 3) for x in sides["byoi"]]}  # fmt: skip
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
