@@ -98,6 +98,7 @@ class LayerIndexer:
         self.index = LayerIndex(digest)
         self.limits = limits
         self.entry_count = entry_count  # shared by all the layers of one image: [count]
+        self._path = ""  # the normalised path of the member being read
         self.tar = TarReader(self._on_member, self._on_content, limits.max_header_bytes)
         self.decompressor = LayerDecompressor(self._on_tar_bytes, limits, budget)
 
@@ -119,7 +120,7 @@ class LayerIndexer:
         self.entry_count[0] += 1
         if self.entry_count[0] > self.limits.max_entries:
             raise LimitExceeded(f"the image has more than {self.limits.max_entries} tar entries")
-        path = normalise(m.path, "tar entry", self.limits)
+        path = self._path = normalise(m.path, "tar entry", self.limits)
         kind = _KINDS[m.type]
         link = ""
         if kind == "h":
@@ -151,6 +152,5 @@ class LayerIndexer:
             return m.size
         return 0
 
-    def _on_content(self, m: Member, data: bytes) -> None:
-        path = normalise(m.path, "tar entry", self.limits)
-        self.index.contents[path] = data
+    def _on_content(self, _m: Member, data: bytes) -> None:
+        self.index.contents[self._path] = data  # content follows its own header: _path is still this member's

@@ -35,6 +35,11 @@ class Member:
 
 
 def _number(field: bytes, what: str) -> int:
+    if field and not field[0] & 0x80:
+        try:  # the common case: octal digits ended by NUL or space
+            return int(field.rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            pass  # leading spaces, embedded NULs: the careful path below
     if field and field[0] & 0x80:  # GNU base-256: big sizes, uids
         value = int.from_bytes(field[1:], "big")
         return -value if field[0] & 0x40 else value
