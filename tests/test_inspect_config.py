@@ -98,3 +98,47 @@ def test_a_bad_config_file_stops_the_server_with_a_clear_message(tmp_path, toml,
     )
     assert proc.returncode != 0 and message in " ".join(proc.stderr.replace("│", " ").split())
     assert "Traceback" not in proc.stderr
+
+
+def _report_rows(srv) -> int:
+    import sqlite3
+
+    with sqlite3.connect(srv.data_dir / "byoi.db") as db:
+        return db.execute("SELECT count(*) FROM image_version_reports").fetchone()[0]
+
+
+def test_reports_are_deleted_with_their_version(server_factory, registry, tmp_path, pusher):
+    srv, sm, ext = server_with(server_factory, registry, tmp_path, "")
+    r = "cfg/" + uuid.uuid4().hex[:8]
+    push_image(pusher, r, "v1", [compatible_layer()])
+    name, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATED" and _report_rows(srv) == 1
+    sm.delete_image_version(ImageName=name, Version=1)
+    sm.get_waiter("image_version_deleted").wait(ImageName=name, Version=1, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    assert _report_rows(srv) == 0  # ON DELETE CASCADE from image_versions
+
+
+@pytest.mark.postgres
+def test_reports_on_postgresql(server_factory, registry, tmp_path, pusher, postgres_url):
+    from tests.conftest import fresh_postgres_database
+
+    path = tmp_path / "defaults.toml"
+    path.write_text("")
+    srv = server_factory(
+        [f"http://{registry}"],
+        database_url=fresh_postgres_database(postgres_url),
+        env={"BYOI_INSPECTION_CONFIG": str(path)},
+    )
+    srv.session()
+    sm, ext = srv.client(), extension_client(srv.endpoint, "byoi")
+    r = "cfg/" + uuid.uuid4().hex[:8]
+    push_image(pusher, r, "v1", [compatible_layer()])
+    push_image(pusher, r, "v2", [Layer().files(base_files())])
+    name, d1 = register(sm, f"{r}:v1")
+    _, d2 = register(sm, f"{r}:v2", name)
+    assert (d1["ImageVersionStatus"], d2["ImageVersionStatus"]) == ("CREATED", "CREATE_FAILED")
+    assert ext.describe_image_version_report(ImageName=name, Version=1)["Report"]["Compatible"] is True
+    diff = ext.diff_image_versions(ImageName=name, FromVersion=1, ToVersion=2)
+    assert {p["Name"] for p in diff["PackagesRemoved"]} == {"base", "stats", "reticulate", "jsonlite"}
+    sm.delete_image(ImageName=name)
+    sm.get_waiter("image_deleted").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
