@@ -27,8 +27,12 @@ from byoi.jobs.worker import Worker
 from byoi.metrics import Metrics
 from byoi.registry.client import RegistryClient
 from byoi.registry.errors import RegistryError
+from byoi.runtime.docker import DockerRuntime
+from byoi.runtime.instance_types import InstanceTypes
+from byoi.runtime.settings import RuntimeSettings
 from byoi.services.access_keys import AccessKeyService
 from byoi.services.app_image_configs import AppImageConfigService
+from byoi.services.apps import AppService
 from byoi.services.attachments import AttachmentService
 from byoi.services.builds import BuildService
 from byoi.services.context import ServiceContext
@@ -80,6 +84,14 @@ class Services:
         builder = DockerBuilder(build_settings.docker_host)
         self.builds = BuildService(ctx, builder, self.images, self.image_versions, build_settings)
         self.all.append(self.builds)
+
+        # Sessions (CreateApp and friends) on Docker Engine; RStudioServerPro apps are records only.
+        rt = RuntimeSettings.from_env()
+        runtime = DockerRuntime(rt.docker_host)
+        types = InstanceTypes.load(rt.instance_types)
+        self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles)
+        self.all.append(self.apps)
+        self.tags.register_kind("app", self.apps.app_exists)
 
     def register_tasks(self) -> None:
         for service in self.all:
@@ -133,9 +145,11 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
         state.update(ctx=ctx, endpoint=endpoint, services=services)
         ctx.worker.start()
+        services.apps.start()  # the session reconciler
         try:
             yield
         finally:
+            await services.apps.stop()
             await ctx.worker.stop()
             await services.builds.builder.close()
             await ctx.registry.close()

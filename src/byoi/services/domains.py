@@ -97,6 +97,8 @@ class DomainService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.delete_checks: list[DeleteCheck] = []
+        # Called with the domain's row after it is deleted (the apps service removes homes per RetentionPolicy).
+        self.deleted_hooks: list[Callable[[Any], Awaitable[None]]] = []
         ctx.referrer_checks.append(custom_images.referrer_check(ctx))
 
     def tasks(self) -> list[Task]:
@@ -293,3 +295,5 @@ class DomainService:
             await delete_all_tags(conn, self.ctx.arns.domain(row.domain_id))
             await delete_all_tags(conn, self.ctx.arns.user_profile(row.domain_id, "x").rsplit("/", 1)[0])
             await conn.execute(sa.delete(domains).where(domains.c.id == row.id))
+        for hook in self.deleted_hooks:
+            await hook(row)

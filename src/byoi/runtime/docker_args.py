@@ -1,0 +1,60 @@
+"""The Docker Engine `POST /containers/create` body for a session: a pure function of a SessionSpec.
+
+Everything that makes a session safe is here, in one place a unit test compares as a dict: the pinned
+image, rserver as the entrypoint, a non-root user, every capability dropped, no privilege escalation,
+CPU / memory / pids limits, the port published on 127.0.0.1 only (random host port), and the session
+network (byoi's bridge with inter-container traffic off, so sessions cannot reach one another).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from byoi.runtime.spec import RUN_DIR, SessionSpec
+
+
+def container_args(spec: SessionSpec) -> dict[str, Any]:
+    port = f"{spec.port}/tcp"
+    env = {**spec.env, "HOME": spec.home_mount_path, "USER": spec.user_name}
+    return {
+        "Image": spec.image,
+        "Entrypoint": spec.rserver_command()[:1],
+        "Cmd": spec.rserver_command()[1:],
+        "User": f"{spec.uid}:{spec.gid}",
+        "WorkingDir": spec.home_mount_path,
+        "Env": [f"{k}={v}" for k, v in sorted(env.items())],
+        "Labels": dict(spec.labels),
+        "ExposedPorts": {port: {}},
+        "StopSignal": "SIGTERM",
+        "HostConfig": {
+            "Init": True,  # rserver (or R, in the stand-in) must not be PID 1, so SIGTERM stops it
+            "NetworkMode": spec.network,
+            "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+            "Mounts": [
+                {"Type": "bind", "Source": spec.home_host_path, "Target": spec.home_mount_path, "ReadOnly": False}
+            ],
+            "Tmpfs": {RUN_DIR: f"rw,nosuid,nodev,size={spec.run_dir_bytes},uid={spec.uid},gid={spec.gid},mode=0700"},
+            "NanoCpus": spec.nano_cpus,
+            "Memory": spec.memory_bytes,
+            "MemorySwap": spec.memory_bytes,  # no swap beyond the instance type's memory
+            "PidsLimit": spec.pids_limit,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Privileged": False,
+            "ReadonlyRootfs": False,  # users may change their session's image layer; it is thrown away
+            "RestartPolicy": {"Name": "no"},
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+        },
+    }
+
+
+def network_args(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The sessions' bridge: containers on it reach the outside world (package repositories) through NAT,
+    but not each other (`enable_icc=false`), and nothing on the host's loopback."""
+    return {
+        "Name": name,
+        "Driver": "bridge",
+        "CheckDuplicate": True,
+        "Labels": dict(labels),
+        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+    }

@@ -1,0 +1,60 @@
+"""What a session container is, independent of the backend that runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RSERVER = "/usr/lib/rstudio-server/bin/rserver"
+SESSION_PORT = 8787
+# Inside the container: a tmpfs owned by the session user holds RStudio's runtime state.
+RUN_DIR = "/run/byoi"
+SERVER_DATA_DIR = f"{RUN_DIR}/rserver"
+DATABASE_DIR = f"{RUN_DIR}/db"
+# Files byoi writes into the container before it starts (root-owned, so the session user cannot change them).
+DATABASE_CONFIG = "/etc/byoi/database.conf"
+FILE_LOCKS = "/etc/rstudio/file-locks"
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    name: str  # container name, unique on the engine
+    image: str  # registry/repository@sha256:... (pinned by digest, never a tag)
+    uid: int
+    gid: int
+    user_name: str  # --server-user
+    home_host_path: str  # a directory on the Docker host, owned by uid:gid
+    home_mount_path: str  # where it appears in the container (and HOME)
+    root_path: str  # --www-root-path, e.g. /sessions/<id>/
+    nano_cpus: int
+    memory_bytes: int
+    network: str
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    port: int = SESSION_PORT
+    pids_limit: int = 4096
+    run_dir_bytes: int = 256 * 1024 * 1024
+
+    def rserver_command(self) -> list[str]:
+        return [
+            RSERVER,
+            "--server-daemonize=0",
+            "--www-address=0.0.0.0",
+            f"--www-port={self.port}",
+            "--auth-none=1",
+            f"--server-user={self.user_name}",
+            f"--www-root-path={self.root_path}",
+            "--www-frame-origin=same",
+            "--www-verify-user-agent=0",
+            f"--server-data-dir={SERVER_DATA_DIR}",
+            f"--database-config-file={DATABASE_CONFIG}",
+        ]
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """Bytes of the image's layers fetched so far, summed over the layers the engine reported."""
+
+    done: int = 0
+    total: int = 0
+    layers: int = 0
+    layers_done: int = 0

@@ -1,0 +1,441 @@
+"""The background side of apps: launching a session container (`Pending` -> `InService` | `Failed`), removing
+it (`Deleting` -> `Deleted`), and the reconciler that compares records with the containers on the engine.
+
+A launch is a worker task on the app's row, so it holds the row's lease while it runs, and a server that
+dies mid-launch leaves the row to the next worker once the lease expires: that worker adopts the container
+if it is running, or removes it and starts over; after `launch_attempts` interrupted launches the app is
+`Failed`. Each re-create of an app name is a new generation with its own container name, so a container of
+an earlier generation is never taken for the current one.
+
+The reconciler runs every `reconcile_seconds`: an `InService` app whose container stopped or vanished
+becomes `Failed` (with the exit code and the last log lines), and containers with this installation's labels
+that no live record claims (orphans) are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import sqlalchemy as sa
+
+from byoi.jobs.worker import Claim, RetryLater, Task
+from byoi.runtime.docker import DockerRuntime, RuntimeFailure
+from byoi.runtime.settings import RuntimeSettings
+from byoi.runtime.spec import SESSION_PORT, PullProgress, SessionSpec
+from byoi.services import session_files as files
+from byoi.services.context import ServiceContext
+from byoi.store.schema_apps import apps
+from byoi.store.schema_domains import domains, user_profiles
+
+log = logging.getLogger(__name__)
+RSESSION_GATEWAY = "RSessionGateway"
+LOG_LINES = 30
+POLL = 0.25  # seconds between "does RStudio answer" probes
+MAX_REASON = 1024
+
+
+class LaunchFailed(Exception):
+    pass
+
+
+class Aborted(Exception):
+    """The app stopped being this launch's to finish (deleted, or re-created) while it ran."""
+
+
+def failure_with_logs(head: str, lines: list[str]) -> str:
+    """A FailureReason: the head, then as many of the last log lines as fit in 1024 characters."""
+    if not lines:
+        return head[:MAX_REASON]
+    head += " Last log lines: "
+    kept: list[str] = []
+    for line in reversed(lines):
+        if len(head) + sum(len(k) + 3 for k in kept) + len(line) + 3 > MAX_REASON:
+            break
+        kept.insert(0, line.strip())
+    return (head + " | ".join(kept))[:MAX_REASON]
+
+
+def registry_auth(ctx: ServiceContext, host: str) -> dict[str, str] | None:
+    """The credentials byoi has for a registry, in the form the engine's X-Registry-Auth wants."""
+    from byoi.registry.client import docker_config_credentials
+
+    for reg in ctx.settings.registries:
+        if reg.host == host:
+            if reg.token:
+                return {"identitytoken": reg.token}
+            if reg.username:
+                return {"username": reg.username, "password": reg.password or ""}
+    creds = docker_config_credentials(ctx.settings.docker_config).get(host)
+    if creds is not None and creds.token:
+        return {"identitytoken": creds.token}
+    if creds is not None and creds.username:
+        return {"username": creds.username, "password": creds.password or ""}
+    return None
+
+
+class Launcher:
+    def __init__(self, ctx: ServiceContext, runtime: DockerRuntime, settings: RuntimeSettings) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+        self.settings = settings
+        self.installation = files.installation_id(ctx.settings.data_dir)
+        self._loop: asyncio.Task[None] | None = None
+
+    def tasks(self) -> list[Task]:
+        return [
+            Task("launch-app", apps, ("Pending",), self._launch),
+            Task("delete-app", apps, ("Deleting",), self._delete),
+        ]
+
+    def name_of(self, row: Any) -> str:
+        return files.container_name(self.installation, row.session_id, row.generation)
+
+    # -- shared row helpers -----------------------------------------------------------------------
+
+    async def _load(self, claim: Claim, status: str) -> Any:
+        async with self.ctx.db.read() as conn:
+            return (
+                await conn.execute(
+                    sa.select(apps, domains.c.domain_id, user_profiles.c.home_uid)
+                    .join(domains, domains.c.id == apps.c.domain_pk)
+                    .outerjoin(user_profiles, user_profiles.c.id == apps.c.profile_pk)
+                    .where(claim.owns(), apps.c.status == status)
+                )
+            ).first()
+
+    async def _update(self, claim: Claim, row: Any, guard: str = "Pending", **values: Any) -> bool:
+        """Write to the row if this claim still holds it in status `guard` and generation; False otherwise."""
+        if "status" in values:
+            values["modified_at"] = time.time()
+        async with self.ctx.db.transaction() as conn:
+            result = await conn.execute(
+                sa.update(apps)
+                .where(claim.owns(), apps.c.status == guard, apps.c.generation == row.generation)
+                .values(**values)
+            )
+        return bool(result.rowcount)
+
+    async def _progress(self, claim: Claim, row: Any, phase: str, message: str, **extra: Any) -> None:
+        progress = {"Phase": phase, "Message": message, "UpdatedAt": time.time(), **extra}
+        if not await self._update(claim, row, progress=progress):
+            raise Aborted()
+
+    # -- launch ---------------------------------------------------------------------------------
+
+    async def _launch(self, claim: Claim) -> None:
+        row = await self._load(claim, "Pending")
+        if row is None:
+            return
+        if row.app_type != RSESSION_GATEWAY:  # RStudioServerPro: a record only (the launcher page)
+            await self._update(claim, row, status="InService", progress={"Phase": "ready", "UpdatedAt": time.time()})
+            return
+        if claim.attempts > self.settings.launch_attempts:
+            await self._fail(claim, row, f"The launch was interrupted {claim.attempts - 1} times (the server stopped)")
+            return
+        name = self.name_of(row)
+        try:
+            info = await self.runtime.inspect(name)
+            if info is not None and (info.get("State") or {}).get("Running"):
+                await self._progress(claim, row, "waiting", "Adopted the running container after a restart")
+            else:
+                if info is not None:  # created or exited by an interrupted launch: start over
+                    await self.runtime.remove(name, 0)
+                info = await self._create_and_start(claim, row, name)
+            port = self.runtime.host_port(info, SESSION_PORT)
+            if port is None:
+                raise LaunchFailed("The container has no port published on 127.0.0.1")
+            backend = {"Backend": "docker", "Container": info["Id"], "Name": name, "HostPort": port}
+            await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=self._url(port, row))
+            await self._update(claim, row, backend=backend)
+            await self._wait_until_answering(claim, row, name, port)
+        except Aborted:
+            return
+        except (LaunchFailed, RuntimeFailure, PermissionError) as exc:
+            reason = str(exc) if not isinstance(exc, RuntimeFailure) else f"Docker Engine: {exc}"
+            await self._fail(claim, row, reason)
+            return
+        except (OSError, httpx.TransportError) as exc:
+            raise RetryLater(2.0, f"launch of {name} interrupted: {exc}") from exc
+        now = time.time()
+        done = await self._update(
+            claim,
+            row,
+            status="InService",
+            failure_reason=None,
+            last_health_check=now,
+            progress={
+                "Phase": "ready",
+                "Message": "RStudio answers",
+                "UpdatedAt": now,
+                "Endpoint": self._url(port, row),
+            },
+        )
+        if done:
+            log.info("session %s is InService on 127.0.0.1:%s", row.session_id, port)
+
+    @staticmethod
+    def _url(port: int, row: Any) -> str:
+        return f"http://127.0.0.1:{port}{files.root_path(row.session_id)}"
+
+    async def _create_and_start(self, claim: Claim, row: Any, name: str) -> dict[str, Any]:
+        launch = row.spec["Launch"]
+        image = launch["ContainerImage"]
+        if not await self.runtime.image_present(image):
+            await self._pull(claim, row, image)
+        await self._progress(claim, row, "creating", "Creating the container")
+        await self.runtime.ensure_network(self.settings.network, {files.MANAGED: "true"})
+        home = files.home_dir(self.ctx.settings.data_dir, row.domain_id, row.profile_name, row.home_uid)
+        await asyncio.to_thread(files.ensure_home, home, self.settings.uid, self.settings.gid)
+        spec = self.session_spec(row, name, str(home))
+        container = await self.runtime.create(spec)
+        original = await self.runtime.read_file(container, f"{launch['RHome'].rstrip('/')}/etc/Renviron.site")
+        metadata = {
+            "AppType": row.app_type,
+            "DomainId": row.domain_id,
+            "UserProfileName": row.profile_name,
+            "ResourceArn": launch["Env"].get("BYOI_APP_ARN"),
+            "ResourceName": row.app_name,
+            "AppImageVersion": launch.get("ImageVersionArn"),
+        }
+        await self.runtime.write_files(
+            container, files.session_files(launch["RHome"], original, launch["Env"], metadata)
+        )
+        await self._progress(claim, row, "starting", "Starting RStudio Server")
+        await self.runtime.start(container)
+        info = await self.runtime.inspect(container)
+        if info is None:
+            raise LaunchFailed("The container disappeared right after it started")
+        return info
+
+    def session_spec(self, row: Any, name: str, home: str) -> SessionSpec:
+        launch = row.spec["Launch"]
+        arn = launch["Env"].get("BYOI_APP_ARN", "")
+        return SessionSpec(
+            name=name,
+            image=launch["ContainerImage"],
+            uid=self.settings.uid,
+            gid=self.settings.gid,
+            user_name=launch.get("UserName") or self.settings.user_name,
+            home_host_path=home,
+            home_mount_path=self.settings.home_mount,
+            root_path=files.root_path(row.session_id),
+            nano_cpus=int(launch["Vcpu"] * 1e9),
+            memory_bytes=int(launch["MemoryBytes"]),
+            network=self.settings.network,
+            env=dict(launch["Env"]),
+            labels=files.labels(
+                self.installation, arn, row.session_id, row.generation, row.domain_id, row.profile_name
+            ),
+            pids_limit=self.settings.pids_limit,
+        )
+
+    async def _pull(self, claim: Claim, row: Any, image: str) -> None:
+        await self._progress(claim, row, "pulling", f"Pulling {image}", BytesDone=0, BytesTotal=0)
+
+        async def report(p: PullProgress) -> None:
+            await self._progress(
+                claim,
+                row,
+                "pulling",
+                f"Pulling {image}: {p.layers_done}/{p.layers} layers",
+                BytesDone=p.done,
+                BytesTotal=p.total,
+                Layers=p.layers,
+                LayersDone=p.layers_done,
+            )
+
+        registry = image.split("/", 1)[0]
+        try:
+            await self.runtime.pull(image, registry_auth(self.ctx, registry), report)
+        except RuntimeFailure as exc:
+            raise LaunchFailed(f"Cannot pull {image}: {exc}") from None
+
+    async def _wait_until_answering(self, claim: Claim, row: Any, name: str, port: int) -> None:
+        url = self._url(port, row)
+        deadline = time.monotonic() + self.settings.start_timeout
+        next_check = 0.0
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while True:
+                try:
+                    await http.get(url)
+                    return  # any HTTP answer means rserver serves its port
+                except httpx.TransportError:
+                    pass
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    info = await self.runtime.inspect(name)
+                    state = (info or {}).get("State") or {}
+                    if not state.get("Running"):
+                        code = state.get("ExitCode", "unknown")
+                        raise LaunchFailed(
+                            failure_with_logs(
+                                f"RStudio Server exited with code {code} before it answered on port {SESSION_PORT}.",
+                                await self.runtime.logs_tail(name, LOG_LINES),
+                            )
+                        )
+                    await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=url)
+                if now >= deadline:
+                    raise LaunchFailed(
+                        failure_with_logs(
+                            f"RStudio Server did not answer on port {SESSION_PORT} within "
+                            f"{self.settings.start_timeout:g} seconds.",
+                            await self.runtime.logs_tail(name, LOG_LINES),
+                        )
+                    )
+                await asyncio.sleep(POLL)
+
+    async def _fail(self, claim: Claim, row: Any, reason: str) -> None:
+        """Failed, with the reason and the last log lines kept; the container is removed."""
+        name = self.name_of(row)
+        lines: list[str] = []
+        with contextlib.suppress(RuntimeFailure, OSError):
+            lines = await self.runtime.logs_tail(name, LOG_LINES)
+            await self.runtime.remove(name, 0)
+        await self._update(
+            claim,
+            row,
+            status="Failed",
+            failure_reason=reason[:MAX_REASON],
+            progress={"Phase": "failed", "Message": reason[:MAX_REASON], "UpdatedAt": time.time()},
+            backend={**(row.backend or {}), "LastLogLines": lines},
+        )
+        log.warning("session %s failed: %s", row.session_id, reason)
+
+    # -- delete ---------------------------------------------------------------------------------
+
+    async def _delete(self, claim: Claim) -> None:
+        row = await self._load(claim, "Deleting")
+        if row is None:
+            return
+        lines: list[str] = []
+        if row.app_type == RSESSION_GATEWAY:
+            name = self.name_of(row)
+            try:
+                lines = await self.runtime.logs_tail(name, LOG_LINES)
+                await self.runtime.remove(name, self.settings.stop_timeout)
+            except (RuntimeFailure, OSError) as exc:
+                raise RetryLater(5.0, f"cannot remove container {name}: {exc}") from exc
+        await self._update(
+            claim,
+            row,
+            guard="Deleting",
+            status="Deleted",
+            progress={"Phase": "deleted", "Message": "Stopped and removed", "UpdatedAt": time.time()},
+            backend={**(row.backend or {}), "LastLogLines": lines} if lines else row.backend,
+        )
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    async def logs(self, row: Any, lines: int) -> tuple[list[str], str]:
+        if row.app_type == RSESSION_GATEWAY and row.status in ("Pending", "InService", "Deleting"):
+            with contextlib.suppress(RuntimeFailure, OSError):
+                found = await self.runtime.logs_tail(self.name_of(row), lines)
+                if found:
+                    return found, "container"
+        return list((row.backend or {}).get("LastLogLines") or [])[-lines:], "saved"
+
+    # -- the reconciler -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._reconcile_forever(), name="byoi-sessions")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except RuntimeFailure as exc:
+                log.warning("cannot check sessions: %s", exc)
+            except Exception:  # keep reconciling whatever one pass hit
+                log.exception("session reconciler pass failed")
+            await asyncio.sleep(self.settings.reconcile_seconds)
+
+    async def reconcile(self) -> None:
+        started = time.time()
+        async with self.ctx.db.read() as conn:
+            rows = list(
+                await conn.execute(
+                    sa.select(apps).where(
+                        apps.c.app_type == RSESSION_GATEWAY, apps.c.status.in_(("Pending", "InService", "Deleting"))
+                    )
+                )
+            )
+        # Rows first, then containers: a container created after the rows were read is never an orphan here.
+        containers = await self.runtime.list_labelled({files.INSTALLATION: self.installation})
+        by_name = {(c.get("Names") or ["/"])[0].lstrip("/"): c for c in containers}
+        claimed = {self.name_of(r) for r in rows}
+        healthy: list[int] = []
+        for row in rows:
+            if row.status != "InService":
+                continue
+            found = by_name.get(self.name_of(row))
+            if found is not None and found.get("State") == "running":
+                healthy.append(row.id)
+            else:
+                await self._lost(row, found)
+        if healthy:
+            async with self.ctx.db.transaction() as conn:
+                await conn.execute(
+                    sa.update(apps)
+                    .where(apps.c.id.in_(healthy), apps.c.status == "InService")
+                    .values(last_health_check=time.time())
+                )
+        for name, c in by_name.items():
+            if name not in claimed and float(c.get("Created") or 0) < started - 2:
+                log.warning("removing orphan session container %s (no live app claims it)", name)
+                with contextlib.suppress(RuntimeFailure, OSError):
+                    await self.runtime.remove(name, self.settings.stop_timeout)
+
+    async def _lost(self, row: Any, found: dict[str, Any] | None) -> None:
+        name = self.name_of(row)
+        if found is None:
+            reason, lines = "The session's container is gone: it was removed outside byoi.", []
+        else:
+            info = await self.runtime.inspect(name) or {}
+            state = info.get("State") or {}
+            how = " (killed)" if state.get("ExitCode") in (137, 143) or state.get("OOMKilled") else ""
+            if state.get("OOMKilled"):
+                how = " (out of memory: the instance type's memory limit was reached)"
+            lines = await self.runtime.logs_tail(name, LOG_LINES)
+            reason = failure_with_logs(
+                f"RStudio Server stopped with exit code {state.get('ExitCode', 'unknown')}{how} "
+                f"at {state.get('FinishedAt', 'an unknown time')}.",
+                lines,
+            )
+        async with self.ctx.db.transaction() as conn:
+            result = await conn.execute(
+                sa.update(apps)
+                .where(apps.c.id == row.id, apps.c.status == "InService", apps.c.generation == row.generation)
+                .values(
+                    status="Failed",
+                    failure_reason=reason[:MAX_REASON],
+                    modified_at=time.time(),
+                    progress={"Phase": "failed", "Message": reason[:MAX_REASON], "UpdatedAt": time.time()},
+                    backend={**(row.backend or {}), "LastLogLines": lines},
+                )
+            )
+        if result.rowcount:
+            log.warning("session %s failed: %s", row.session_id, reason)
+            if found is not None:
+                with contextlib.suppress(RuntimeFailure, OSError):
+                    await self.runtime.remove(name, 0)
+
+    async def remove_domain_homes(self, domain: Any) -> None:
+        """Called after a domain is deleted: its homes go only if its RetentionPolicy says Delete."""
+        policy = (domain.spec.get("RetentionPolicy") or {}).get("HomeEfsFileSystem", "Retain")
+        if policy == "Delete":
+            await asyncio.to_thread(files.remove_domain_homes, Path(self.ctx.settings.data_dir), domain.domain_id)
