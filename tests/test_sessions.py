@@ -7,7 +7,6 @@ a few sessions are shared by the tests of this module (in file order) to keep th
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
@@ -24,7 +23,11 @@ pytestmark = [
     pytest.mark.skipif(not docker_available(), reason="Docker Engine is not reachable (scripts/services.sh)"),
 ]
 
-SESSION_ENV = {"BYOI_SESSION_RECONCILE_SECONDS": "1", "BYOI_SESSION_START_TIMEOUT": "60", "BYOI_SESSION_STOP_TIMEOUT": "2"}
+SESSION_ENV = {
+    "BYOI_SESSION_RECONCILE_SECONDS": "1",
+    "BYOI_SESSION_START_TIMEOUT": "60",
+    "BYOI_SESSION_STOP_TIMEOUT": "2",
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def alice(world: dict[str, Any], server: ByoiServer) -> dict[str, Any]:
     name = launch(world, "alice", "alice-extra", world["v2"])
     described = s.wait_app(world["sm"], world["domain"], "alice", name, ("InService", "Failed"))
     assert described["Status"] == "InService", described
-    ext = server.extension_client() if hasattr(server, "extension_client") else _ext(server)
+    ext = _ext(server)
     prog = s.progress(ext, world["domain"], "alice", name)
     return {"name": name, "described": described, "progress": prog, "ext": ext}
 
@@ -99,25 +102,231 @@ def test_session_answers_and_describes_as_modeled(world: dict[str, Any], alice: 
     p = alice["progress"]
     assert p["Phase"] == "ready" and p["Endpoint"].startswith("http://127.0.0.1:")
     assert p["Endpoint"].endswith(f"/sessions/{p['SessionId']}/")
-    info = s.evaluate(p["Endpoint"], "jsonlite::toJSON(list(user = Sys.info()[['user']], uid = system('id -u', intern = TRUE)))")
+    info = s.evaluate(
+        p["Endpoint"], "jsonlite::toJSON(list(user = Sys.info()[['user']], uid = system('id -u', intern = TRUE)))"
+    )
     assert "1000" in str(info)
     listed = world["sm"].list_apps(DomainIdEquals=world["domain"], UserProfileNameEquals="alice")["Apps"]
     assert [a["AppName"] for a in listed] == ["alice-extra"] and listed[0]["Status"] == "InService"
 
 
-def test_r_sees_the_custom_image_package_and_the_domain_environment(alice: dict[str, Any], world: dict[str, Any]) -> None:
+def test_r_sees_the_custom_image_package_and_the_domain_environment(
+    alice: dict[str, Any], world: dict[str, Any]
+) -> None:
     endpoint = alice["progress"]["Endpoint"]
     assert s.evaluate(endpoint, 'requireNamespace("byoitestpkg", quietly = TRUE)') is True
     assert s.evaluate(endpoint, "byoitestpkg::greeting()") == "hello from byoitestpkg"
     assert s.evaluate(endpoint, 'Sys.getenv("RSTUDIO_CONNECT_URL")') == s.CONNECT_URL
     assert s.evaluate(endpoint, 'Sys.getenv("BYOI_DOMAIN_ID")') == world["domain"]
     # R started the way RStudio starts rsessions, without the container's environment, reads Renviron.site:
+    wanted = '"RSTUDIO_PACKAGE_MANAGER_URL", "BYOI_USER_PROFILE_NAME", "R_LIBS_SITE"'
     clean = s.evaluate(
         endpoint,
         "system2('env', c('-i', file.path(R.home('bin'), 'Rscript'), '-e', "
-        "shQuote('cat(Sys.getenv(c(\"RSTUDIO_PACKAGE_MANAGER_URL\", \"BYOI_USER_PROFILE_NAME\", \"R_LIBS_SITE\")), sep = \"|\")')), "
-        "stdout = TRUE)",
+        f"shQuote('cat(Sys.getenv(c({wanted})), sep = \"|\")')), stdout = TRUE)",
     )
     pm, user, libs = str(clean).split("|")
     assert pm == s.PACKAGE_MANAGER_URL and user == "alice"
     assert "site-library" in libs  # the image's own Renviron.site lines are kept
+
+
+def test_docker_inspect_shows_a_locked_down_container(alice: dict[str, Any], world: dict[str, Any]) -> None:
+    p = alice["progress"]
+    c = docker_client().api.inspect_container(p["ContainerName"])
+    described = world["sm"].describe_image_version(ImageName=world["image"], Version=world["v2"])
+    assert c["Config"]["Image"] == described["ContainerImage"] == p["ContainerImage"]  # pinned by digest
+    assert "@sha256:" in c["Config"]["Image"]
+    host = c["HostConfig"]
+    assert host["NanoCpus"] == 2_000_000_000 and host["Memory"] == 4 << 30 and host["MemorySwap"] == 4 << 30
+    assert host["PidsLimit"] == 4096
+    assert c["Config"]["User"] == "1000:100"
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert "no-new-privileges" in host["SecurityOpt"] and host["Privileged"] is False
+    bindings = c["NetworkSettings"]["Ports"]["8787/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"] and int(bindings[0]["HostPort"]) == p["HostPort"]
+    assert c["Config"]["Labels"]["byoi.app-arn"] == alice["described"]["AppArn"]
+    assert c["Config"]["Labels"]["byoi.managed"] == "true"
+    mounts = {m["Destination"]: m for m in c["Mounts"]}
+    home = mounts["/home/sagemaker-user"]
+    assert home["Type"] == "bind" and home["RW"] is True
+    cmd = c["Config"]["Entrypoint"] + c["Config"]["Cmd"]
+    assert cmd[0] == "/usr/lib/rstudio-server/bin/rserver"
+    assert f"--www-root-path=/sessions/{p['SessionId']}/" in cmd and "--auth-none=1" in cmd
+    assert "--server-user=rstudio" in cmd  # the image's own user with UID 1000
+    # The user cannot gain privileges inside: no capabilities at all, even for root-owned setuid binaries.
+    caps = docker_client().containers.get(p["ContainerName"]).exec_run(["grep", "Cap", "/proc/self/status"]).output
+    assert b"CapEff:\t0000000000000000" in caps
+
+
+def test_home_survives_the_session_and_an_image_version_change(
+    alice: dict[str, Any], world: dict[str, Any], server: ByoiServer
+) -> None:
+    sm, domain = world["sm"], world["domain"]
+    endpoint = alice["progress"]["Endpoint"]
+    assert s.evaluate(endpoint, "path.expand('~')") == "/home/sagemaker-user"
+    s.evaluate(endpoint, "writeLines('kept across sessions', '~/notes.txt')")
+    # Deleting the profile is refused while the session lives.
+    with pytest.raises(ClientError) as err:
+        sm.delete_user_profile(DomainId=domain, UserProfileName="alice")
+    assert err.value.response["Error"]["Code"] == "ResourceInUse" and "alice-extra" in str(err.value)
+    sm.delete_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="alice-extra")
+    assert s.app_status(sm, domain, "alice", "alice-extra")["Status"] in ("Deleting", "Deleted")
+    gone = s.wait_app(sm, domain, "alice", "alice-extra", ("Deleted",), timeout=60)
+    assert gone["Status"] == "Deleted"
+    assert not docker_client().containers.list(all=True, filters={"name": alice["progress"]["ContainerName"]})
+    with pytest.raises(ClientError) as err:
+        sm.delete_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="alice-extra")
+    assert "already Deleted" in str(err.value)
+    # Re-create the same app name (the record is reused) on version 1, which lacks the extra package.
+    launch(world, "alice", "alice-extra", world["v1"])
+    again = s.wait_app(sm, domain, "alice", "alice-extra", ("InService", "Failed"))
+    assert again["Status"] == "InService", again
+    assert again["AppArn"] == alice["described"]["AppArn"]
+    assert again["ResourceSpec"]["SageMakerImageVersionArn"].endswith(f"/{world['v1']}")
+    endpoint = s.progress(alice["ext"], domain, "alice", "alice-extra")["Endpoint"]
+    assert s.evaluate(endpoint, "readLines('~/notes.txt')") == "kept across sessions"
+    assert s.evaluate(endpoint, 'requireNamespace("byoitestpkg", quietly = TRUE)') is False
+    homes = list((server.data_dir / "homes" / domain).iterdir())
+    assert len(homes) == 1 and homes[0].stat().st_uid == 1000 and (homes[0] / "notes.txt").stat().st_uid == 1000
+
+
+@pytest.fixture(scope="module")
+def bob(world: dict[str, Any], alice: dict[str, Any]) -> dict[str, Any]:
+    name = launch(world, "bob", "bob-plain", world["v1"])
+    described = s.wait_app(world["sm"], world["domain"], "bob", name, ("InService", "Failed"))
+    assert described["Status"] == "InService", described
+    return {"name": name, "progress": s.progress(alice["ext"], world["domain"], "bob", name)}
+
+
+def test_sessions_cannot_reach_each_other(alice: dict[str, Any], bob: dict[str, Any], world: dict[str, Any]) -> None:
+    client = docker_client()
+    alice_p = s.progress(alice["ext"], world["domain"], "alice", "alice-extra")
+    assert alice_p["Status"] == "InService"
+    bob_c = client.api.inspect_container(bob["progress"]["ContainerName"])
+    bob_ip = next(iter(bob_c["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    gateway = next(iter(bob_c["NetworkSettings"]["Networks"].values()))["Gateway"]
+    # A TCP connect from R inside a session, given up after 3 s (dropped packets never answer).
+    probe = (
+        "if (system2('timeout', c('3', 'bash', '-c', shQuote('exec 3<>/dev/tcp/{host}/{port}')), "
+        "stdout = FALSE, stderr = FALSE) == 0) 'reached' else 'unreachable'"
+    )
+    # From inside Alice's session: Bob's container address, and Bob's published port via the host.
+    assert s.evaluate(alice_p["Endpoint"], probe.format(host=bob_ip, port=8787)) == "unreachable"
+    assert (
+        s.evaluate(alice_p["Endpoint"], probe.format(host=gateway, port=bob["progress"]["HostPort"])) == "unreachable"
+    )
+    # ...while Bob's session answers itself on that address (the probe can succeed).
+    assert s.evaluate(bob["progress"]["Endpoint"], probe.format(host=bob_ip, port=8787)) == "reached"
+
+
+def test_a_container_killed_from_outside_ends_failed(bob: dict[str, Any], world: dict[str, Any]) -> None:
+    sm, domain = world["sm"], world["domain"]
+    docker_client().containers.get(bob["progress"]["ContainerName"]).kill()
+    failed = s.wait_app(sm, domain, "bob", "bob-plain", ("Failed",), timeout=30)
+    assert "exit code 137" in failed["FailureReason"] and "killed" in failed["FailureReason"]
+    assert not docker_client().containers.list(all=True, filters={"name": bob["progress"]["ContainerName"]})
+    with pytest.raises(ClientError) as err:  # as on SageMaker, a Failed app cannot be deleted
+        sm.delete_app(DomainId=domain, UserProfileName="bob", AppType="RSessionGateway", AppName="bob-plain")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    sm.delete_user_profile(DomainId=domain, UserProfileName="bob")  # Failed apps do not hold the profile
+
+
+def test_launches_that_cannot_run_are_refused(world: dict[str, Any], registry: str) -> None:
+    sm, domain = world["sm"], world["domain"]
+
+    def refused(user: str = "alice", app_type: str = "RSessionGateway", name: str = "refused", **spec: Any) -> str:
+        with pytest.raises(ClientError) as err:
+            sm.create_app(DomainId=domain, UserProfileName=user, AppType=app_type, AppName=name, ResourceSpec=spec)
+        return f"{err.value.response['Error']['Code']}: {err.value.response['Error']['Message']}"
+
+    other_arn = sm.describe_image(ImageName=world["other"])["ImageArn"]
+    message = refused(SageMakerImageArn=other_arn)
+    assert message.startswith("ValidationException") and world["other"] in message and "not attached" in message
+    assert "not supported" in refused(app_type="JupyterServer", SageMakerImageArn=world["image_arn"])
+    message = refused(SageMakerImageArn=world["image_arn"], InstanceType="ml.m5.24xlarge")
+    assert "ml.m5.24xlarge" in message and "96 vCPU" in message and "CPUs" in message
+    assert "not offered" in refused(SageMakerImageArn=world["image_arn"], InstanceType="ml.g4dn.xlarge")
+    assert "built-in" in refused()
+    assert "does not exist" in refused(user="nobody", SageMakerImageArn=world["image_arn"])
+    missing = version_arn(world, 99)
+    assert refused(SageMakerImageArn=world["image_arn"], SageMakerImageVersionArn=missing).startswith(
+        "ResourceNotFound"
+    )
+    # A version that is not CREATED (its tag never existed: CREATE_FAILED) cannot be launched.
+    arn = sm.create_image_version(ImageName=world["image"], BaseImage=f"{registry}/sessions/missing:v9")
+    number = int(arn["ImageVersionArn"].rsplit("/", 1)[1])
+    deadline = time.monotonic() + 30
+    while sm.describe_image_version(ImageName=world["image"], Version=number)["ImageVersionStatus"] == "CREATING":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    message = refused(SageMakerImageArn=world["image_arn"], SageMakerImageVersionArn=version_arn(world, number))
+    assert "CREATE_FAILED" in message and "only CREATED versions" in message
+    with pytest.raises(ClientError) as err:
+        sm.describe_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="refused")
+    assert err.value.response["Error"]["Code"] == "ResourceNotFound"
+
+
+def test_rstudio_server_pro_is_a_record_of_domain_shared(world: dict[str, Any]) -> None:
+    sm, domain = world["sm"], world["domain"]
+    arn = sm.create_app(
+        DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default"
+    )["AppArn"]
+    assert arn.endswith(f":app/{domain}/domain-shared/RStudioServerPro/default")
+    described = sm.describe_app(
+        DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default"
+    )
+    assert described["Status"] == "InService" and described["ResourceSpec"] == {"InstanceType": "system"}
+    with pytest.raises(ClientError) as err:
+        sm.create_app(DomainId=domain, UserProfileName="alice", AppType="RStudioServerPro", AppName="default")
+    assert "domain-shared" in str(err.value)
+    listed = sm.list_apps(DomainIdEquals=domain, UserProfileNameEquals="domain-shared")["Apps"]
+    assert [(a["AppType"], a["Status"]) for a in listed] == [("RStudioServerPro", "InService")]
+    # The documented "delete and recreate RStudioServerPro" steps work.
+    sm.delete_app(DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    deadline = time.monotonic() + 20
+    while s.app_status(sm, domain, "domain-shared", "default", "RStudioServerPro")["Status"] != "Deleted":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    sm.create_app(DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    with pytest.raises(ClientError) as err:
+        sm.delete_domain(DomainId=domain)
+    assert err.value.response["Error"]["Code"] == "ResourceInUse"
+
+
+def test_rserver_exiting_fails_the_launch_with_its_last_lines(world: dict[str, Any], registry: str) -> None:
+    sm, domain = world["sm"], world["domain"]
+    image = s.unique("exits")
+    s.register(sm, registry, image, "rserver-exits", "v1")
+    sm.update_user_profile(
+        DomainId=domain,
+        UserProfileName="alice",
+        UserSettings={
+            "RSessionAppSettings": {
+                "CustomImages": [
+                    {"ImageName": image, "AppImageConfigName": s.CONFIG},
+                    {"ImageName": world["image"], "AppImageConfigName": s.CONFIG},
+                ]
+            }
+        },
+    )
+    arn = sm.describe_image(ImageName=image)["ImageArn"]
+    sm.create_app(
+        DomainId=domain,
+        UserProfileName="alice",
+        AppType="RSessionGateway",
+        AppName="exits",
+        ResourceSpec={"SageMakerImageArn": arn},
+    )
+    failed = s.wait_app(sm, domain, "alice", "exits", ("Failed", "InService"), timeout=60)
+    assert failed["Status"] == "Failed"
+    reason = failed["FailureReason"]
+    assert "exited with code 3" in reason and "database is on fire" in reason, reason
+    logs = _ext_logs(world, "exits")
+    assert logs["Source"] == "saved" and any("database is on fire" in line for line in logs["Lines"])
+
+
+def _ext_logs(world: dict[str, Any], name: str) -> dict[str, Any]:
+    from byoi.cli.client import extension_client
+
+    ext = extension_client(world["sm"].meta.endpoint_url, "byoi")
+    return ext.get_app_logs(DomainId=world["domain"], UserProfileName="alice", AppName=name)  # type: ignore[no-any-return]

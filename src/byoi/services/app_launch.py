@@ -149,6 +149,8 @@ class Launcher:
                 info = await self._create_and_start(claim, row, name)
             port = self.runtime.host_port(info, SESSION_PORT)
             if port is None:
+                if not (info.get("State") or {}).get("Running"):
+                    raise LaunchFailed(await self._exited(name, info))
                 raise LaunchFailed("The container has no port published on 127.0.0.1")
             backend = {"Backend": "docker", "Container": info["Id"], "Name": name, "HostPort": port}
             await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=self._url(port, row))
@@ -273,13 +275,7 @@ class Launcher:
                     info = await self.runtime.inspect(name)
                     state = (info or {}).get("State") or {}
                     if not state.get("Running"):
-                        code = state.get("ExitCode", "unknown")
-                        raise LaunchFailed(
-                            failure_with_logs(
-                                f"RStudio Server exited with code {code} before it answered on port {SESSION_PORT}.",
-                                await self.runtime.logs_tail(name, LOG_LINES),
-                            )
-                        )
+                        raise LaunchFailed(await self._exited(name, info))
                     await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=url)
                 if now >= deadline:
                     raise LaunchFailed(
@@ -290,6 +286,15 @@ class Launcher:
                         )
                     )
                 await asyncio.sleep(POLL)
+
+    async def _exited(self, name: str, info: dict[str, Any] | None) -> str:
+        state = (info or {}).get("State") or {}
+        head = f"RStudio Server exited with code {state.get('ExitCode', 'unknown')} before it answered on port"
+        if state.get("Error"):
+            head += f" {SESSION_PORT} ({state['Error']})."
+        else:
+            head += f" {SESSION_PORT}."
+        return failure_with_logs(head, await self.runtime.logs_tail(name, LOG_LINES))
 
     async def _fail(self, claim: Claim, row: Any, reason: str) -> None:
         """Failed, with the reason and the last log lines kept; the container is removed."""
