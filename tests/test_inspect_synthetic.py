@@ -5,6 +5,7 @@ every kind of bad input (each must end CREATE_FAILED with a clear reason, never 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import tarfile
 import time
@@ -499,3 +500,34 @@ def test_diff_of_synthetic_versions(sm, ext, pusher):
     assert d["RVersion"] == {"From": "4.2.2", "To": "4.2.2", "Changed": False}
     assert d["UncompressedSize"]["Delta"] == d["UncompressedSize"]["To"] - d["UncompressedSize"]["From"] > 0
     assert {"Name": "reticulate", "From": "PASSED", "To": "FAILED"} in d["RulesChanged"]
+
+
+def test_cli_report_and_diff(sm, pusher, strict):
+    import subprocess
+
+    byoi = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "byoi")
+    r = repo()
+    push_image(pusher, r, "v1", [compatible_layer({"reticulate": "1.34.0"})])
+    push_image(pusher, r, "v2", [compatible_layer({"reticulate": "1.35.0", "glue": "1.7.0"})])
+    name, _ = register(sm, f"{r}:v1")
+    register(sm, f"{r}:v2", name)
+    sm.update_image_version(ImageName=name, Version=2, AliasesToAdd=["stable"])
+    env = strict.aws_env()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([byoi, "versions", *args], env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
+
+    table = run("report", name, "--alias", "stable")
+    assert table.returncode == 0, table.stderr
+    assert "version 2 (CREATED): compatible" in table.stdout and "R         4.2.2 at /usr/lib/R" in table.stdout
+    assert "glue" in table.stdout and "reticulate" in table.stdout and "PASSED" in table.stdout
+    as_json = json.loads(run("report", name, "--version", "1", "--output", "json").stdout)
+    assert as_json["Version"] == 1 and as_json["Report"]["Compatible"] is True
+    diff = run("diff", name, "1", "stable")
+    assert diff.returncode == 0, diff.stderr
+    lines = {" ".join(line.replace("│", " ").split()) for line in diff.stdout.splitlines()}
+    assert "added glue 1.7.0" in lines and "upgraded reticulate 1.34.0 1.35.0" in lines
+    diff_json = json.loads(run("diff", name, "1", "2", "--output", "json").stdout)
+    assert [p["Name"] for p in diff_json["PackagesAdded"]] == ["glue"]
+    missing = run("report", name + "-nope")
+    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr and "Traceback" not in missing.stderr
