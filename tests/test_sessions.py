@@ -76,18 +76,9 @@ def alice(world: dict[str, Any], server: ByoiServer) -> dict[str, Any]:
     name = launch(world, "alice", "alice-extra", world["v2"])
     described = s.wait_app(world["sm"], world["domain"], "alice", name, ("InService", "Failed"))
     assert described["Status"] == "InService", described
-    ext = _ext(server)
+    ext = s.extension(server)
     prog = s.progress(ext, world["domain"], "alice", name)
     return {"name": name, "described": described, "progress": prog, "ext": ext}
-
-
-def _ext(server: ByoiServer) -> Any:
-    import os
-
-    from byoi.cli.client import extension_client
-
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(server.credentials_file)
-    return extension_client(server.endpoint, "byoi")
 
 
 def test_session_answers_and_describes_as_modeled(world: dict[str, Any], alice: dict[str, Any]) -> None:

@@ -103,3 +103,13 @@ def evaluate(endpoint: str, code: str, timeout: float = 30) -> Any:
 
 def containers_of(installation_label: str) -> list[Any]:
     return list(docker_client().containers.list(all=True, filters={"label": f"byoi.installation={installation_label}"}))
+
+
+def extension(server: Any) -> Any:
+    """The Byoi.* client (botocore, from byoi's extension model) signed with the server's administrator key."""
+    import os
+
+    from byoi.cli.client import extension_client
+
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(server.credentials_file)
+    return extension_client(server.endpoint, "byoi")

@@ -1,0 +1,100 @@
+"""Sessions survive a crashed server: a SIGKILL during launches, then a restart on the same data dir, leaves
+every app InService or Failed (never Pending for ever) and no container that no app claims.
+
+RStudio Server here is the STAND-IN image (tests/images/rstudio-standin), a TEST DOUBLE for the IDE binary
+only; `rserver-hangs` is an image whose "rserver" never listens. Docker Engine, the registry and R are real.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import sessions as s
+from tests.support.docker_images import docker_available, docker_client, ensure_base_image
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.skipif(not docker_available(), reason="Docker Engine is not reachable (scripts/services.sh)"),
+]
+
+ENV = {
+    "BYOI_SESSION_RECONCILE_SECONDS": "1",
+    "BYOI_SESSION_START_TIMEOUT": "6",
+    "BYOI_SESSION_STOP_TIMEOUT": "1",
+    "BYOI_LEASE_SECONDS": "3",
+}
+
+
+def _installation(data_dir: Path) -> str:
+    return (data_dir / "installation-id").read_text().strip()
+
+
+def test_sigkill_during_launch_then_restart_settles_every_app(
+    server_factory: Any, registry: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "crashy"
+    srv = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    sm = srv.client()
+    standin, hangs = s.unique("standin"), s.unique("hangs")
+    s.register(sm, registry, standin, "rstudio-standin", "v1")
+    s.register(sm, registry, hangs, "rserver-hangs", "v1")
+    s.ensure_config(sm)
+    domain = s.rstudio_domain(
+        sm,
+        [{"ImageName": standin, "AppImageConfigName": s.CONFIG}, {"ImageName": hangs, "AppImageConfigName": s.CONFIG}],
+    )
+    sm.create_user_profile(DomainId=domain, UserProfileName="carol")
+    for app, image in (("never-answers", hangs), ("answers", standin)):
+        sm.create_app(
+            DomainId=domain,
+            UserProfileName="carol",
+            AppType="RSessionGateway",
+            AppName=app,
+            ResourceSpec={"SageMakerImageArn": sm.describe_image(ImageName=image)["ImageArn"]},
+        )
+    installation = _installation(data_dir)
+    deadline = time.monotonic() + 60
+    while not any(c.status == "running" for c in s.containers_of(installation)):
+        assert time.monotonic() < deadline, "no session container started"
+        time.sleep(0.05)
+    srv.kill()  # SIGKILL while at least one launch is in progress
+    left = s.containers_of(installation)
+    assert left, "the crash should leave containers behind for the restarted server to sort out"
+
+    again = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    sm = again.client()
+    hung = s.wait_app(sm, domain, "carol", "never-answers", ("Failed", "InService"), timeout=90)
+    good = s.wait_app(sm, domain, "carol", "answers", ("Failed", "InService"), timeout=90)
+    assert hung["Status"] == "Failed" and "did not answer on port 8787 within 6 seconds" in hung["FailureReason"]
+    assert "not listening on purpose" in hung["FailureReason"]
+    assert good["Status"] == "InService", good
+
+    # An orphan: a container with this installation's labels that no app claims is removed by the reconciler.
+    ensure_base_image()
+    orphan = docker_client().containers.run(
+        "byoi-test/debian:bookworm",
+        ["sleep", "600"],
+        name=f"byoi-{installation}-0000000000000000-1",
+        labels={"byoi.managed": "true", "byoi.installation": installation},
+        detach=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        names = sorted(c.name for c in s.containers_of(installation))
+        if orphan.name not in names:
+            break
+        assert time.monotonic() < deadline, f"orphan {orphan.name} was not removed: {names}"
+        time.sleep(0.3)
+    # Exactly the InService app's container is left.
+    ext = s.extension(again)
+    expected = s.progress(ext, domain, "carol", "answers")["ContainerName"]
+    assert [c.name for c in s.containers_of(installation)] == [expected]
+
+    sm.delete_app(DomainId=domain, UserProfileName="carol", AppType="RSessionGateway", AppName="answers")
+    s.wait_app(sm, domain, "carol", "answers", ("Deleted",), timeout=60)
+    assert s.containers_of(installation) == []
