@@ -321,3 +321,38 @@ def _ext_logs(world: dict[str, Any], name: str) -> dict[str, Any]:
 
     ext = extension_client(world["sm"].meta.endpoint_url, "byoi")
     return ext.get_app_logs(DomainId=world["domain"], UserProfileName="alice", AppName=name)  # type: ignore[no-any-return]
+
+
+def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, registry: str) -> None:
+    import subprocess
+    import sys
+
+    client = docker_client()
+    pinned = world["sm"].describe_image_version(ImageName=world["image"], Version=world["v1"])["ContainerImage"]
+    # Drop the host's references to the pinned image, so the launch has to pull it from the registry.
+    for ref in (pinned, f"{registry}/sessions/{world['image']}:v1"):
+        try:
+            client.images.remove(ref)
+        except Exception as exc:  # noqa: BLE001 - not every reference exists on every engine
+            print(f"not removed {ref}: {exc}")
+
+    def byoi(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "byoi", *args], env=server.aws_env(), capture_output=True, text=True, timeout=300
+        )
+
+    dom = world["domain"]
+    run = byoi("launch", "-d", dom, "-u", "alice", "--image", f"{world['image']}:{world['v1']}", "--name", "from-cli")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "RStudio is answering at http://127.0.0.1:" in run.stdout and "local use only" in run.stdout
+    assert client.images.get(pinned)  # pulled by digest
+    listed = byoi("sessions", "list", "-d", dom, "-u", "alice", "-o", "json")
+    assert '"AppName": "from-cli"' in listed.stdout and '"Status": "InService"' in listed.stdout
+    described = byoi("sessions", "describe", "from-cli", "-d", dom, "-u", "alice")
+    assert '"Phase": "ready"' in described.stdout and pinned in described.stdout
+    logs = byoi("sessions", "logs", "from-cli", "-d", dom, "-u", "alice", "-n", "20")
+    assert "TEST DOUBLE for RStudio Server listening" in logs.stdout, logs.stdout + logs.stderr
+    stopped = byoi("sessions", "stop", "from-cli", "-d", dom, "-u", "alice")
+    assert stopped.returncode == 0 and "from-cli: Deleted" in stopped.stdout
+    refused = byoi("launch", "-d", dom, "-u", "alice", "--image", world["other"])
+    assert refused.returncode == 1 and "not attached" in refused.stderr and "Traceback" not in refused.stderr

@@ -14,6 +14,7 @@ import typer
 from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
+from byoi.cli import sessions as sessions_cli
 from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
 from byoi.config import (
     DEFAULT_HOST,
@@ -36,6 +37,7 @@ domains_cli.register(app)  # byoi domains|users|attach|detach
 images_app.command("available")(domains_cli.domains_available)  # the name for `byoi domains available`
 builds_cli.register(app)  # byoi build, byoi builds list|describe|logs|stop
 inspect_cli.register(versions_app)  # byoi versions report|diff
+sessions_cli.register(app)  # byoi launch, byoi sessions list|describe|logs|stop
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""`byoi launch` and `byoi sessions list|describe|logs|stop`: RStudio sessions on custom images.
+
+`launch` is CreateApp (AppType RSessionGateway) followed by Byoi.DescribeAppProgress until the session is
+InService or Failed, with a progress bar while the image is pulled. The address it prints is the session's
+loopback port on the Docker host: for local use only (the authenticated browser proxy is a later feature).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any
+
+import regex
+import typer
+from botocore.exceptions import ClientError
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, print_result
+from byoi.cli.domains import Domain, Failed, resolve_domain
+
+sessions_app = typer.Typer(help="RStudio sessions (apps of type RSessionGateway).", no_args_is_help=True)
+
+_IMAGE = regex.compile(r"(?P<name>[a-zA-Z0-9]([-.]?[a-zA-Z0-9]){0,62})(:(?P<version>[0-9]+))?")
+APP_TYPE = "RSessionGateway"
+User = Annotated[str, typer.Option("--user", "-u", help="User profile name.")]
+AppName = Annotated[str, typer.Argument(help="The session's app name.")]
+LOCAL_ONLY = (
+    "This is the session's loopback address on the Docker host, for local use only; "
+    "the authenticated browser proxy is not part of byoi yet."
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `byoi launch` and `byoi sessions …` to the top-level app (called once from cli/main.py)."""
+    app.command("launch")(launch)
+    app.add_typer(sessions_app, name="sessions")
+
+
+def _run(endpoint_url: str | None, profile: str | None, action: Any, extension: bool = False) -> Any:
+    def wrapped(client: Any) -> Any:
+        try:
+            return action(client)
+        except Failed as exc:
+            err.print(f"[red]error[/red]: {exc}")
+            raise typer.Exit(1) from None
+
+    return call(endpoint_url, profile, wrapped, extension=extension)
+
+
+def _default_name(image: str) -> str:
+    base = regex.sub(r"[^a-zA-Z0-9]+", "-", image).strip("-")[:50] or "session"
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+def _resource_spec(sm: Any, image_ref: str, instance_type: str | None) -> dict[str, Any]:
+    m = _IMAGE.fullmatch(image_ref)
+    if not m:
+        raise Failed(f"--image {image_ref!r} must look like NAME or NAME:VERSION")
+    spec: dict[str, Any] = {"SageMakerImageArn": sm.describe_image(ImageName=m["name"])["ImageArn"]}
+    if m["version"]:
+        version = sm.describe_image_version(ImageName=m["name"], Version=int(m["version"]))
+        spec["SageMakerImageVersionArn"] = version["ImageVersionArn"]
+    if instance_type:
+        spec["InstanceType"] = instance_type
+    return spec
+
+
+def _follow(ext: Any, domain: str, user: str, name: str, timeout: float) -> dict[str, Any]:
+    """Show launch progress until InService or Failed; return the last progress."""
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        pull = None
+        status = bar.add_task("queued", total=None)
+        while True:
+            p = ext.describe_app_progress(DomainId=domain, UserProfileName=user, AppName=name)
+            phase = p.get("Phase") or "queued"
+            if phase == "pulling" and p.get("BytesTotal"):
+                if pull is None:
+                    pull = bar.add_task("pulling image", total=p["BytesTotal"])
+                bar.update(pull, total=p["BytesTotal"], completed=p.get("BytesDone") or 0)
+            bar.update(status, description=f"{phase}: {p.get('Message') or ''}")
+            if p["Status"] in ("InService", "Failed", "Deleted", "Deleting"):
+                return dict(p)
+            if time.monotonic() > deadline:
+                raise Failed(f"session {name} is still {p['Status']} ({phase}) after {timeout:g}s")
+            time.sleep(0.3)
+
+
+def launch(
+    domain: Domain,
+    user: User,
+    image: Annotated[str, typer.Option("--image", "-i", help="Custom image NAME or NAME:VERSION.")],
+    instance_type: Annotated[str | None, typer.Option("--instance-type", help="e.g. ml.t3.medium")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="App name (default: from the image).")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the launch until RStudio answers.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the session.")] = 600.0,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Launch an RStudio session on a custom image attached for the user."""
+    app_name = name or _default_name(image)
+
+    def create(sm: Any) -> tuple[str, str]:
+        domain_id = resolve_domain(sm, domain)
+        spec = _resource_spec(sm, image, instance_type)
+        arn = sm.create_app(
+            DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=app_name, ResourceSpec=spec
+        )["AppArn"]
+        return domain_id, arn
+
+    domain_id, arn = _run(endpoint_url, profile, create)
+    console.print(f"launching {arn}")
+    if not wait:
+        return
+    p = _run(endpoint_url, profile, lambda ext: _follow(ext, domain_id, user, app_name, timeout), extension=True)
+    if p["Status"] != "InService":
+        err.print(f"[red]session {app_name} {p['Status']}[/red]: {p.get('FailureReason') or p.get('Message')}")
+        raise typer.Exit(1)
+    console.print(f"RStudio is answering at {p['Endpoint']}")
+    console.print(LOCAL_ONLY)
+
+
+@sessions_app.command("list")
+def sessions_list(
+    domain: Annotated[str | None, typer.Option("--domain", "-d", help="Domain id or name.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u")] = None,
+    output: Output = "table",
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """List sessions (all app types), oldest first."""
+
+    def fetch(sm: Any) -> list[dict[str, Any]]:
+        args: dict[str, Any] = {}
+        if domain:
+            args["DomainIdEquals"] = resolve_domain(sm, domain)
+        if user:
+            args["UserProfileNameEquals"] = user
+        return [a for page in sm.get_paginator("list_apps").paginate(**args) for a in page["Apps"]]
+
+    found = _run(endpoint_url, profile, fetch)
+    rows = [{**a, "Image": (a.get("ResourceSpec") or {}).get("SageMakerImageVersionArn", "")} for a in found]
+    print_result(
+        {"Apps": found}, output, ["DomainId", "UserProfileName", "AppName", "AppType", "Status", "Image"], rows
+    )
+
+
+@sessions_app.command("describe")
+def sessions_describe(
+    name: AppName,
+    domain: Domain,
+    user: User,
+    output: Output = "json",
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """DescribeApp plus the launch progress (phase, endpoint, container)."""
+
+    def fetch(sm: Any) -> tuple[str, dict[str, Any]]:
+        domain_id = resolve_domain(sm, domain)
+        return domain_id, sm.describe_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name)
+
+    domain_id, described = _run(endpoint_url, profile, fetch)
+    p = _run(
+        endpoint_url,
+        profile,
+        lambda ext: ext.describe_app_progress(DomainId=domain_id, UserProfileName=user, AppName=name),
+        extension=True,
+    )
+    p.pop("ResponseMetadata", None)
+    described.pop("ResponseMetadata", None)
+    data = {**described, "Progress": p}
+    print_result(data, output, ["AppName", "Status", "FailureReason"], [{**described, **p}])
+
+
+@sessions_app.command("logs")
+def sessions_logs(
+    name: AppName,
+    domain: Domain,
+    user: User,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines.")] = 100,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """The last lines RStudio Server wrote in the session's container."""
+    domain_id = _run(endpoint_url, profile, lambda sm: resolve_domain(sm, domain))
+    result = _run(
+        endpoint_url,
+        profile,
+        lambda ext: ext.get_app_logs(DomainId=domain_id, UserProfileName=user, AppName=name, Lines=lines),
+        extension=True,
+    )
+    for line in result.get("Lines") or []:
+        console.print(line, markup=False, highlight=False)
+    if result.get("Source") == "saved":
+        err.print(f"(lines kept when the session ended; it is {result.get('Status')})")
+
+
+@sessions_app.command("stop")
+def sessions_stop(
+    name: AppName,
+    domain: Domain,
+    user: User,
+    wait: Annotated[bool, typer.Option(help="Wait until the session is Deleted.")] = True,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Stop a session (DeleteApp); the user's home is kept."""
+
+    def stop(sm: Any) -> str:
+        domain_id = resolve_domain(sm, domain)
+        sm.delete_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name)
+        if not wait:
+            return "Deleting"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                status = sm.describe_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name)
+            except ClientError:
+                return "Deleted"
+            if status["Status"] in ("Deleted", "Failed"):
+                return str(status["Status"])
+            time.sleep(0.3)
+        raise Failed(f"session {name} is still stopping")
+
+    console.print(f"{name}: {_run(endpoint_url, profile, stop)}")
