@@ -1,0 +1,217 @@
+"""Unit tests of the session runtime's pure parts: container arguments, instance types, settings, session files,
+pull progress accounting and failure reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from byoi.runtime.docker import PullTracker
+from byoi.runtime.docker_args import container_args, network_args
+from byoi.runtime.instance_types import GiB, HostCapacity, InstanceTypeError, InstanceTypes
+from byoi.runtime.settings import RuntimeSettings
+from byoi.runtime.spec import SessionSpec
+from byoi.services import session_files as files
+from byoi.services.app_launch import failure_with_logs
+
+SPEC = SessionSpec(
+    name="byoi-abc-s1-1",
+    image="127.0.0.1:5000/team/r@sha256:" + "a" * 64,
+    uid=1000,
+    gid=100,
+    user_name="rstudio",
+    home_host_path="/data/homes/d-x/alice-200001",
+    home_mount_path="/home/sagemaker-user",
+    root_path="/sessions/s1/",
+    nano_cpus=2_000_000_000,
+    memory_bytes=4 * GiB,
+    network="byoi-sessions",
+    env={"RSTUDIO_CONNECT_URL": "https://connect.example", "BYOI_DOMAIN_ID": "d-x"},
+    labels={"byoi.managed": "true", "byoi.app-arn": "arn:aws:sagemaker:r:000000000000:app/d-x/alice/RSessionGateway/a"},
+)
+
+
+def test_container_args_are_exactly_the_locked_down_session() -> None:
+    assert container_args(SPEC) == {
+        "Image": SPEC.image,
+        "Entrypoint": ["/usr/lib/rstudio-server/bin/rserver"],
+        "Cmd": [
+            "--server-daemonize=0",
+            "--www-address=0.0.0.0",
+            "--www-port=8787",
+            "--auth-none=1",
+            "--server-user=rstudio",
+            "--www-root-path=/sessions/s1/",
+            "--www-frame-origin=same",
+            "--www-verify-user-agent=0",
+            "--server-data-dir=/run/byoi/rserver",
+            "--database-config-file=/etc/byoi/database.conf",
+        ],
+        "User": "1000:100",
+        "WorkingDir": "/home/sagemaker-user",
+        "Env": [
+            "BYOI_DOMAIN_ID=d-x",
+            "HOME=/home/sagemaker-user",
+            "RSTUDIO_CONNECT_URL=https://connect.example",
+            "USER=rstudio",
+        ],
+        "Labels": SPEC.labels,
+        "ExposedPorts": {"8787/tcp": {}},
+        "StopSignal": "SIGTERM",
+        "HostConfig": {
+            "Init": True,
+            "NetworkMode": "byoi-sessions",
+            "PortBindings": {"8787/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+            "Mounts": [
+                {
+                    "Type": "bind",
+                    "Source": "/data/homes/d-x/alice-200001",
+                    "Target": "/home/sagemaker-user",
+                    "ReadOnly": False,
+                }
+            ],
+            "Tmpfs": {"/run/byoi": "rw,nosuid,nodev,size=268435456,uid=1000,gid=100,mode=0700"},
+            "NanoCpus": 2_000_000_000,
+            "Memory": 4 * GiB,
+            "MemorySwap": 4 * GiB,
+            "PidsLimit": 4096,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Privileged": False,
+            "ReadonlyRootfs": False,
+            "RestartPolicy": {"Name": "no"},
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+        },
+    }
+
+
+def test_the_session_env_cannot_override_home_or_user() -> None:
+    spec = SessionSpec(**{**SPEC.__dict__, "env": {"HOME": "/root", "USER": "root"}})
+    assert "HOME=/home/sagemaker-user" in container_args(spec)["Env"] and "USER=rstudio" in container_args(spec)["Env"]
+
+
+def test_network_turns_inter_container_traffic_off() -> None:
+    args = network_args("byoi-sessions", {"byoi.managed": "true"})
+    assert args["Options"] == {"com.docker.network.bridge.enable_icc": "false"} and args["Driver"] == "bridge"
+
+
+HOST = HostCapacity(cpus=2, memory_bytes=23 * GiB)
+
+
+def test_instance_types_default_and_host_limits() -> None:
+    types = InstanceTypes()
+    medium = types.get("ml.t3.medium", HOST)
+    assert (medium.vcpu, medium.memory_bytes, medium.nano_cpus) == (2, 4 * GiB, 2_000_000_000)
+    with pytest.raises(InstanceTypeError, match=r"ml\.m5\.4xlarge needs 16 vCPU and 64 GiB.*2 CPUs and 23\.0 GiB"):
+        types.get("ml.m5.4xlarge", HOST)
+    with pytest.raises(InstanceTypeError, match=r"ml\.r5\.large needs 2 vCPU and 16 GiB"):
+        types.get("ml.r5.large", HostCapacity(2, 8 * GiB))
+    with pytest.raises(InstanceTypeError, match="not offered"):
+        types.get("ml.g4dn.xlarge", HOST)
+    assert "ml.t3.medium" in types.offered(HOST) and "ml.m5.xlarge" not in types.offered(HOST)
+
+
+def test_instance_types_file_overrides_and_adds(tmp_path: Path) -> None:
+    path = tmp_path / "types.toml"
+    path.write_text(
+        '[types."ml.t3.medium"]\nvcpu = 0.5\nmemory_gib = 1\n[types."ml.g4dn.xlarge"]\nvcpu = 1\nmemory_gib = 2\n'
+    )
+    types = InstanceTypes.load(path)
+    assert types.get("ml.t3.medium", HOST).nano_cpus == 500_000_000
+    assert types.get("ml.g4dn.xlarge", HOST).memory_bytes == 2 * GiB
+    path.write_text('[types."ml.t3.medium"]\nvcpu = "many"\nmemory_gib = 1\n')
+    with pytest.raises(InstanceTypeError, match="must be numbers"):
+        InstanceTypes.load(path)
+    path.write_text('[types."t3"]\nvcpu = 1\nmemory_gib = 1\n')
+    with pytest.raises(InstanceTypeError, match="start with ml"):
+        InstanceTypes.load(path)
+    with pytest.raises(InstanceTypeError, match="cannot read"):
+        InstanceTypes.load(tmp_path / "missing.toml")
+
+
+def test_runtime_settings_from_env_refuse_root_and_bad_values() -> None:
+    settings = RuntimeSettings.from_env({"BYOI_SESSION_UID": "1001", "BYOI_SESSION_START_TIMEOUT": "5"})
+    assert (settings.uid, settings.gid, settings.start_timeout) == (1001, 100, 5.0)
+    for env, wanted in (
+        ({"BYOI_SESSION_UID": "0"}, "non-root"),
+        ({"BYOI_SESSION_UID": "x"}, "must be a number"),
+        ({"BYOI_SESSION_HOME_MOUNT": "relative/home"}, "absolute"),
+        ({"BYOI_SESSION_USER_NAME": "Root;rm"}, "valid user name"),
+        ({"BYOI_SESSION_NETWORK": "bad name"}, "network name"),
+    ):
+        with pytest.raises(ValueError, match=wanted):
+            RuntimeSettings.from_env(env)
+
+
+def test_renviron_keeps_the_image_lines_and_adds_the_session_env() -> None:
+    merged = files.merged_renviron(b'R_LIBS_SITE="/usr/lib/R/site-library"', {"B": "2", "A": "x y"}).decode()
+    assert merged.startswith('R_LIBS_SITE="/usr/lib/R/site-library"\n')
+    assert merged.endswith("A='x y'\nB='2'\n")
+    assert files.merged_renviron(None, {"A": "1"}).endswith(b"A='1'\n")
+    assert files.unsafe_env({"OK": "https://a/b?c=d", "Q": "it's", "E": "${HOME}", "N": "a\nb", "1X": "v"}) == [
+        "Q",
+        "E",
+        "N",
+        "1X",
+    ]
+
+
+def test_session_files_and_names() -> None:
+    written = files.session_files("/usr/lib/R", None, {"A": "1"}, {"AppType": "RSessionGateway"})
+    assert set(written) == {
+        "/usr/lib/R/etc/Renviron.site",
+        "/etc/byoi/database.conf",
+        "/etc/rstudio/file-locks",
+        "/opt/ml/metadata/resource-metadata.json",
+    }
+    assert written["/etc/rstudio/file-locks"] == b"lock-type=advisory\n"
+    assert b"provider=sqlite" in written["/etc/byoi/database.conf"]
+    assert files.container_name("inst", "s1", 3) == "byoi-inst-s1-3"
+    assert files.root_path("s1") == "/sessions/s1/"
+    assert files.home_dir(Path("/d"), "d-x", "Alice", 200001) == Path("/d/homes/d-x/alice-200001")
+
+
+def test_installation_id_is_stable(tmp_path: Path) -> None:
+    first = files.installation_id(tmp_path)
+    assert len(first) == 16 and files.installation_id(tmp_path) == first
+
+
+def test_home_is_created_owned_and_removed_only_for_its_domain(tmp_path: Path) -> None:
+    import os
+
+    home = files.home_dir(tmp_path, "d-abc", "bob", 200002)
+    files.ensure_home(home, os.getuid(), os.getgid())
+    (home / "f").write_text("x")
+    files.ensure_home(home, os.getuid(), os.getgid())  # existing homes are left alone
+    assert (home / "f").read_text() == "x" and oct(home.stat().st_mode & 0o777) == "0o750"
+    files.remove_domain_homes(tmp_path, "d-other")
+    assert home.exists()
+    files.remove_domain_homes(tmp_path, "d-abc")
+    assert not home.exists()
+
+
+def test_pull_tracker_sums_layers() -> None:
+    t = PullTracker()
+    for event in (
+        {"status": "Pulling from team/r", "id": "sha256:abc"},
+        {"status": "Pulling fs layer", "id": "l1"},
+        {"status": "Already exists", "id": "l0"},
+        {"status": "Downloading", "id": "l1", "progressDetail": {"current": 50, "total": 200}},
+        {"status": "Downloading", "id": "l2", "progressDetail": {"current": 10, "total": 100}},
+    ):
+        t.feed(event)
+    p = t.progress()
+    assert (p.done, p.total, p.layers, p.layers_done) == (60, 300, 3, 1)
+    t.feed({"status": "Download complete", "id": "l1"})
+    t.feed({"status": "Pull complete", "id": "l2"})
+    p = t.progress()
+    assert (p.done, p.total, p.layers_done) == (300, 300, 3)
+
+
+def test_failure_reason_keeps_the_last_lines_within_1024() -> None:
+    lines = [f"line {i} " + "x" * 100 for i in range(30)]
+    reason = failure_with_logs("RStudio Server exited with code 3.", lines)
+    assert len(reason) <= 1024 and reason.startswith("RStudio Server exited with code 3. Last log lines: ")
+    assert reason.endswith(lines[-1]) and "line 0 " not in reason
+    assert failure_with_logs("head", []) == "head"
