@@ -36,6 +36,7 @@ def server(registry: str, tmp_path_factory: pytest.TempPathFactory):
     srv.start()
     yield srv
     srv.stop()
+    s.remove_sessions_of(srv.data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +357,24 @@ def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, re
     assert stopped.returncode == 0 and "from-cli: Deleted" in stopped.stdout
     refused = byoi("launch", "-d", dom, "-u", "alice", "--image", world["other"])
     assert refused.returncode == 1 and "not attached" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_homes_outlive_the_profile_and_go_with_the_domain_when_asked(world: dict[str, Any], server: ByoiServer) -> None:
+    sm, domain = world["sm"], world["domain"]
+    sm.delete_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="alice-extra")
+    sm.delete_app(DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    s.wait_app(sm, domain, "alice", "alice-extra", ("Deleted",), timeout=60)
+    sm.delete_user_profile(DomainId=domain, UserProfileName="alice")  # its apps are Deleted or Failed now
+    homes = server.data_dir / "homes" / domain
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sm.delete_domain(DomainId=domain, RetentionPolicy={"HomeEfsFileSystem": "Delete"})
+            break
+        except ClientError as exc:  # the profile (or the RStudioServerPro app) may still be going
+            assert exc.response["Error"]["Code"] == "ResourceInUse" and time.monotonic() < deadline, exc
+            assert any(homes.iterdir())  # kept after the profile was deleted
+            time.sleep(0.3)
+    while homes.exists():
+        assert time.monotonic() < deadline, "homes were not removed with the domain"
+        time.sleep(0.2)

@@ -30,6 +30,14 @@ ENV = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_sessions(tmp_path: Path) -> Any:
+    yield
+    for data_dir in tmp_path.iterdir():
+        if data_dir.is_dir():
+            s.remove_sessions_of(data_dir)
+
+
 def _installation(data_dir: Path) -> str:
     return (data_dir / "installation-id").read_text().strip()
 
@@ -98,3 +106,32 @@ def test_sigkill_during_launch_then_restart_settles_every_app(
     sm.delete_app(DomainId=domain, UserProfileName="carol", AppType="RSessionGateway", AppName="answers")
     s.wait_app(sm, domain, "carol", "answers", ("Deleted",), timeout=60)
     assert s.containers_of(installation) == []
+
+
+@pytest.mark.postgres
+def test_app_records_on_postgresql(server_factory: Any, registry: str, postgres_url: str) -> None:
+    """Row locks, re-create in place and paging of app records on PostgreSQL (RStudioServerPro: no container)."""
+    from tests.conftest import fresh_postgres_database
+
+    srv = server_factory([f"http://{registry}"], database_url=fresh_postgres_database(postgres_url), env=ENV)
+    sm = srv.client()
+    domains = [s.rstudio_domain(sm) for _ in range(3)]
+    for d in domains:
+        sm.create_app(DomainId=d, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    pages = list(sm.get_paginator("list_apps").paginate(PaginationConfig={"PageSize": 2}))
+    mine = [a for p in pages for a in p["Apps"] if a["DomainId"] in domains]
+    assert [a["DomainId"] for a in mine] == domains and {a["Status"] for a in mine} == {"InService"}
+    d = domains[0]
+    sm.delete_app(DomainId=d, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    deadline = time.monotonic() + 20
+    while s.app_status(sm, d, "domain-shared", "default", "RStudioServerPro")["Status"] != "Deleted":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    arn = sm.create_app(DomainId=d, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    assert arn["AppArn"].endswith(f":app/{d}/domain-shared/RStudioServerPro/default")
+    sm.delete_app(DomainId=d, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    deadline = time.monotonic() + 20
+    while s.app_status(sm, d, "domain-shared", "default", "RStudioServerPro")["Status"] != "Deleted":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    sm.delete_domain(DomainId=d, RetentionPolicy={"HomeEfsFileSystem": "Delete"})

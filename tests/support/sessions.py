@@ -113,3 +113,13 @@ def extension(server: Any) -> Any:
 
     os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(server.credentials_file)
     return extension_client(server.endpoint, "byoi")
+
+
+def remove_sessions_of(data_dir: Any) -> None:
+    """Test teardown: sessions outlive their server by design, so remove the containers a test server started."""
+    from pathlib import Path
+
+    marker = Path(data_dir) / "installation-id"
+    if marker.exists():
+        for c in containers_of(marker.read_text().strip()):
+            c.remove(force=True)

@@ -182,7 +182,8 @@ class AppService:
                     raise ValidationException(
                         f"An RStudioServerPro app belongs to user profile {SHARED_PROFILE} and is named {SHARED_APP}"
                     )
-                profile, spec, image = None, {"ResourceSpec": {"InstanceType": "system"}}, None
+                spec: dict[str, Any] = {"ResourceSpec": {"InstanceType": "system"}}
+                profile, image = None, None
             else:
                 if profile_name.lower() == SHARED_PROFILE:
                     raise ValidationException(f"User profile {SHARED_PROFILE} runs only the RStudioServerPro app")
