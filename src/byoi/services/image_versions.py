@@ -51,6 +51,30 @@ def parse_base_image(base_image: str) -> reference.Reference:
         raise ValidationException(f"BaseImage is not a valid image reference: {exc}") from None
 
 
+async def find_version(
+    conn: AsyncConnection, query: sa.Select[Any], image: Any, version: int | None, alias: str | None, what: str = ""
+) -> sa.Row[Any]:
+    """Narrow `query` (a select over image_versions, maybe with more columns) to the version of `image`
+    named by number or alias, or the newest when neither is given; ResourceNotFound saying which is missing.
+    `what` prefixes the member names in the error (e.g. "From" for a diff's FromVersion/FromAlias)."""
+    if version is not None and alias is not None:
+        raise ValidationException(f"Specify either {what}Version or {what}Alias, not both")
+    query = query.where(versions_t.c.image_id == image.id)
+    if alias is not None:
+        query = query.join(aliases_t, aliases_t.c.version_id == versions_t.c.id).where(aliases_t.c.alias == alias)
+        missing = f"No ImageVersion with the alias {alias} exists for image {image.name}"
+    elif version is not None:
+        query = query.where(versions_t.c.version == version)
+        missing = f"No ImageVersion with the name {image.name} and version {version} exists"
+    else:
+        query = query.order_by(versions_t.c.version.desc()).limit(1)
+        missing = f"Image {image.name} has no versions"
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise ResourceNotFound(missing)
+    return row
+
+
 def _check_alias_list(name: str, aliases: list[str]) -> None:
     seen = set()
     for alias in aliases:
@@ -90,23 +114,7 @@ class ImageVersionService:
     async def _find(
         self, conn: AsyncConnection, image: sa.Row[Any], version: int | None, alias: str | None
     ) -> sa.Row[Any]:
-        """The version named by number or alias; the newest one when neither is given."""
-        query = sa.select(versions_t).where(versions_t.c.image_id == image.id)
-        if version is not None and alias is not None:
-            raise ValidationException("Specify either Version or Alias, not both")
-        if alias is not None:
-            query = query.join(aliases_t, aliases_t.c.version_id == versions_t.c.id).where(aliases_t.c.alias == alias)
-            missing = f"No ImageVersion with the alias {alias} exists for image {image.name}"
-        elif version is not None:
-            query = query.where(versions_t.c.version == version)
-            missing = f"No ImageVersion with the name {image.name} and version {version} exists"
-        else:
-            query = query.order_by(versions_t.c.version.desc()).limit(1)
-            missing = f"Image {image.name} has no versions"
-        row = (await conn.execute(query)).first()
-        if row is None:
-            raise ResourceNotFound(missing)
-        return row
+        return await find_version(conn, sa.select(versions_t), image, version, alias)
 
     def _summary(self, image_name: str, row: sa.Row[Any]) -> dict[str, Any]:
         return {

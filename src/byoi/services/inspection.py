@@ -23,8 +23,8 @@ from byoi.inspect.errors import InspectionError
 from byoi.inspect.inspector import Inspector
 from byoi.registry.errors import RegistryError
 from byoi.services.context import ServiceContext
+from byoi.services.image_versions import find_version
 from byoi.services.images import load_image
-from byoi.store.schema import image_version_aliases as aliases_t
 from byoi.store.schema import image_versions as versions_t
 from byoi.store.schema_inspect import image_version_reports as reports_t
 
@@ -81,25 +81,10 @@ class InspectionService:
         self, conn: AsyncConnection, image: Any, version: int | None, alias: str | None, what: str = ""
     ) -> tuple[Any, dict[str, Any]]:
         """The version (by number, alias, or the newest) and its report; ResourceNotFound naming why not."""
-        if version is not None and alias is not None:
-            raise ValidationException(f"Specify either {what}Version or {what}Alias, not both")
-        query = (
-            sa.select(versions_t, reports_t.c.report)
-            .outerjoin(reports_t, reports_t.c.version_id == versions_t.c.id)
-            .where(versions_t.c.image_id == image.id)
+        query = sa.select(versions_t, reports_t.c.report).outerjoin(
+            reports_t, reports_t.c.version_id == versions_t.c.id
         )
-        if alias is not None:
-            query = query.join(aliases_t, aliases_t.c.version_id == versions_t.c.id).where(aliases_t.c.alias == alias)
-            missing = f"No ImageVersion with the alias {alias} exists for image {image.name}"
-        elif version is not None:
-            query = query.where(versions_t.c.version == version)
-            missing = f"No ImageVersion with the name {image.name} and version {version} exists"
-        else:
-            query = query.order_by(versions_t.c.version.desc()).limit(1)
-            missing = f"Image {image.name} has no versions"
-        row = (await conn.execute(query)).first()
-        if row is None:
-            raise ResourceNotFound(missing)
+        row = await find_version(conn, query, image, version, alias, what)
         if row.report is None:
             why = {"CREATING": "it is still being resolved and inspected"}.get(
                 row.status, f"it is {row.status}" + (f": {row.failure_reason}" if row.failure_reason else "")
