@@ -23,6 +23,16 @@ Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile (els
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 
 
+def version_args(image: str, version: int | None, alias: str | None) -> dict[str, Any]:
+    """Request members naming an image version by number or alias (neither: the newest)."""
+    args: dict[str, Any] = {"ImageName": image}
+    if version is not None:
+        args["Version"] = version
+    if alias:
+        args["Alias"] = alias
+    return args
+
+
 def call(endpoint_url: str | None, profile: str | None, action: Callable[[Any], Any], extension: bool = False) -> Any:
     """Run `action(client)` with the SageMaker client (or, with `extension`, the Byoi.* client); turn
     failures into one readable line and exit status 1."""

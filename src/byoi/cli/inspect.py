@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result, version_args
 from byoi.config import Settings
 
 InspectionConfigOpt = Annotated[
@@ -129,11 +129,7 @@ def register(versions_app: typer.Typer) -> None:
         profile: Profile = None,
     ) -> None:
         """Show a version's compatibility report: R, RStudio Server, users, packages, each rule's outcome."""
-        args: dict[str, Any] = {"ImageName": image}
-        if version is not None:
-            args["Version"] = version
-        if alias:
-            args["Alias"] = alias
+        args = version_args(image, version, alias)
         result = call(endpoint_url, profile, lambda c: c.describe_image_version_report(**args), extension=True)
         if output == "json":
             print_result(result, output, [])

@@ -15,7 +15,7 @@ from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
 from byoi.cli import sessions as sessions_cli
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result, version_args
 from byoi.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -288,11 +288,7 @@ def versions_describe(
     profile: Profile = None,
 ) -> None:
     """Describe a version (the newest when neither --version nor --alias is given)."""
-    args: dict[str, Any] = {"ImageName": image}
-    if version is not None:
-        args["Version"] = version
-    if alias:
-        args["Alias"] = alias
+    args = version_args(image, version, alias)
     result = call(endpoint_url, profile, lambda c: c.describe_image_version(**args))
     print_result(result, output, ["Version", "ImageVersionStatus", "ContainerImage", "FailureReason"])
 
