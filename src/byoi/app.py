@@ -177,6 +177,9 @@ def create_app(settings: Settings) -> FastAPI:
                 checks[f"registry {reg.host}"] = "ok"
             except RegistryError as exc:
                 checks[f"registry {reg.host}"] = f"error: {exc}"
+            except Exception as exc:  # a health check reports every failure; it never answers 500
+                log.exception("health check of registry %s failed", reg.host)
+                checks[f"registry {reg.host}"] = f"error: {type(exc).__name__}: {exc}"
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if healthy else "unhealthy", "checks": checks}, status_code=200 if healthy else 503
