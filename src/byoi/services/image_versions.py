@@ -131,11 +131,22 @@ class ImageVersionService:
         self, image_name: str, version: int | None = None, alias: str | None = None
     ) -> dict[str, Any]:
         async with self.ctx.db.read() as conn:
-            image = await load_image(conn, image_name)
-            row = await self._find(conn, image, version, alias)
+            row = None
+            if version is not None and alias is None:
+                # The common case in one statement (each costs a thread hop on SQLite); the general path
+                # below also tells a missing image from a missing version when this finds nothing.
+                row = (
+                    await conn.execute(
+                        sa.select(versions_t)
+                        .join(images_t, images_t.c.id == versions_t.c.image_id)
+                        .where(images_t.c.name == image_name, versions_t.c.version == version)
+                    )
+                ).first()
+            if row is None:
+                row = await self._find(conn, await load_image(conn, image_name), version, alias)
         return {
             **row.spec,
-            **self._summary(image.name, row),
+            **self._summary(image_name, row),
             "BaseImage": row.base_image,
             "ContainerImage": row.container_image,
         }
