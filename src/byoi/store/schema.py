@@ -75,6 +75,10 @@ image_versions = sa.Table(
     sa.UniqueConstraint("image_id", "client_token"),
 )
 sa.Index("ix_image_versions_status", image_versions.c.status)
+# ListImages / ListImageVersions page by (sort column, id): indexes keep each page a range scan.
+sa.Index("ix_images_created_at", images.c.created_at, images.c.id)
+sa.Index("ix_images_modified_at", images.c.modified_at, images.c.id)
+sa.Index("ix_image_versions_image_created", image_versions.c.image_id, image_versions.c.created_at)
 
 image_version_aliases = sa.Table(
     "image_version_aliases",
