@@ -101,6 +101,20 @@ def server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def strict(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
+    """A byoi server with the RStudio contract's default rule levels (an empty inspection config), unlike
+    `server`, whose lenient rules let tests register tiny synthetic images."""
+    data_dir = tmp_path_factory.mktemp("byoi-strict")
+    config = data_dir.parent / f"{data_dir.name}-defaults.toml"
+    config.write_text("# the contract's default levels\n")
+    srv = ByoiServer(
+        data_dir=data_dir, registries=[f"http://{registry}"], env={"BYOI_INSPECTION_CONFIG": str(config)}
+    ).start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def sm(server: ByoiServer):
     """A boto3 SageMaker client signed with the server's administrator key."""

@@ -20,7 +20,6 @@ from tests.support.docker_images import (
     ensure_base_image,
     push_test_image,
 )
-from tests.support.processes import ByoiServer
 from tests.test_inspect_synthetic import outcomes, register
 
 pytestmark = [
@@ -38,18 +37,6 @@ HELLO_PACKAGE = {
     "NAMESPACE": "export(hello)\n",
     "R/hello.R": 'hello <- function() "hello from byoi"\n',
 }
-
-
-@pytest.fixture(scope="module")
-def strict(registry: str, tmp_path_factory: pytest.TempPathFactory):
-    data_dir = tmp_path_factory.mktemp("byoi-inspect-real")
-    config = data_dir.parent / f"{data_dir.name}.toml"
-    config.write_text("# the contract's default levels\n")
-    srv = ByoiServer(
-        data_dir=data_dir, registries=[f"http://{registry}"], env={"BYOI_INSPECTION_CONFIG": str(config)}
-    ).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

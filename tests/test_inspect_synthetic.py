@@ -33,20 +33,6 @@ from tests.support.layers import (
     rstudio,
 )
 from tests.support.oci import DOCKER_MANIFEST, digest_of
-from tests.support.processes import ByoiServer
-
-
-@pytest.fixture(scope="module")
-def strict(registry: str, tmp_path_factory: pytest.TempPathFactory):
-    """A byoi server with the contract's default rule levels (an empty inspection config)."""
-    data_dir = tmp_path_factory.mktemp("byoi-inspect")
-    config = data_dir.parent / f"{data_dir.name}-defaults.toml"
-    config.write_text("# defaults\n")
-    srv = ByoiServer(
-        data_dir=data_dir, registries=[f"http://{registry}"], env={"BYOI_INSPECTION_CONFIG": str(config)}
-    ).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
