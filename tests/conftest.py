@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.oci import Pusher
-from tests.support.processes import ByoiServer, free_port, start_registry
+from tests.support.processes import STARTED_REGISTRY_PORTS, ByoiServer, free_port, start_registry
 from tests.support.token_server import TokenIssuer, serve
 
 REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pw"
@@ -146,3 +147,27 @@ def fresh_postgres_database(base_url: str) -> str:
 
 
 ROLE = "arn:aws:iam::000000000000:role/byoi-test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_registry_tags() -> Iterator[None]:
+    """Builds and session tests leave `127.0.0.1:<port>/…` tags of the throwaway test registries in Docker
+    Engine; untag those (and only those: the ports this run's registries used) so repeated runs do not fill
+    the disk. The cached `byoi-test/*` images are kept: they make the next run fast."""
+    yield
+    hosts = tuple(f"127.0.0.1:{port}/" for port in STARTED_REGISTRY_PORTS)
+    if not hosts or not os.environ.get("BYOI_TEST_DOCKER"):
+        return
+    try:
+        import docker
+
+        client = docker.from_env()
+        for image in client.images.list():
+            for ref in [t for t in image.tags if t.startswith(hosts)]:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(ref)
+            if not image.tags and any(d.startswith(hosts) for d in image.attrs.get("RepoDigests") or []):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id)
+    except Exception as exc:  # noqa: BLE001 - cleanup must never fail the run
+        print(f"note: could not remove test image tags: {exc}")

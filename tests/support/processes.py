@@ -36,8 +36,13 @@ def wait_http(url: str, timeout: float = 20.0, ok=(200, 401, 503), verify: bool 
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+# Ports of the registries this test run started: their image tags in Docker are removed at the end.
+STARTED_REGISTRY_PORTS: set[int] = set()
+
+
 def start_registry(workdir: Path, port: int, auth_yaml: str = "") -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
+    STARTED_REGISTRY_PORTS.add(port)
     config = workdir / "config.yml"
     config.write_text(
         f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"
