@@ -163,11 +163,10 @@ def _remove_test_registry_tags() -> Iterator[None]:
 
         client = docker.from_env()
         for image in client.images.list():
-            for ref in [t for t in image.tags if t.startswith(hosts)]:
+            # Tags pushed by builds, and `repo@digest` references left by pulls of pinned versions.
+            refs = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+            for ref in [r for r in refs if r.startswith(hosts)]:
                 with contextlib.suppress(docker.errors.APIError):
                     client.images.remove(ref)
-            if not image.tags and any(d.startswith(hosts) for d in image.attrs.get("RepoDigests") or []):
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(image.id)
     except Exception as exc:  # noqa: BLE001 - cleanup must never fail the run
         print(f"note: could not remove test image tags: {exc}")
