@@ -17,7 +17,10 @@ connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic revision --autogenerate` run by a developer
     import sqlalchemy as sa
 
-    engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"))
+    url = context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("set sqlalchemy.url to the database to compare the schema with")
+    engine = sa.create_engine(url)
     connection = engine.connect()
 
 context.configure(
