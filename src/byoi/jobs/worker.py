@@ -54,6 +54,9 @@ class Task:
     table: sa.Table
     statuses: tuple[str, ...]
     handler: Handler
+    # Long work (a build, a session launch) gets its own pool of this size, so it can never take every
+    # shared slot and starve quick work such as resolving image versions. None: the shared pool.
+    concurrency: int | None = None
 
 
 class Worker:
@@ -64,6 +67,7 @@ class Worker:
         self.owner = uuid.uuid4().hex[:16]
         self.tasks: list[Task] = []
         self._slots = asyncio.Semaphore(concurrency)
+        self._own_pools: dict[str, asyncio.Semaphore] = {}
         self._wake = asyncio.Event()
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -71,6 +75,8 @@ class Worker:
 
     def register(self, task: Task) -> None:
         self.tasks.append(task)
+        if task.concurrency is not None:
+            self._own_pools[task.name] = asyncio.Semaphore(task.concurrency)
 
     def wake(self) -> None:
         """Called after a service records new work, so it starts now rather than at the next poll."""
@@ -142,7 +148,7 @@ class Worker:
         renew = asyncio.create_task(self._renew(claim))
         values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
         try:
-            async with self._slots:
+            async with self._own_pools.get(task.name, self._slots):
                 await task.handler(claim)
         except RetryLater as exc:
             log.info("%s %s: retrying in %.1fs: %s", task.name, claim.row_id, exc.delay, exc)

@@ -25,6 +25,7 @@ class RuntimeSettings:
     stop_timeout: int = 10  # seconds rserver gets to stop before it is killed
     pids_limit: int = 4096
     network: str = "byoi-sessions"  # the bridge sessions run on (inter-container traffic off)
+    launch_concurrency: int = 4  # launches (pull to first answer) at once; more wait Pending ("queued")
     instance_types: Path | None = None  # TOML file of [types."ml.*"] vcpu, memory_gib
     docker_host: str | None = None  # Docker Engine URL; None: DOCKER_HOST or the local socket
 
@@ -58,5 +59,7 @@ class RuntimeSettings:
             raise ValueError(f"BYOI_SESSION_HOME_MOUNT {self.home_mount!r} must be an absolute path")
         if not _NETWORK.fullmatch(self.network):
             raise ValueError(f"BYOI_SESSION_NETWORK {self.network!r} is not a valid network name")
+        if self.launch_concurrency < 1:
+            raise ValueError("BYOI_SESSION_LAUNCH_CONCURRENCY must be at least 1")
         if self.start_timeout <= 0 or self.reconcile_seconds <= 0 or self.launch_attempts < 1:
             raise ValueError("session timeouts, the reconcile interval and launch attempts must be positive")

@@ -89,7 +89,7 @@ class Launcher:
 
     def tasks(self) -> list[Task]:
         return [
-            Task("launch-app", apps, ("Pending",), self._launch),
+            Task("launch-app", apps, ("Pending",), self._launch, concurrency=self.settings.launch_concurrency),
             Task("delete-app", apps, ("Deleting",), self._delete),
         ]
 

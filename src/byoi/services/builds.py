@@ -61,7 +61,7 @@ class BuildService:
         self.runner = BuildRunner(ctx, builder, images, versions, settings, self.root)
 
     def tasks(self) -> list[Task]:
-        return [Task("run-image-build", builds_t, ACTIVE, self.runner.run)]
+        return [Task("run-image-build", builds_t, ACTIVE, self.runner.run, concurrency=self.settings.concurrency)]
 
     # -- files --------------------------------------------------------------------------------
 
