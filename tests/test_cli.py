@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from tests.support.oci import Pusher
 from tests.support.processes import free_port, wait_http
 
 BIN = Path(sys.executable).parent
@@ -123,8 +124,20 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
     port, registry_port = free_port(), free_port()
     env = {**os.environ, "BYOI_DATA_DIR": str(tmp_path / "data")}
     env.pop("BYOI_REGISTRY", None)
+    env.pop("BYOI_INSPECTION_CONFIG", None)
+    lenient = tmp_path / "inspection.toml"  # the pushed test image has no R: let it through, still inspected
+    lenient.write_text('[rules]\nr-present = "off"\nrstudio-server = "off"\n')
     proc = subprocess.Popen(
-        [str(BIN / "byoi"), "up", "--port", str(port), "--registry-port", str(registry_port)],
+        [
+            str(BIN / "byoi"),
+            "up",
+            "--port",
+            str(port),
+            "--registry-port",
+            str(registry_port),
+            "--inspection-config",
+            str(lenient),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -136,6 +149,13 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
         assert health["checks"] == {"store": "ok", f"registry 127.0.0.1:{registry_port}": "ok"}
         assert (tmp_path / "data" / "credentials").exists()
         assert (tmp_path / "data" / "registry" / "storage").is_dir()
+        # The local registry is the default one: push there, register with a bare reference.
+        pushed = Pusher(f"http://127.0.0.1:{registry_port}").image("team/up", "v1")
+        user_env = {**env, "AWS_ENDPOINT_URL_SAGEMAKER": f"http://127.0.0.1:{port}"}
+        user_env = {k: v for k, v in user_env.items() if k not in ("AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE")}
+        run([str(BIN / "byoi"), "images", "create", "up-img"], user_env)
+        out = run([str(BIN / "byoi"), "versions", "create", "up-img", "team/up:v1"], user_env).stdout
+        assert "CREATED" in out and f"127.0.0.1:{registry_port}/team/up@{pushed.digest}" in out
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         output, _ = proc.communicate(timeout=30)

@@ -155,6 +155,7 @@ def up(
     account_id: Account = "000000000000",
     platform: Platform = "linux/amd64",
     log_level: LogLevel = "INFO",
+    inspection_config: inspect_cli.InspectionConfigOpt = None,
 ) -> None:
     """Start a local registry and the server using it (one machine). Ctrl-C stops both."""
     from byoi.cli.server import run_up
@@ -171,7 +172,7 @@ def up(
         account_id,
         platform,
     )
-    run_up(settings, registry_port, log_level)
+    run_up(inspect_cli.with_inspection(settings, inspection_config), registry_port, log_level)
 
 
 # -- client commands (catalog); other areas live in their own cli/<area>.py modules ------------
