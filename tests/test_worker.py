@@ -98,3 +98,36 @@ async def test_retry_later_counts_attempts_and_waits(tmp_path):
     finally:
         await worker.stop()
         await db.close()
+
+
+async def test_routine_waiting_is_not_logged_as_a_retry(tmp_path, caplog):
+    db = await make_db(tmp_path, [(1, "QUICK", "quick"), (2, "SLOW", "slow")])
+    tries: dict[str, int] = {"quick": 0, "slow": 0}
+
+    async def wait_in_queue(claim: Claim) -> None:
+        tries["quick"] += 1
+        if tries["quick"] < 3:
+            raise RetryLater(0.05, "waits for a slot", routine=True)
+        await finish(db, claim)
+
+    async def transient(claim: Claim) -> None:
+        tries["slow"] += 1
+        if tries["slow"] < 2:
+            raise RetryLater(0.05, "registry down")
+        await finish(db, claim)
+
+    worker = Worker(db, lease_seconds=5, concurrency=2, poll_seconds=0.05)
+    worker.register(Task("quick", items, ("QUICK",), wait_in_queue))
+    worker.register(Task("slow", items, ("SLOW",), transient))
+    caplog.set_level("INFO", logger="byoi.jobs.worker")
+    worker.start()
+    try:
+        for _ in range(100):
+            if set((await status_of(db)).values()) == {"DONE"}:
+                break
+            await asyncio.sleep(0.05)
+        retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+        assert retries and all("registry down" in m for m in retries)
+    finally:
+        await worker.stop()
+        await db.close()

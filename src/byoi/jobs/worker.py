@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 class RetryLater(Exception):
     """Raised by a handler to try the row again after `delay` seconds (e.g. a transient registry error)."""
 
-    def __init__(self, delay: float, reason: str) -> None:
+    def __init__(self, delay: float, reason: str, routine: bool = False) -> None:
         super().__init__(reason)
         self.delay = delay
+        self.routine = routine  # expected waiting (e.g. a queued build), logged at debug level only
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ class Worker:
             async with self._own_pools.get(task.name, self._slots):
                 await task.handler(claim)
         except RetryLater as exc:
-            log.info("%s %s: retrying in %.1fs: %s", task.name, claim.row_id, exc.delay, exc)
+            level = logging.DEBUG if exc.routine else logging.INFO
+            log.log(level, "%s %s: retrying in %.1fs: %s", task.name, claim.row_id, exc.delay, exc)
             values["next_attempt_at"] = time.time() + exc.delay
         except asyncio.CancelledError:
             raise

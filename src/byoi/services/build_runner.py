@@ -89,7 +89,7 @@ class BuildRunner:
                 return
             if row.status == "QUEUED":
                 if not await self._admit(claim, row, blog):
-                    raise RetryLater(QUEUE_POLL, f"build {row.build_id} waits for a build slot")
+                    raise RetryLater(QUEUE_POLL, f"build {row.build_id} waits for a build slot", routine=True)
             else:
                 # Claimed again while BUILDING or PUSHING: the server that ran it stopped (its lease ran out).
                 resumes = int(row.spec.get("Resumes", 0)) + 1
