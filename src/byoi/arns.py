@@ -32,6 +32,10 @@ class Partition:
     def user_profile(self, domain_id: str, name: str) -> str:
         return f"{self._prefix()}:user-profile/{domain_id}/{name}"
 
+    def apps_of(self, domain_id: str, profile: str | None = None) -> str:
+        """The ARN prefix of every app of a domain, or of one of its user profiles."""
+        return f"{self._prefix()}:app/{domain_id}" + (f"/{profile}" if profile else "")
+
     def app(self, domain_id: str, profile: str, app_type: str, app_name: str) -> str:
         return f"{self._prefix()}:app/{domain_id}/{profile}/{app_type}/{app_name}"
 

@@ -293,6 +293,8 @@ class DomainService:
             if row is None:
                 return
             await delete_all_tags(conn, self.ctx.arns.domain(row.domain_id))
+            # Apps go with the domain's records (ON DELETE CASCADE); their tags go with them.
+            await delete_all_tags(conn, self.ctx.arns.apps_of(row.domain_id))
             await delete_all_tags(conn, self.ctx.arns.user_profile(row.domain_id, "x").rsplit("/", 1)[0])
             await conn.execute(sa.delete(domains).where(domains.c.id == row.id))
         for hook in self.deleted_hooks:

@@ -291,4 +291,5 @@ class UserProfileService:
             if row is None:
                 return
             await delete_all_tags(conn, self.ctx.arns.user_profile(row.domain_id, row.name))
+            await delete_all_tags(conn, self.ctx.arns.apps_of(row.domain_id, row.name))  # its apps' tags too
             await conn.execute(sa.delete(user_profiles).where(user_profiles.c.id == row.id))
