@@ -20,14 +20,7 @@ from tests.support.attach import (
     unique,
     wait_for,
 )
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Code"]
-
-
-def message(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Message"]
+from tests.support.errors import code, message
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from byoi.cli.builds import Signed
 from byoi.cli.client import extension_client
 from tests.support.docker_images import BASE_IMAGE, docker_available, docker_client, ensure_base_image
+from tests.support.errors import code
 
 pytestmark = [
     pytest.mark.docker,
@@ -39,14 +40,6 @@ def base_image() -> str:
 def ext(server):
     server.session()  # points AWS_SHARED_CREDENTIALS_FILE at the server's key
     return extension_client(server.endpoint, "byoi")
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Code"]
-
-
-def message(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Message"]
 
 
 def byoi(server, *args: str) -> subprocess.CompletedProcess[str]:

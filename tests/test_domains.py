@@ -16,15 +16,8 @@ from tests.support.attach import (
     unique,
     wait_for,
 )
+from tests.support.errors import code, message
 from tests.support.signing import admin_credentials, send, signed
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Code"]
-
-
-def message(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Message"]
 
 
 def in_service(sm, domain_id: str) -> bool:

@@ -8,10 +8,7 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 
 from tests.conftest import ROLE
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Code"]
+from tests.support.errors import code
 
 
 def test_create_describe_update_image(sm, name):

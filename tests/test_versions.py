@@ -10,11 +10,8 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 
 from tests.conftest import ROLE
+from tests.support.errors import code
 from tests.support.oci import OCI_MANIFEST
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return exc.value.response["Error"]["Code"]
 
 
 def wait_version(sm, image: str, version: int) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pyzstd
 
-from tests.support.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Pushed, Pusher, digest_of
+from tests.support.oci import DOCKER_MANIFEST, OCI_MANIFEST, Pushed, Pusher, digest_of
 
 
 @dataclass
@@ -259,17 +259,8 @@ def push_image(
 
 def push_index(pusher: Pusher, repo: str, tag: str, images: dict[str, list[Layer]]) -> Pushed:
     """An OCI index with one image per `os/arch` platform, each made of its own layers."""
-    entries = []
+    pushed = {}
     for platform, layers in images.items():
         os_name, arch = platform.split("/")
-        pushed = push_image(pusher, repo, f"{tag}-{arch}", layers, architecture=arch, os_name=os_name)
-        entries.append(
-            {
-                "mediaType": OCI_MANIFEST,
-                "digest": pushed.digest,
-                "size": len(pushed.manifest),
-                "platform": {"os": os_name, "architecture": arch},
-            }
-        )
-    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
-    return pusher.manifest(repo, tag, body, OCI_INDEX)
+        pushed[platform] = push_image(pusher, repo, f"{tag}-{arch}", layers, architecture=arch, os_name=os_name)
+    return pusher.index_of(repo, tag, pushed)

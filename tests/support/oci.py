@@ -120,11 +120,18 @@ class Pusher:
     def index(self, repo: str, tag: str, platforms: list[str]) -> tuple[Pushed, dict[str, Pushed]]:
         """Push one image per `os/arch` and an OCI index over them; return the index and each image."""
         images = {}
-        entries = []
         for platform in platforms:
+            arch = platform.split("/")[1]
+            images[platform] = self.image(
+                repo, f"{tag}-{arch}", {"arch.txt": arch.encode()}, OCI_MANIFEST, architecture=arch
+            )
+        return self.index_of(repo, tag, images), images
+
+    def index_of(self, repo: str, tag: str, images: dict[str, Pushed]) -> Pushed:
+        """Push an OCI index over already pushed OCI image manifests, one per `os/arch` platform."""
+        entries = []
+        for platform, pushed in images.items():
             os_name, arch = platform.split("/")
-            pushed = self.image(repo, f"{tag}-{arch}", {"arch.txt": arch.encode()}, OCI_MANIFEST, architecture=arch)
-            images[platform] = pushed
             entries.append(
                 {
                     "mediaType": OCI_MANIFEST,
@@ -134,4 +141,4 @@ class Pusher:
                 }
             )
         body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
-        return self.manifest(repo, tag, body, OCI_INDEX), images
+        return self.manifest(repo, tag, body, OCI_INDEX)
