@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from byoi.cli.builds import Signed
 from byoi.cli.client import extension_client
-from tests.support.docker_images import BASE_IMAGE, docker_available, docker_client, ensure_base_image
+from tests.support.docker_images import BASE_IMAGE, containers, docker_available, docker_client, ensure_base_image
 from tests.support.errors import code
 
 pytestmark = [
@@ -207,7 +207,7 @@ def test_dockerignore_is_honoured_by_the_cli_and_by_the_server(server, ext, name
 
 
 def _running_sleepers(marker: str) -> list[Any]:
-    return [c for c in docker_client().containers.list() if marker in " ".join(c.attrs["Config"]["Cmd"] or [])]
+    return [c for c in containers(all=False) if marker in " ".join(c.attrs["Config"]["Cmd"] or [])]
 
 
 def test_stop_a_running_build(server, ext, name, tmp_path):

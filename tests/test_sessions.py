@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support import sessions as s
-from tests.support.docker_images import docker_available, docker_client
+from tests.support.docker_images import containers, docker_available, docker_client
 from tests.support.processes import ByoiServer
 
 pytestmark = [
@@ -165,7 +165,7 @@ def test_home_survives_the_session_and_an_image_version_change(
     assert s.app_status(sm, domain, "alice", "alice-extra")["Status"] in ("Deleting", "Deleted")
     gone = s.wait_app(sm, domain, "alice", "alice-extra", ("Deleted",), timeout=60)
     assert gone["Status"] == "Deleted"
-    assert not docker_client().containers.list(all=True, filters={"name": alice["progress"]["ContainerName"]})
+    assert not containers(name=alice["progress"]["ContainerName"])
     with pytest.raises(ClientError) as err:
         sm.delete_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="alice-extra")
     assert "already Deleted" in str(err.value)
@@ -216,7 +216,7 @@ def test_a_container_killed_from_outside_ends_failed(bob: dict[str, Any], world:
     docker_client().containers.get(bob["progress"]["ContainerName"]).kill()
     failed = s.wait_app(sm, domain, "bob", "bob-plain", ("Failed",), timeout=30)
     assert "exit code 137" in failed["FailureReason"] and "killed" in failed["FailureReason"]
-    assert not docker_client().containers.list(all=True, filters={"name": bob["progress"]["ContainerName"]})
+    assert not containers(name=bob["progress"]["ContainerName"])
     with pytest.raises(ClientError) as err:  # as on SageMaker, a Failed app cannot be deleted
         sm.delete_app(DomainId=domain, UserProfileName="bob", AppType="RSessionGateway", AppName="bob-plain")
     assert err.value.response["Error"]["Code"] == "ValidationException"

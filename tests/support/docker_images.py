@@ -15,6 +15,7 @@ import hashlib
 import subprocess
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,12 @@ def docker_client():
         return client
     except Exception as exc:  # any failure means "no engine here": the tests that need it are skipped
         pytest.skip(f"Docker Engine is not reachable ({exc}); start it with scripts/services.sh")
+
+
+def containers(all: bool = True, **filters: str) -> list[Any]:
+    """Containers matching the Engine filters. One that is removed while being listed is left out: sessions and
+    builds remove their containers concurrently, and listing without that raced (NotFound on the inspect)."""
+    return list(docker_client().containers.list(all=all, ignore_removed=True, filters=filters))
 
 
 def docker_available() -> bool:

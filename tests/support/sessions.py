@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tests.support.docker_images import docker_client, push_test_image
+from tests.support.docker_images import containers, push_test_image
 
 ROLE = "arn:aws:iam::000000000000:role/byoi-test"
 CONFIG = "rstudio-config"
@@ -102,7 +102,7 @@ def evaluate(endpoint: str, code: str, timeout: float = 30) -> Any:
 
 
 def containers_of(installation_label: str) -> list[Any]:
-    return list(docker_client().containers.list(all=True, filters={"label": f"byoi.installation={installation_label}"}))
+    return containers(label=f"byoi.installation={installation_label}")
 
 
 def extension(server: Any) -> Any:
