@@ -74,14 +74,31 @@ def ensure_base_image() -> str:
 
 
 def context_hash(name: str) -> str:
-    """Hash of every file in tests/images/<name>/ (paths and contents), so edits invalidate the cache."""
+    """Hash of every file in tests/images/<name>/ (paths and contents), so edits invalidate the cache.
+
+    An image built FROM another test image also hashes that image's context, so editing the parent rebuilds it.
+    """
     folder = IMAGES / name
     if not (folder / "Dockerfile").is_file():
         raise ValueError(f"no test image {name!r} (expected {folder}/Dockerfile)")
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for parent in _test_image_parents(folder / "Dockerfile"):
+        digest.update(b"FROM\0" + context_hash(parent).encode())
     return digest.hexdigest()[:16]
+
+
+def _test_image_parents(dockerfile: Path) -> list[str]:
+    """Names of the tests/images/ images a Dockerfile is built FROM (byoi-test/<name>:latest)."""
+    parents = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0].upper() == "FROM" and words[1].startswith("byoi-test/"):
+            name = words[1].removeprefix("byoi-test/").split(":")[0]
+            if (IMAGES / name / "Dockerfile").is_file():
+                parents.append(name)
+    return parents
 
 
 def local_tag(name: str) -> str:
@@ -97,6 +114,8 @@ def build_test_image(name: str) -> str:
 
     client = docker_client()
     ensure_base_image()
+    for parent in _test_image_parents(IMAGES / name / "Dockerfile"):
+        build_test_image(parent)
     tag, wanted = local_tag(name), context_hash(name)
     try:
         if client.images.get(tag).labels.get(HASH_LABEL) == wanted:
