@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from byoi.cli.client import extension_client
 from tests.conftest import ROLE
+from tests.support.gate import Gate
 from tests.support.layers import (
     GOOD_ENV,
     Layer,
@@ -410,6 +411,27 @@ def test_a_blob_that_does_not_match_its_digest_fails(sm, pusher, registry_root):
     _, d = register(sm, f"{r}:v1")
     assert d["ImageVersionStatus"] == "CREATE_FAILED"
     assert f"blob sha256:{digest} of {r} does not match its digest" in d["FailureReason"]
+
+
+def test_a_registry_connection_lost_midway_through_a_layer_is_retried(server_factory, registry, pusher):
+    """A network drop in the middle of a blob is transient (unlike a blob that is really truncated): the
+    inspection is tried again and the version ends CREATED with its report."""
+    r = repo()
+    layer = compatible_layer().file("opt/noise.bin", os.urandom(3 << 20))  # incompressible: a 3 MiB blob
+    push_image(pusher, r, "v1", [layer])
+    gate = Gate(int(registry.rsplit(":", 1)[1]))
+    try:
+        srv = server_factory([f"http://127.0.0.1:{gate.port}"])
+        gate.cut_once_after(1 << 20)  # manifests and configs are far smaller: only the layer's body crosses this
+        _, d = register(srv.client(), f"{r}:v1")
+        assert gate.cuts == 1
+        assert d["ImageVersionStatus"] == "CREATED", d.get("FailureReason")
+        rep = report(extension_client(srv.endpoint, "byoi"), d["ImageVersionArn"].split("/")[-2], Version=1)
+        assert rep["Status"] == "COMPLETED" and rep["Compatible"] is True
+        log = (srv.data_dir / "server.log").read_text()
+        assert "stopped sending blob" in log and "Traceback" not in log
+    finally:
+        gate.close()
 
 
 def test_decompression_bomb_fails_on_the_ratio(sm, pusher):

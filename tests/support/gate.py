@@ -2,6 +2,9 @@
 
 While paused, connections are accepted and held without being forwarded; on resume, held and new
 connections are relayed to the target. Used to catch a server with versions still CREATING.
+
+`cut_once_after(n)` drops the first connection whose answer passes n bytes: a registry connection lost in the
+middle of a blob.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ class Gate:
         self.target_port = target_port
         self.port = free_port()
         self._open: asyncio.Event | None = None
+        self._cut_after: int | None = None
+        self.cuts = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -42,11 +47,19 @@ class Gate:
 
         assert self._open is not None
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
             assert self._open is not None
+            sent = 0
             try:
                 while data := await src.read(65536):
                     await self._open.wait()  # also holds kept-alive connections while paused
+                    sent += len(data)
+                    if answers and self._cut_after is not None and sent > self._cut_after:
+                        self._cut_after, self.cuts = None, self.cuts + 1
+                        dst.write(data[: len(data) // 2])
+                        dst.transport.abort()  # a reset, as when the network drops: no clean end of the body
+                        up_writer.transport.abort()
+                        return
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -54,7 +67,10 @@ class Gate:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    def cut_once_after(self, nbytes: int) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "_cut_after", nbytes)
 
     def pause(self) -> None:
         self._loop.call_soon_threadsafe(self._open.clear)  # type: ignore[union-attr]

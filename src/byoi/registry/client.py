@@ -325,9 +325,14 @@ class RegistryClient:
         try:
             self._check_status(response, host, repository, f"blob {digest}")
             hasher = hashlib.sha256()
-            async for part in response.aiter_bytes(chunk):
-                hasher.update(part)
-                yield part
+            try:
+                async for part in response.aiter_bytes(chunk):
+                    hasher.update(part)
+                    yield part
+            except httpx.TransportError as exc:  # the connection dropped or stalled mid-blob: worth another try
+                raise RegistryUnreachable(
+                    f"registry {host} stopped sending blob {digest} of {repository} midway: {exc or type(exc).__name__}"
+                ) from exc
             if "sha256:" + hasher.hexdigest() != digest:
                 raise RegistryBadContent(f"blob {digest} of {repository} does not match its digest")
         finally:
