@@ -18,6 +18,16 @@ from tests.support.token_server import TokenIssuer, serve
 
 REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pw"
 
+# pytest-timeout counts fixture setup, and a Docker test's setup may build the test images (debootstrap, apt)
+# on a machine that has none cached yet: those tests get more than the suite's default 300 s.
+DOCKER_TEST_TIMEOUT = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("docker") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(DOCKER_TEST_TIMEOUT))
+
 
 @pytest.fixture(scope="session")
 def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

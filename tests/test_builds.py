@@ -248,7 +248,7 @@ def test_builds_beyond_the_limit_queue_in_order(server_factory, registry, name, 
     srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_CONCURRENCY": "1"})
     srv.session()
     ext = extension_client(srv.endpoint, "byoi")
-    first = start(srv, ext, context(tmp_path / "a", f"RUN echo first {name} && sleep 3"), Repository=name, Tag="a")
+    first = start(srv, ext, context(tmp_path / "a", f"RUN echo first {name} && sleep 12"), Repository=name, Tag="a")
     second = start(srv, ext, context(tmp_path / "b", f"RUN echo second {name}"), Repository=name, Tag="b")
     third = start(srv, ext, context(tmp_path / "c", f"RUN echo third {name}"), Repository=name, Tag="c")
     wait(ext, first, ("BUILDING",), timeout=30)
@@ -264,7 +264,7 @@ def test_builds_beyond_the_limit_queue_in_order(server_factory, registry, name, 
 
 
 def test_live_log_stream_is_seen_during_the_build(server, ext, name, tmp_path):
-    steps = f"RUN for i in 1 2 3 4 5; do echo tick-$i-{name}; sleep 1; done"
+    steps = f"RUN for i in 1 2 3 4 5 6 7 8; do echo tick-$i-{name}; sleep 1; done"  # 3 s of slack
     build_id = start(server, ext, context(tmp_path, steps), Repository=name)
     s = signed(server)
     path = f"/byoi/builds/{build_id}/events"

@@ -55,7 +55,7 @@ def register(sm, base_image: str, name: str | None = None) -> tuple[str, dict]:
     except ClientError as exc:
         assert exc.response["Error"]["Code"] == "ResourceInUse"
     version = int(sm.create_image_version(ImageName=name, BaseImage=base_image)["ImageVersionArn"].rsplit("/", 1)[1])
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # test_inspect_images registers real images of some 400 MB with it
     while time.monotonic() < deadline:
         d = sm.describe_image_version(ImageName=name, Version=version)
         if d["ImageVersionStatus"] != "CREATING":
@@ -399,7 +399,9 @@ def test_truncated_and_corrupt_layers_fail_clearly(sm, pusher):
 
 
 def test_a_blob_that_does_not_match_its_digest_fails(sm, pusher, registry_root):
-    tar = compatible_layer().tar()
+    # A unique file makes this blob this test's own: the registry would serve the corrupted copy to anyone
+    # pushing the same bytes later.
+    tar = compatible_layer().file("etc/test-id", uuid.uuid4().hex).tar()
     blob = gzip.compress(tar, mtime=0)
     r = repo()
     push_layers(pusher, r, "v1", [(blob, digest_of(tar))])

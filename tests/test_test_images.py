@@ -38,13 +38,15 @@ def standin():
         container.reload()
         port = container.ports["8787/tcp"][0]["HostPort"]
         base = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while True:
             try:
                 if httpx.get(f"http://{base}/s/abc/health-check", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.2)
+                pass  # not listening yet  # noqa: S110
+            assert time.monotonic() < deadline, f"the stand-in did not answer: {container.logs()[-2000:]!r}"
+            time.sleep(0.2)
         yield base
     finally:
         container.remove(force=True)

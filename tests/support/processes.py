@@ -94,6 +94,8 @@ class ByoiServer:
         }
         env.pop("BYOI_REGISTRY", None)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "server.log"
+        log_start = log.stat().st_size if log.exists() else 0  # the log is appended to across restarts
         self.proc = subprocess.Popen(
             args + self.extra_args, env=env, stdout=(self.data_dir / "server.log").open("ab"), stderr=subprocess.STDOUT
         )
@@ -103,9 +105,16 @@ class ByoiServer:
                 raise RuntimeError(f"byoi server exited: {(self.data_dir / 'server.log').read_text()[-3000:]}")
             try:
                 httpx.get(self.endpoint + "/healthz", timeout=1)
-                return self
             except httpx.TransportError:
                 time.sleep(0.1)
+                continue
+            # The answer must come from this process, not from one that took the port first: uvicorn logs the
+            # address once it has bound it.
+            with log.open("rb") as f:
+                f.seek(log_start)
+                if f"Uvicorn running on {self.endpoint} ".encode() in f.read():
+                    return self
+            time.sleep(0.1)
         raise TimeoutError("byoi server did not start:\n" + (self.data_dir / "server.log").read_text()[-3000:])
 
     def stop(self) -> None:

@@ -121,5 +121,13 @@ def remove_sessions_of(data_dir: Any) -> None:
 
     marker = Path(data_dir) / "installation-id"
     if marker.exists():
+        import docker.errors
+
         for c in containers_of(marker.read_text().strip()):
-            c.remove(force=True)
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # removed meanwhile (the server's own stop or reconciler)  # noqa: S110
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a removal is already in progress
+                    raise

@@ -407,10 +407,10 @@ class Launcher:
 
     async def _lost(self, row: Any, found: dict[str, Any] | None) -> None:
         name = self.name_of(row)
-        if found is None:
+        info = None if found is None else await self.runtime.inspect(name)
+        if info is None:  # not listed, or removed between the listing and the inspect
             reason, lines = "The session's container is gone: it was removed outside byoi.", []
         else:
-            info = await self.runtime.inspect(name) or {}
             state = info.get("State") or {}
             how = " (killed)" if state.get("ExitCode") in (137, 143) or state.get("OOMKilled") else ""
             if state.get("OOMKilled"):
@@ -421,6 +421,11 @@ class Launcher:
                 f"at {state.get('FinishedAt', 'an unknown time')}.",
                 lines,
             )
+            # Removed before the app is marked Failed, so Failed always means the container is gone (as after
+            # _fail and _delete). Safe even if the guarded update below loses: the name carries the generation,
+            # and a concurrent DeleteApp removes the same container anyway.
+            with contextlib.suppress(RuntimeFailure, OSError):
+                await self.runtime.remove(name, 0)
         async with self.ctx.db.transaction() as conn:
             result = await conn.execute(
                 sa.update(apps)
@@ -435,9 +440,6 @@ class Launcher:
             )
         if result.rowcount:
             log.warning("session %s failed: %s", row.session_id, reason)
-            if found is not None:
-                with contextlib.suppress(RuntimeFailure, OSError):
-                    await self.runtime.remove(name, 0)
 
     async def remove_domain_homes(self, domain: Any) -> None:
         """Called after a domain is deleted: its homes go only if its RetentionPolicy says Delete."""
