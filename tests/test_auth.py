@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 import stat
@@ -12,6 +13,7 @@ import pytest
 from botocore.credentials import Credentials
 from cryptography.fernet import Fernet
 
+from tests.conftest import ROLE
 from tests.support.signing import admin_credentials, send, signed
 
 BODY = json.dumps({}).encode()
@@ -66,6 +68,30 @@ def test_tampered_body_and_target(server, creds):
     req = signed(server.endpoint, "SageMaker.ListImages", BODY, creds)
     req.headers["X-Amz-Target"] = "SageMaker.DeleteImage"  # the target is a signed header
     assert error(send(req)) == (403, "InvalidSignatureException")
+
+
+def test_a_signed_payload_hash_must_be_the_bodys(server, creds, name):
+    """A client may sign X-Amz-Content-SHA256 instead of the body (S3 style); then it must be the body's hash,
+    or anyone holding one signed request could send any body with it."""
+    signed_body = json.dumps({"ImageName": name + "-signed", "RoleArn": ROLE}).encode()
+    other_body = json.dumps({"ImageName": name + "-tampered", "RoleArn": ROLE}).encode()
+    for claimed in ("UNSIGNED-PAYLOAD", hashlib.sha256(signed_body).hexdigest()):
+        req = signed(server.endpoint, "SageMaker.CreateImage", signed_body, creds, content_sha256=claimed)
+        headers = {k: v for k, v in req.headers.items() if k.lower() != "content-length"}
+        tampered = httpx.Request("POST", req.url, headers=headers, content=other_body)
+        r = send(tampered)
+        assert error(r) == (403, "InvalidSignatureException"), claimed
+        assert "X-Amz-Content-SHA256" in r.json()["Message"]
+    honest = signed(
+        server.endpoint,
+        "SageMaker.CreateImage",
+        signed_body,
+        creds,
+        content_sha256=hashlib.sha256(signed_body).hexdigest(),
+    )
+    assert send(honest).status_code == 200
+    names = [i["ImageName"] for i in server.client().list_images(NameContains=name)["Images"]]
+    assert names == [name + "-signed"]
 
 
 @pytest.mark.parametrize("minutes", [-6, 6])

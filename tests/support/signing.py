@@ -25,8 +25,11 @@ def signed(
     creds: Credentials | None,
     when: dt.datetime | None = None,
     service: str = "sagemaker",
+    content_sha256: str | None = None,
 ) -> httpx.Request:
     headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if content_sha256 is not None:  # signed like any header; botocore then signs this value, not the body's hash
+        headers["X-Amz-Content-SHA256"] = content_sha256
     if target:
         headers["X-Amz-Target"] = target
     request = AWSRequest(method="POST", url=endpoint + "/", data=body, headers=headers)

@@ -47,7 +47,7 @@ _SHA256 = regex.compile(r"[0-9a-f]{64}")
 State = dict[str, Any]
 
 
-async def _authorize(request: Request, state: State, operation: str) -> None:
+async def _authorize(request: Request, state: State, operation: str, streamed_body: bool = False) -> None:
     """Verify the signature (the body's hash comes from its signed header) and the caller's role."""
     endpoint = state["endpoint"]
     role: dict[str, str] = {}
@@ -60,9 +60,10 @@ async def _authorize(request: Request, state: State, operation: str) -> None:
         return str(found[0])
 
     # For uploads the signed X-Amz-Content-SHA256 header stands for the body (checked while it streams in);
-    # other routes have no body.
+    # the other routes take no body.
+    body = None if streamed_body else b""
     await verify(
-        request.method, request.url.path, request.url.query, request.headers, b"", lookup, endpoint.max_skew_seconds
+        request.method, request.url.path, request.url.query, request.headers, body, lookup, endpoint.max_skew_seconds
     )
     if not endpoint.is_allowed(role.get("role", ""), operation):
         raise AccessDeniedException(f"You are not authorized to perform {operation}")
@@ -97,7 +98,7 @@ def install(app: FastAPI, state: State) -> None:
                 raise IncompleteSignatureException(
                     "A context upload must sign X-Amz-Content-SHA256 with the hex SHA-256 of the body"
                 )
-            await _authorize(request, state, "StartImageBuild")
+            await _authorize(request, state, "StartImageBuild", streamed_body=True)
             length = request.headers.get("content-length")
             result = await builds().accept_context(
                 request.stream(), int(length) if length and length.isdigit() else None, body_hash

@@ -3,11 +3,17 @@
 The signature is recomputed from exactly the signed headers, the raw body and the time in
 `X-Amz-Date` (botocore's `add_auth` would stamp the current time, so the lower-level steps are used).
 Failures raise the error AWS uses for each case.
+
+The payload hash is always byoi's own: botocore's signer takes a signed `X-Amz-Content-SHA256` header at its
+word (it is how S3 signs streamed bodies), so a client could sign `UNSIGNED-PAYLOAD` or one body's hash and
+send another body. A claimed hash must therefore equal the body's, except on the upload route, which streams
+the body and checks the signed hash itself (`body=None`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,12 +53,16 @@ async def verify(
     path: str,
     query: str,
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | None,
     lookup_secret: SecretLookup,
     max_skew_seconds: int = 300,
     now: dt.datetime | None = None,
 ) -> SignedIdentity:
-    """Return who signed the request, or raise the AWS authentication error that fits."""
+    """Return who signed the request, or raise the AWS authentication error that fits.
+
+    `body=None` means the caller streams the body and checks it against the signed `X-Amz-Content-SHA256`,
+    which must then be a real SHA-256.
+    """
     header = headers.get("authorization")
     if not header:
         raise MissingAuthenticationTokenException("Missing Authentication Token")
@@ -86,12 +96,14 @@ async def verify(
             f"{max_skew_seconds // 60} minutes from the current time {current:%Y%m%dT%H%M%SZ}"
         )
 
+    _check_payload_hash(headers, signed, body)
+
     secret = await lookup_secret(m["key"])
     if secret is None:
         raise UnrecognizedClientException("The security token included in the request is invalid")
 
     url = f"http://{headers['host']}{path}" + (f"?{query}" if query else "")
-    request = AWSRequest(method=method, url=url, data=body, headers={h: headers[h] for h in signed})
+    request = AWSRequest(method=method, url=url, data=body or b"", headers={h: headers[h] for h in signed})
     request.context["timestamp"] = amz_date
     request.context["payload_signing_enabled"] = True
     token = headers.get("x-amz-security-token")
@@ -104,3 +116,19 @@ async def verify(
             "Check your AWS Secret Access Key and signing method."
         )
     return SignedIdentity(access_key_id=m["key"], region=m["region"])
+
+
+_SHA256_HEX = regex.compile(r"[0-9a-f]{64}")
+
+
+def _check_payload_hash(headers: Mapping[str, str], signed: list[str], body: bytes | None) -> None:
+    claimed = headers.get("x-amz-content-sha256")
+    if body is None:
+        if "x-amz-content-sha256" not in signed or not _SHA256_HEX.fullmatch(claimed or ""):
+            raise IncompleteSignatureException("This request must sign X-Amz-Content-SHA256 with the body's SHA-256")
+        return
+    if claimed is not None and claimed != hashlib.sha256(body).hexdigest():
+        raise InvalidSignatureException(
+            "The X-Amz-Content-SHA256 header does not match the request body "
+            "(byoi signs every payload: UNSIGNED-PAYLOAD is not accepted)"
+        )
