@@ -59,3 +59,19 @@ def parse(arn: str) -> ParsedArn | None:
     if not m:
         return None
     return ParsedArn(m["region"], m["account"], m["kind"], tuple(m["rest"].split("/")))
+
+
+_VERSION_NUMBER = regex.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True), and fits in 64 bits
+
+
+def version_number(text: str) -> int | None:
+    """A version number as written in an ARN or a token, or None when it is not one a store could hold."""
+    return int(text) if _VERSION_NUMBER.fullmatch(text) else None
+
+
+def image_version_of(parsed: ParsedArn) -> tuple[str, int] | None:
+    """(image name, version) of a parsed image-version ARN, or None when its path is not `<name>/<number>`."""
+    if len(parsed.parts) != 2:
+        return None
+    number = version_number(parsed.parts[1])
+    return None if number is None else (parsed.parts[0], number)

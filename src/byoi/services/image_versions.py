@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from byoi import arns
 from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Claim, RetryLater, Task
 from byoi.registry import reference
@@ -94,12 +95,13 @@ class ImageVersionService:
         ]
 
     async def version_exists(self, conn: AsyncConnection, parts: tuple[str, ...]) -> bool:
-        if len(parts) != 2 or not parts[1].isdigit():
+        number = arns.version_number(parts[1]) if len(parts) == 2 else None
+        if number is None:
             return False
         row = await conn.execute(
             sa.select(versions_t.c.id)
             .join(images_t, images_t.c.id == versions_t.c.image_id)
-            .where(images_t.c.name_key == parts[0], versions_t.c.version == int(parts[1]))
+            .where(images_t.c.name_key == parts[0], versions_t.c.version == number)
         )
         return row.first() is not None
 
