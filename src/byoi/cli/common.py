@@ -7,14 +7,20 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+)
 from rich.console import Console
 from rich.table import Table
 
-from byoi.cli.client import extension_client, sagemaker_client
+from byoi.cli.client import ClientSetupError, extension_client, sagemaker_client
 
 console = Console(soft_wrap=True)  # never wrap references and ARNs: people copy them
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 EndpointUrl = Annotated[
     str | None, typer.Option("--endpoint-url", help="byoi API URL (else AWS_ENDPOINT_URL_SAGEMAKER).")
@@ -35,20 +41,44 @@ def version_args(image: str, version: int | None, alias: str | None) -> dict[str
 
 def call(endpoint_url: str | None, profile: str | None, action: Callable[[Any], Any], extension: bool = False) -> Any:
     """Run `action(client)` with the SageMaker client (or, with `extension`, the Byoi.* client); turn
-    failures into one readable line and exit status 1."""
+    failures into one readable line and a non-zero exit status."""
     try:
         client = (extension_client if extension else sagemaker_client)(endpoint_url, profile)
         return action(client)
-    except ClientError as exc:
+    except (ClientError, ClientSetupError, BotoCoreError) as exc:
+        raise fail(exc) from None
+
+
+def fail(exc: ClientError | ClientSetupError | BotoCoreError) -> typer.Exit:
+    """Print what went wrong on one line of stderr and return the Exit to raise: 2 when the user's input or
+    setup is wrong (nothing was sent), 1 when the server refused or could not be reached."""
+    if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        err.print(f"[red]error[/red]: {error.get('Code')}: {error.get('Message')}")
-        raise typer.Exit(1) from None
-    except EndpointConnectionError as exc:
-        err.print(f"[red]error[/red]: cannot reach byoi at {exc.kwargs.get('endpoint_url')}: is `byoi up` running?")
-        raise typer.Exit(1) from None
-    except NoCredentialsError:
-        err.print("[red]error[/red]: no credentials: set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE or use --profile")
-        raise typer.Exit(1) from None
+        _line(f"{error.get('Code')}: {error.get('Message')}")
+        return typer.Exit(1)
+    if isinstance(exc, EndpointConnectionError):
+        _line(f"cannot reach byoi at {exc.kwargs.get('endpoint_url')}: is `byoi up` running?")
+        return typer.Exit(1)
+    if isinstance(exc, NoCredentialsError):
+        _line("no credentials: set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE or use --profile")
+        return typer.Exit(1)
+    if isinstance(exc, ParamValidationError):
+        # botocore checks the request against the model before sending; its report is a header and one line
+        # per problem ("Invalid length for parameter ImageName, value: 0, valid min length: 1").
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        _line("invalid input: " + "; ".join(problems or [str(exc)]))
+        return typer.Exit(2)
+    if isinstance(exc, ClientSetupError):
+        _line(str(exc))
+        return typer.Exit(2)
+    _line(str(exc) or type(exc).__name__)  # any other botocore failure (timeouts, closed connections...)
+    return typer.Exit(1)
+
+
+def _line(message: str) -> None:
+    # markup off for the message itself: botocore's texts may hold [brackets] that rich would swallow.
+    err.print("[red]error[/red]: ", end="")
+    err.print(message, markup=False, highlight=False)
 
 
 def print_result(data: Any, output: str, columns: list[str], rows: list[dict[str, Any]] | None = None) -> None:

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from botocore.exceptions import BotoCoreError, ClientError
+from typer.core import TyperGroup
 
 from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
 from byoi.cli import sessions as sessions_cli
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result, version_args
+from byoi.cli.client import ClientSetupError
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, fail, print_result, version_args
 from byoi.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -26,8 +29,22 @@ from byoi.config import (
     parse_registry_url,
 )
 
+
+class _OneLineErrors(TyperGroup):
+    """The safety net behind `common.call`: a client setup or botocore error that escapes a command (one that
+    signs its own HTTP, say) is printed as one line with a non-zero status, never as a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ClientError, ClientSetupError, BotoCoreError) as exc:
+            raise fail(exc) from None
+
+
 app = typer.Typer(
-    help="byoi: bring your own image to RStudio, self-hosted and SageMaker-compatible.", no_args_is_help=True
+    cls=_OneLineErrors,
+    help="byoi: bring your own image to RStudio, self-hosted and SageMaker-compatible.",
+    no_args_is_help=True,
 )
 images_app = typer.Typer(help="Images: named holders of image versions.", no_args_is_help=True)
 versions_app = typer.Typer(help="Image versions: immutable, digest-pinned container images.", no_args_is_help=True)
