@@ -9,8 +9,15 @@ import pytest
 
 from byoi.runtime.docker import PullTracker
 from byoi.runtime.docker_args import container_args, network_args
-from byoi.runtime.instance_types import GiB, HostCapacity, InstanceTypeError, InstanceTypes
-from byoi.runtime.settings import RuntimeSettings
+from byoi.runtime.instance_types import (
+    DEFAULTS,
+    GiB,
+    HostCapacity,
+    InstanceTypeError,
+    InstanceTypes,
+    model_instance_types,
+)
+from byoi.runtime.settings import RuntimeSettings, SessionConfigError
 from byoi.runtime.spec import SessionSpec
 from byoi.services import session_files as files
 from byoi.services.app_launch import failure_with_logs
@@ -120,28 +127,85 @@ def test_instance_types_file_overrides_and_adds(tmp_path: Path) -> None:
     types = InstanceTypes.load(path)
     assert types.get("ml.t3.medium", HOST).nano_cpus == 500_000_000
     assert types.get("ml.g4dn.xlarge", HOST).memory_bytes == 2 * GiB
-    path.write_text('[types."ml.t3.medium"]\nvcpu = "many"\nmemory_gib = 1\n')
-    with pytest.raises(InstanceTypeError, match="must be numbers"):
+    assert types.get("ml.m5.large", HOST).vcpu == 2  # the defaults stay
+
+
+def test_every_default_instance_type_is_in_the_model() -> None:
+    assert set(DEFAULTS) <= model_instance_types() and "ml.t3.medium" in model_instance_types()
+    InstanceTypes()  # the defaults load
+
+
+@pytest.mark.parametrize(
+    ("content", "wanted"),
+    [
+        ("types = 5", 'types must be a table of [types."ml.*"] entries, not 5'),
+        ('types = "ml.t3.medium"', "types must be a table"),
+        ('[types]\n"ml.t3.medium" = 4', "[types.'ml.t3.medium'] must be a table with vcpu and memory_gib, not 4"),
+        (
+            '[types."ml.t3.medium"]\nvcpu = "many"\nmemory_gib = 1',
+            "[types.'ml.t3.medium'] vcpu must be a number > 0, not 'many'",
+        ),
+        ('[types."ml.t3.medium"]\nvcpu = true\nmemory_gib = 1', "vcpu must be a number > 0, not True"),
+        ('[types."ml.t3.medium"]\nvcpu = 1\nmemory_gib = -2', "memory_gib must be a number > 0, not -2"),
+        ('[types."ml.t3.medium"]\nvcpu = 1\nmemory_gib = nan', "memory_gib must be a number > 0, not nan"),
+        ('[types."ml.t3.medium"]\nvcpu = 1\nmemory_gib = [2]', "memory_gib must be a number > 0, not [2]"),
+        ('[types."ml.t3.medium"]\nvcpu = 1', "[types.'ml.t3.medium'] needs memory_gib"),
+        ('[types."ml.t3.medium"]\nvcpu = 1\nmemory_gb = 2', "unknown key 'memory_gb' (only vcpu and memory_gib)"),
+        ('[types."t3"]\nvcpu = 1\nmemory_gib = 1', "'t3' is not an instance type of the SageMaker model"),
+        ('[types."ml.t3.huge"]\nvcpu = 1\nmemory_gib = 1', "'ml.t3.huge' is not an instance type of the SageMaker"),
+        ('[types."system"]\nvcpu = 1\nmemory_gib = 1', "'system' is not an instance type"),
+        ('[type."ml.t3.medium"]\nvcpu = 1\nmemory_gib = 1', "unknown key 'type'"),
+        ("types = [", "cannot read instance types"),
+    ],
+)
+def test_a_bad_instance_types_file_names_the_file_key_and_value(tmp_path: Path, content: str, wanted: str) -> None:
+    path = tmp_path / "types.toml"
+    path.write_text(content + "\n")
+    with pytest.raises(SessionConfigError) as err:
         InstanceTypes.load(path)
-    path.write_text('[types."t3"]\nvcpu = 1\nmemory_gib = 1\n')
-    with pytest.raises(InstanceTypeError, match="start with ml"):
-        InstanceTypes.load(path)
-    with pytest.raises(InstanceTypeError, match="cannot read"):
+    assert f"BYOI_INSTANCE_TYPES={path}: " in str(err.value) and wanted in str(err.value)
+
+
+def test_a_missing_instance_types_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(SessionConfigError, match="missing.toml: cannot read instance types"):
         InstanceTypes.load(tmp_path / "missing.toml")
 
 
-def test_runtime_settings_from_env_refuse_root_and_bad_values() -> None:
-    settings = RuntimeSettings.from_env({"BYOI_SESSION_UID": "1001", "BYOI_SESSION_START_TIMEOUT": "5"})
+def test_runtime_settings_from_env_read_the_session_variables() -> None:
+    settings = RuntimeSettings.from_env(
+        {"BYOI_SESSION_UID": "1001", "BYOI_SESSION_START_TIMEOUT": "5", "DOCKER_HOST": "unix:///x.sock"}
+    )
     assert (settings.uid, settings.gid, settings.start_timeout) == (1001, 100, 5.0)
-    for env, wanted in (
-        ({"BYOI_SESSION_UID": "0"}, "non-root"),
-        ({"BYOI_SESSION_UID": "x"}, "must be a number"),
-        ({"BYOI_SESSION_HOME_MOUNT": "relative/home"}, "absolute"),
-        ({"BYOI_SESSION_USER_NAME": "Root;rm"}, "valid user name"),
-        ({"BYOI_SESSION_NETWORK": "bad name"}, "network name"),
-    ):
-        with pytest.raises(ValueError, match=wanted):
-            RuntimeSettings.from_env(env)
+    assert settings.docker_host == "unix:///x.sock" and settings.instance_types is None
+
+
+@pytest.mark.parametrize(
+    ("env", "wanted"),
+    [
+        ({"BYOI_SESSION_UID": "0"}, "BYOI_SESSION_UID=0 is refused: sessions never run as root"),
+        ({"BYOI_SESSION_UID": "-5"}, "BYOI_SESSION_UID=-5 is refused: it must be >= 1"),
+        ({"BYOI_SESSION_UID": "x"}, "BYOI_SESSION_UID must be a whole number, not 'x'"),
+        ({"BYOI_SESSION_UID": "1.5"}, "BYOI_SESSION_UID must be a whole number, not '1.5'"),
+        ({"BYOI_SESSION_UID": "4294967295"}, "BYOI_SESSION_UID=4294967295 is refused"),
+        ({"BYOI_SESSION_GID": "-1"}, "BYOI_SESSION_GID=-1 is refused: it must be >= 0"),
+        ({"BYOI_SESSION_START_TIMEOUT": "0"}, "BYOI_SESSION_START_TIMEOUT=0.0 is refused: it must be > 0"),
+        ({"BYOI_SESSION_START_TIMEOUT": "nan"}, "BYOI_SESSION_START_TIMEOUT=nan is refused"),
+        ({"BYOI_SESSION_RECONCILE_SECONDS": "inf"}, "BYOI_SESSION_RECONCILE_SECONDS=inf is refused"),
+        ({"BYOI_SESSION_LAUNCH_ATTEMPTS": "0"}, "BYOI_SESSION_LAUNCH_ATTEMPTS=0 is refused: it must be >= 1"),
+        ({"BYOI_SESSION_STOP_TIMEOUT": "-1"}, "BYOI_SESSION_STOP_TIMEOUT=-1 is refused"),
+        ({"BYOI_SESSION_PIDS_LIMIT": "0"}, "BYOI_SESSION_PIDS_LIMIT=0 is refused"),
+        ({"BYOI_SESSION_LAUNCH_CONCURRENCY": "0"}, "BYOI_SESSION_LAUNCH_CONCURRENCY=0 is refused"),
+        ({"BYOI_SESSION_HOME_MOUNT": "relative/home"}, "BYOI_SESSION_HOME_MOUNT='relative/home' must be an absolute"),
+        ({"BYOI_SESSION_HOME_MOUNT": "/home/../etc"}, "BYOI_SESSION_HOME_MOUNT='/home/../etc' must be an absolute"),
+        ({"BYOI_SESSION_USER_NAME": "Root;rm"}, "BYOI_SESSION_USER_NAME='Root;rm' is not a valid user name"),
+        ({"BYOI_SESSION_NETWORK": "bad name"}, "BYOI_SESSION_NETWORK='bad name' is not a valid Docker network"),
+    ],
+)
+def test_runtime_settings_refuse_bad_values_naming_the_variable(env: dict[str, str], wanted: str) -> None:
+    with pytest.raises(SessionConfigError) as err:
+        RuntimeSettings.from_env(env)
+    assert wanted in str(err.value)
+    assert isinstance(err.value, ValueError)  # the CLI's `except ValueError` turns it into a usage error
 
 
 def test_renviron_keeps_the_image_lines_and_adds_the_session_env() -> None:

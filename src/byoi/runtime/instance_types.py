@@ -10,14 +10,19 @@ out: byoi does not pass GPUs to sessions). Operators override or add entries wit
 
 A type is offered only if this host can give one session that much: a type asking for more CPUs or
 memory than the Docker host has is refused with a message saying what the host has. Names must be
-`ml.*` values of the SageMaker model's AppInstanceType enum (requests are validated against it).
+`ml.*` values of the SageMaker model's AppInstanceType enum (requests are validated against it), checked when
+the table is loaded; a bad file raises `SessionConfigError` naming the file, the key and the value.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+
+from byoi.runtime.settings import SessionConfigError
 
 GiB = 1 << 30
 DEFAULT_TYPE = "ml.t3.medium"
@@ -58,7 +63,7 @@ DEFAULTS: dict[str, tuple[float, float]] = {
 
 
 class InstanceTypeError(ValueError):
-    """A type that is unknown, or that this host cannot provide; the message says which and why."""
+    """A request's type that is unknown, or that this host cannot provide; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -83,31 +88,41 @@ class HostCapacity:
 
 
 class InstanceTypes:
-    def __init__(self, table: dict[str, tuple[float, float]] | None = None) -> None:
+    def __init__(self, table: dict[str, tuple[float, float]] | None = None, source: str = "instance types") -> None:
         self.table = dict(DEFAULTS if table is None else table)
+        known = model_instance_types()
         for name, (vcpu, mem) in self.table.items():
-            if not name.startswith("ml.") or vcpu <= 0 or mem <= 0:
-                raise InstanceTypeError(f"instance type {name!r}: names start with ml., vcpu and memory are > 0")
+            if not name.startswith("ml.") or name not in known:
+                raise SessionConfigError(
+                    f"{source}: {name!r} is not an instance type of the SageMaker model (AppInstanceType, "
+                    "ml.* values such as ml.t3.medium)"
+                )
+            for key, value in (("vcpu", vcpu), ("memory_gib", mem)):
+                if not math.isfinite(value) or value <= 0:
+                    raise SessionConfigError(f"{source}: [types.{name!r}] {key} must be > 0, not {value!r}")
 
     @classmethod
     def load(cls, path: Path | None) -> InstanceTypes:
-        """The defaults, with the entries of a TOML file (`[types."ml.x"] vcpu, memory_gib`) on top."""
+        """The defaults, with the entries of a TOML file (`[types."ml.x"] vcpu, memory_gib`) on top;
+        SessionConfigError naming the file, the key and the bad value otherwise."""
         table = dict(DEFAULTS)
         if path is None:
             return cls(table)
+        source = f"BYOI_INSTANCE_TYPES={path}"
         try:
             with path.open("rb") as fh:
                 data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InstanceTypeError(f"cannot read instance types from {path}: {exc}") from None
-        for name, entry in (data.get("types") or {}).items():
-            if not isinstance(entry, dict) or "vcpu" not in entry or "memory_gib" not in entry:
-                raise InstanceTypeError(f"{path}: [types.{name!r}] needs vcpu and memory_gib")
-            try:
-                table[name] = (float(entry["vcpu"]), float(entry["memory_gib"]))
-            except (TypeError, ValueError):
-                raise InstanceTypeError(f"{path}: [types.{name!r}] vcpu and memory_gib must be numbers") from None
-        return cls(table)
+            raise SessionConfigError(f"{source}: cannot read instance types: {exc}") from None
+        unknown = sorted(set(data) - {"types"})
+        if unknown:
+            raise SessionConfigError(f"{source}: unknown key {unknown[0]!r} (the file has one table, [types])")
+        types = data.get("types", {})
+        if not isinstance(types, dict):
+            raise SessionConfigError(f'{source}: types must be a table of [types."ml.*"] entries, not {types!r}')
+        for name, entry in types.items():
+            table[name] = _entry(source, name, entry)
+        return cls(table, source)
 
     def get(self, name: str, host: HostCapacity) -> InstanceType:
         """The type's limits, or InstanceTypeError saying why this host cannot run it."""
@@ -126,3 +141,31 @@ class InstanceTypes:
 
     def offered(self, host: HostCapacity) -> list[str]:
         return [n for n, (c, m) in self.table.items() if c <= host.cpus and m * GiB <= host.memory_bytes]
+
+
+def _entry(source: str, name: str, entry: object) -> tuple[float, float]:
+    """One [types."ml.x"] table: exactly vcpu and memory_gib, positive numbers (not booleans, not strings)."""
+    where = f"{source}: [types.{name!r}]"
+    if not isinstance(entry, dict):
+        raise SessionConfigError(f"{where} must be a table with vcpu and memory_gib, not {entry!r}")
+    extra = sorted(set(entry) - {"vcpu", "memory_gib"})
+    if extra:
+        raise SessionConfigError(f"{where}: unknown key {extra[0]!r} (only vcpu and memory_gib)")
+    values = []
+    for key in ("vcpu", "memory_gib"):
+        if key not in entry:
+            raise SessionConfigError(f"{where} needs {key}")
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise SessionConfigError(f"{where} {key} must be a number > 0, not {value!r}")
+        values.append(float(value))
+    return values[0], values[1]
+
+
+@cache
+def model_instance_types() -> frozenset[str]:
+    """The AppInstanceType enum of botocore's SageMaker model (the values CreateApp requests are checked against)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return frozenset(model.shape_for("AppInstanceType").enum)

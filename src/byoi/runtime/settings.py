@@ -1,7 +1,12 @@
-"""Session runtime settings, read from the environment by the composition root (`RuntimeSettings.from_env()`)."""
+"""Session runtime settings, read from the environment by the composition root (`RuntimeSettings.from_env()`).
+
+Every bad value raises `SessionConfigError` (a ValueError) whose message names the variable and the value, so
+`byoi server` can stop with one line before it starts serving, never with a traceback from the app's startup.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,6 +16,11 @@ import regex
 _USER_NAME = regex.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _MOUNT = regex.compile(r"(/[A-Za-z0-9._-]+)+")
 _NETWORK = regex.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+MAX_ID = 2**31 - 2  # Linux UIDs/GIDs are 32-bit; 2**32-1 is "no id" and 2**31-1 is nobody's on some tools
+
+
+class SessionConfigError(ValueError):
+    """A session setting (BYOI_SESSION_*, BYOI_INSTANCE_TYPES) is unusable; the message names it and its value."""
 
 
 @dataclass(frozen=True)
@@ -41,25 +51,58 @@ class RuntimeSettings:
             elif f.name == "instance_types":
                 values[f.name] = Path(env["BYOI_INSTANCE_TYPES"]) if env.get("BYOI_INSTANCE_TYPES") else None
             elif key in env:
-                cast = {"int": int, "float": float}.get(str(f.type), str)
-                try:
-                    values[f.name] = cast(env[key])  # type: ignore[operator]
-                except ValueError:
-                    raise ValueError(f"{key} must be a number, not {env[key]!r}") from None
+                values[f.name] = _parse(key, env[key], str(f.type))
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
         return settings
 
     def check(self) -> None:
-        if self.uid <= 0 or self.gid < 0:
-            raise ValueError("BYOI_SESSION_UID must be a non-root UID (> 0) and BYOI_SESSION_GID >= 0")
+        """SessionConfigError naming the first unusable setting (the variable and its value)."""
+        bounds: list[tuple[str, float, bool]] = [
+            # (field, lowest allowed, whether the lowest itself is allowed)
+            ("uid", 1, True),  # never root
+            ("gid", 0, True),
+            ("start_timeout", 0, False),
+            ("reconcile_seconds", 0, False),
+            ("launch_attempts", 1, True),
+            ("stop_timeout", 0, True),
+            ("pids_limit", 1, True),
+            ("launch_concurrency", 1, True),
+        ]
+        for name, low, inclusive in bounds:
+            value = getattr(self, name)
+            ok = math.isfinite(value) and (value >= low if inclusive else value > low)
+            if name in ("uid", "gid"):
+                ok = ok and value <= MAX_ID
+            if not ok:
+                why = (
+                    "sessions never run as root"
+                    if name == "uid" and value == 0
+                    else f"it must be {_bound(low, inclusive)}"
+                )
+                raise SessionConfigError(f"BYOI_SESSION_{name.upper()}={value!r} is refused: {why}")
         if not _USER_NAME.fullmatch(self.user_name):
-            raise ValueError(f"BYOI_SESSION_USER_NAME {self.user_name!r} is not a valid user name")
-        if not _MOUNT.fullmatch(self.home_mount) or "/../" in self.home_mount + "/":
-            raise ValueError(f"BYOI_SESSION_HOME_MOUNT {self.home_mount!r} must be an absolute path")
+            raise SessionConfigError(
+                f"BYOI_SESSION_USER_NAME={self.user_name!r} is not a valid user name (lower case letters, digits, "
+                "_ and -, at most 32)"
+            )
+        if not _MOUNT.fullmatch(self.home_mount) or "/../" in self.home_mount + "/" or "/./" in self.home_mount + "/":
+            raise SessionConfigError(
+                f"BYOI_SESSION_HOME_MOUNT={self.home_mount!r} must be an absolute path without . or .. parts"
+            )
         if not _NETWORK.fullmatch(self.network):
-            raise ValueError(f"BYOI_SESSION_NETWORK {self.network!r} is not a valid network name")
-        if self.launch_concurrency < 1:
-            raise ValueError("BYOI_SESSION_LAUNCH_CONCURRENCY must be at least 1")
-        if self.start_timeout <= 0 or self.reconcile_seconds <= 0 or self.launch_attempts < 1:
-            raise ValueError("session timeouts, the reconcile interval and launch attempts must be positive")
+            raise SessionConfigError(f"BYOI_SESSION_NETWORK={self.network!r} is not a valid Docker network name")
+
+
+def _bound(low: float, inclusive: bool) -> str:
+    return f"{'>=' if inclusive else '>'} {low:g}"
+
+
+def _parse(key: str, raw: str, kind: str) -> object:
+    if kind == "str":
+        return raw
+    what = "a whole number" if kind == "int" else "a number"
+    try:
+        return int(raw.strip()) if kind == "int" else float(raw.strip())
+    except ValueError:
+        raise SessionConfigError(f"{key} must be {what}, not {raw!r}") from None
