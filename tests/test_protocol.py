@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.conftest import ROLE
 from tests.support.signing import admin_credentials, send, signed
 
 
@@ -209,3 +211,42 @@ def test_fuzzed_requests_never_produce_a_server_error(server, creds):
             assert reply["__type"] and reply["Message"]
         seen.add(status)
     assert 400 in seen
+
+
+def test_out_of_range_and_forged_values_are_client_errors(server, creds, sm, pusher):
+    """Values the model's patterns let through but a store cannot hold (numbers beyond 64 bits, NUL characters,
+    forged page tokens) are refused as client errors, never a 500."""
+    from tests.support.attach import created_version, new_domain, unique
+
+    image = unique("range")
+    created_version(sm, pusher, image)
+    sm.create_image(ImageName=image + "-b", RoleArn=ROLE)
+    huge = 2**70
+    version_arn = f"arn:aws:sagemaker:us-east-1:000000000000:image-version/{image}/{huge}"
+
+    def expect(op: str, body: dict, code: str, words: str) -> None:
+        status, reply, _ = call(server, creds, f"SageMaker.{op}", body)
+        assert (status, reply.get("__type")) == (400, code), (op, reply)
+        assert words in reply["Message"], (op, reply["Message"])
+
+    expect("DescribeImageVersion", {"ImageName": image, "Version": 2**31}, "ValidationException", "32-bit integer")
+    expect("ListAliases", {"ImageName": image, "Version": huge}, "ValidationException", "at 'Version'")
+    expect("AddTags", {"ResourceArn": version_arn, "Tags": [{"Key": "k", "Value": "v"}]}, "ResourceNotFound", image)
+    expect("ListTags", {"ResourceArn": version_arn}, "ResourceNotFound", image)
+    expect("ListTags", {"ResourceArn": f"arn:aws:sagemaker:us-east-1:000000000000:image/{image}", "NextToken": "²"},
+           "ValidationException", "NextToken is not valid")  # fmt: skip
+    expect("CreateImage", {"ImageName": unique("nul"), "RoleArn": ROLE, "Description": "a\x00b"},
+           "ValidationException", "NUL character")  # fmt: skip
+    domain = new_domain(sm)
+    settings = {"RSessionAppSettings": {"DefaultResourceSpec": {"SageMakerImageVersionArn": version_arn}}}
+    expect("UpdateDomain", {"DomainId": domain, "DefaultUserSettings": settings},
+           "ValidationException", "SageMakerImageVersionArn")  # fmt: skip
+
+    # A NextToken is base64 JSON: forged values of the wrong type or size are refused, not sent to the store.
+    token = sm.list_images(NameContains=image, MaxResults=1)["NextToken"]
+    real = json.loads(base64.urlsafe_b64decode(token))
+    for forged in ({"k": {"x": 1}}, {"k": huge}, {"k": "not a time"}, {"i": huge}, {"i": "1"}, {"k": float("inf")}):
+        bad = base64.urlsafe_b64encode(json.dumps({**real, **forged}).encode()).decode()
+        expect("ListImages", {"NameContains": image, "MaxResults": 1, "NextToken": bad}, "ValidationException",
+               "NextToken is not valid")  # fmt: skip
+    assert sm.list_images(NameContains=image, MaxResults=1, NextToken=token)["Images"]  # the real one still works

@@ -125,6 +125,8 @@ def _check_string(shape: Shape, value: Any, path: str, errors: _Collector) -> An
         errors.fail(path, value, "be a string")
         return value
     _check_length(shape, value, path, errors, "length")
+    if "\x00" in value:  # PostgreSQL cannot store it in text or JSON columns, and no name or setting needs it
+        errors.fail(path, value.replace("\x00", "\\u0000"), "not contain the NUL character (\\u0000)")
     if shape.enum and value not in shape.enum:
         errors.fail(path, value, f"satisfy enum value set: [{', '.join(shape.enum)}]")
     pattern = shape.metadata.get("pattern")
@@ -135,9 +137,19 @@ def _check_string(shape: Shape, value: Any, path: str, errors: _Collector) -> An
     return value
 
 
+# The widths AWS gives the model's integer types. JSON has no limit of its own, and a bigger number would
+# overflow the store's integer columns (a 500) instead of being refused.
+_INTEGER_BITS = {"integer": 32, "long": 64}
+
+
 def _check_integer(shape: Shape, value: Any, path: str, errors: _Collector) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         errors.fail(path, value, "be an integer")
+        return value
+    bits = _INTEGER_BITS.get(shape.type_name, 64)
+    lowest, highest = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if not lowest <= value <= highest:
+        errors.fail(path, value, f"fit in a {bits}-bit integer ({lowest} to {highest})")
         return value
     _check_range(shape, value, path, errors)
     return value

@@ -83,17 +83,18 @@ async def _pick_version(
     alias = spec.get("SageMakerImageVersionAlias")
     if version_arn and version_arn != "None":
         parsed = _own(ctx, version_arn, "image-version", "SageMakerImageVersionArn")
-        if len(parsed.parts) != 2 or not parsed.parts[1].isdigit():
+        name_and_number = arns.image_version_of(parsed)
+        if name_and_number is None:
             raise ValidationException(
                 f"ResourceSpec.SageMakerImageVersionArn {version_arn} is not an image version ARN"
             )
-        image = await _image_by_key(conn, parsed.parts[0], "ResourceSpec.SageMakerImageVersionArn")
+        image = await _image_by_key(conn, name_and_number[0], "ResourceSpec.SageMakerImageVersionArn")
         if image_arn and _own(ctx, image_arn, "image", "SageMakerImageArn").parts[0].lower() != image.name_key:
             raise ValidationException(
                 "ResourceSpec.SageMakerImageArn and SageMakerImageVersionArn name different images"
             )
         query = sa.select(image_versions).where(
-            image_versions.c.image_id == image.id, image_versions.c.version == int(parsed.parts[1])
+            image_versions.c.image_id == image.id, image_versions.c.version == name_and_number[1]
         )
         missing = f"No ImageVersion with the name {image.name} and version {parsed.parts[1]} exists"
     elif image_arn:

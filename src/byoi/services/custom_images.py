@@ -92,8 +92,9 @@ def collect_refs(ctx: ServiceContext, roots: dict[str, Any]) -> list[Ref]:
             if image is not None:
                 refs.append(Ref(path, image.parts[0].lower(), None, None))
             version = _own_arn(ctx, spec.get("SageMakerImageVersionArn"), "image-version")
-            if version is not None and len(version.parts) == 2 and version.parts[1].isdigit():
-                refs.append(Ref(path, version.parts[0].lower(), int(version.parts[1]), None))
+            name_and_number = None if version is None else arns.image_version_of(version)
+            if name_and_number is not None:
+                refs.append(Ref(path, name_and_number[0].lower(), name_and_number[1], None))
     return refs
 
 
@@ -174,10 +175,11 @@ async def _validate_spec(ctx: ServiceContext, lookups: _Lookups, path: str, spec
     version_arn = _own_arn(ctx, spec.get("SageMakerImageVersionArn"), "image-version")
     if version_arn is not None:
         what = f"{path}.SageMakerImageVersionArn"
-        if len(version_arn.parts) != 2 or not version_arn.parts[1].isdigit():
-            raise ValidationException(f"{what} is not an image version ARN")
-        image = await _check_image(lookups, what, version_arn.parts[0], by_key=True)
-        await _check_image_version(lookups, what, image, int(version_arn.parts[1]))
+        name_and_number = arns.image_version_of(version_arn)
+        if name_and_number is None:
+            raise ValidationException(f"{what} is not an image version ARN (or its version number is too large)")
+        image = await _check_image(lookups, what, name_and_number[0], by_key=True)
+        await _check_image_version(lookups, what, image, name_and_number[1])
 
 
 async def validate(ctx: ServiceContext, conn: AsyncConnection, roots: dict[str, Any]) -> None:

@@ -87,9 +87,10 @@ class TagService:
         limit = max_results or DEFAULT_PAGE
         start = 0
         if next_token:
-            if not next_token.isdigit():
+            position = arns.version_number(next_token)  # a tag position is numbered like a version
+            if position is None:
                 raise ValidationException("NextToken is not valid: it was not returned by ListTags")
-            start = int(next_token)
+            start = position
         async with self.ctx.db.read() as conn:
             await self._require(conn, resource_arn)
             rows = (

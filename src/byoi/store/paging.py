@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,15 +29,35 @@ def _fingerprint(filters: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _decode(token: str, fingerprint: str) -> tuple[Any, Any]:
+_INVALID = "NextToken is not valid: it was not returned by this operation"
+_INT64 = range(-(2**63), 2**63)
+
+
+def _decode(token: str, fingerprint: str, sort_type: type) -> tuple[Any, Any]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         key, last_id, fp = data["k"], data["i"], data["f"]
     except (ValueError, KeyError, TypeError):
-        raise ValidationException("NextToken is not valid: it was not returned by this operation") from None
+        raise ValidationException(_INVALID) from None
     if fp != fingerprint:
         raise ValidationException("NextToken was returned for different filters or sorting than this request's")
+    # A token is only base64 JSON, so one can be forged: its values must have the types (and sizes) of the
+    # columns they are compared with, or the store would fail on the query instead of refusing it here.
+    if not _fits(key, sort_type) or not _fits(last_id, int):
+        raise ValidationException(_INVALID)
     return key, last_id
+
+
+def _fits(value: Any, wanted: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if wanted is float:
+        return (isinstance(value, float) and math.isfinite(value)) or (isinstance(value, int) and value in _INT64)
+    if wanted is int:
+        return isinstance(value, int) and value in _INT64
+    if wanted is str:
+        return isinstance(value, str) and "\x00" not in value
+    return False
 
 
 async def fetch_page(
@@ -54,7 +75,7 @@ async def fetch_page(
     label of the sort column in the selected rows."""
     fingerprint = _fingerprint(filters)
     if next_token:
-        key, last_id = _decode(next_token, fingerprint)
+        key, last_id = _decode(next_token, fingerprint, sort_column.type.python_type)
         after = (
             sa.or_(sort_column < key, sa.and_(sort_column == key, id_column < last_id))
             if descending
