@@ -8,7 +8,11 @@ import io
 import subprocess
 import sys
 import tarfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -161,3 +165,115 @@ def test_api_refuses_bad_requests(server, ext):
     path = "/byoi/builds/b-0000000000000000/events"
     response = httpx.get(s.url(path), headers=s.headers("GET", path))
     assert response.status_code == 400 and response.json()["__type"] == "ResourceNotFound"
+
+
+def _at_once(clients: list[Any], fn) -> list[Any]:
+    """Call `fn(client)` for each client on its own thread, all released together; return what each returned
+    or the ClientError it raised."""
+    barrier = threading.Barrier(len(clients))
+
+    def run(client: Any) -> Any:
+        barrier.wait()
+        try:
+            return fn(client)
+        except ClientError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        return list(pool.map(run, clients))
+
+
+def test_one_context_starts_one_build_even_when_raced(server_factory, registry):
+    srv = server_factory([f"http://{registry}"])
+    srv.session()
+    clients = [extension_client(srv.endpoint, "byoi") for _ in range(4)]
+    started = []
+    for attempt in range(5):
+        context_id = upload(srv, tar_of([member("Dockerfile")])).json()["ContextId"]
+        request = {"ContextId": context_id, "Repository": "race", "Tag": f"t{attempt}"}
+        results = _at_once(clients, lambda c, r=request: str(c.start_image_build(**r)["BuildId"]))
+        winners = [r for r in results if isinstance(r, str)]
+        assert len(winners) == 1, results
+        for lost in (r for r in results if not isinstance(r, str)):
+            error = lost.response["Error"]
+            assert error["Code"] == "ValidationException", error
+            assert f"{context_id} was already used by build {winners[0]}" in error["Message"]
+        started.append(winners[0])
+        # Later attempts are told the same, and the context's folder now belongs to the build alone.
+        with pytest.raises(ClientError) as e:
+            clients[0].start_image_build(ContextId=context_id, Repository="race")
+        assert f"already used by build {winners[0]}" in e.value.response["Error"]["Message"]
+        assert not (srv.data_dir / "builds" / "contexts" / context_id).exists()
+    assert sorted(b["BuildId"] for b in clients[0].list_image_builds(MaxResults=50)["ImageBuilds"]) == sorted(started)
+    for build_id in started:
+        clients[0].stop_image_build(BuildId=build_id)
+
+
+def _events(server, build_id: str, query: str = "", headers: dict[str, str] | None = None) -> httpx.Response:
+    s = Signed(server.endpoint, "byoi")
+    path = f"/byoi/builds/{build_id}/events"
+    signed_headers = s.headers("GET", path, headers, query=query)
+    return httpx.get(s.url(path) + (f"?{query}" if query else ""), headers=signed_headers, timeout=30)
+
+
+def _event_ids(response: httpx.Response) -> list[tuple[int | None, str]]:
+    """(id, event name) of each event in an SSE body."""
+    out, event_id = [], None
+    for line in response.text.splitlines():
+        if line.startswith("id:"):
+            event_id = int(line[3:])
+        elif line.startswith("event:"):
+            out.append((event_id, line[6:].strip()))
+            event_id = None
+    return out
+
+
+def test_log_offsets_and_build_ids_are_checked(server_factory, registry):
+    srv = server_factory([f"http://{registry}"])
+    srv.session()
+    ext = extension_client(srv.endpoint, "byoi")
+    context_id = upload(srv, tar_of([member("Dockerfile")])).json()["ContextId"]
+    build_id = ext.start_image_build(ContextId=context_id, Repository="offsets")["BuildId"]
+    ext.stop_image_build(BuildId=build_id)
+    for _ in range(100):
+        if ext.describe_image_build(BuildId=build_id)["BuildStatus"] == "STOPPED":
+            break
+        time.sleep(0.1)
+
+    bad = [
+        ("offset=99999999999999999999", None, "offset '99999999999999999999'"),  # 20 digits: past 64 bits
+        ("offset=%C2%B2", None, "offset '²'"),  # a superscript two: str.isdigit() says yes, int() says no
+        ("offset=", None, "offset ''"),
+        ("offset=-5", None, "offset '-5'"),
+        ("", {"Last-Event-ID": "12abc"}, "Last-Event-ID '12abc'"),
+    ]
+    for query, headers, says in bad:
+        response = _events(srv, build_id, query, headers)
+        assert response.status_code == 400, (query, headers, response.text)
+        body = response.json()
+        assert body["__type"] == "ValidationException" and says in body["Message"], body
+        assert "is not a byte offset" in body["Message"]
+
+    whole = _events(srv, build_id)
+    assert whole.status_code == 200
+    events = _event_ids(whole)
+    assert events[-1] == (None, "end") and ("--> STOPPED" in whole.text or '"s": "STOPPED"' in whole.text)
+    first_id = events[0][0]
+    assert first_id is not None
+    # Past the end: nothing but the end; inside a record: from the next whole record; Last-Event-ID as ?offset=.
+    past = _events(srv, build_id, "offset=999999999999999999")
+    assert past.status_code == 200 and _event_ids(past) == [(None, "end")]
+    middle = _events(srv, build_id, f"offset={first_id - 3}")
+    assert middle.status_code == 200 and _event_ids(middle) == events[1:]
+    resumed = _events(srv, build_id, headers={"Last-Event-ID": str(first_id)})
+    assert _event_ids(resumed) == events[1:]
+
+    s = Signed(srv.endpoint, "byoi")
+    for path in ("/byoi/builds/not-a-build/log", "/byoi/builds/b-00/events"):
+        response = httpx.get(s.url(path), headers=s.headers("GET", path))
+        assert response.status_code == 400 and response.json()["__type"] == "ValidationException", response.text
+        assert "is not a build id ('b-' followed by 16 hex digits)" in response.json()["Message"]
+    for args in (["logs", "../../healthz"], ["logs", "-f", "b-1"], ["describe", "x/y"], ["stop", "B-0"]):
+        result = byoi(srv, "builds", *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "is not a build id" in result.stderr and "None" not in result.stderr, result.stderr

@@ -43,6 +43,9 @@ POLL = 0.2  # seconds between reads of a growing log
 STATUS_POLL = 1.0  # seconds between status reads while following
 HEARTBEAT = 15.0  # seconds between SSE comments that keep idle connections open
 _SHA256 = regex.compile(r"[0-9a-f]{64}")
+# A byte offset in the log: ASCII digits only (str.isdigit() takes "²", which int() refuses), and at most 18
+# of them, so it fits the 64-bit offsets files are read at.
+_OFFSET = regex.compile(r"[0-9]{1,18}")
 
 State = dict[str, Any]
 
@@ -99,9 +102,9 @@ def install(app: FastAPI, state: State) -> None:
                     "A context upload must sign X-Amz-Content-SHA256 with the hex SHA-256 of the body"
                 )
             await _authorize(request, state, "StartImageBuild", streamed_body=True)
-            length = request.headers.get("content-length")
+            length = request.headers.get("content-length", "")
             result = await builds().accept_context(
-                request.stream(), int(length) if length and length.isdigit() else None, body_hash
+                request.stream(), int(length) if _OFFSET.fullmatch(length) else None, body_hash
             )
             return JSONResponse(result)
 
@@ -122,16 +125,28 @@ def install(app: FastAPI, state: State) -> None:
         async def handle() -> Response:
             await _authorize(request, state, "DescribeImageBuild")
             await builds().build_status(build_id)
-            raw = request.query_params.get("offset") or request.headers.get("last-event-id") or "0"
-            if not raw.isdigit():
-                raise ValidationException(f"offset {raw!r} must be a byte offset (a previous event id)")
             return StreamingResponse(
-                _follow(builds(), build_id, int(raw)),
+                _follow(builds(), build_id, _start_offset(request)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
 
         return await _guarded(handle)
+
+
+def _start_offset(request: Request) -> int:
+    """Where to start the event stream: `?offset=`, else the `Last-Event-ID` a reconnecting client sends."""
+    if "offset" in request.query_params:
+        name, raw = "offset", request.query_params["offset"]
+    elif "last-event-id" in request.headers:
+        name, raw = "Last-Event-ID", request.headers["last-event-id"]
+    else:
+        return 0
+    if not _OFFSET.fullmatch(raw):
+        raise ValidationException(
+            f"{name} {raw[:40]!r} is not a byte offset in the log: 1 to 18 digits 0-9 (the id of an earlier event)"
+        )
+    return int(raw)
 
 
 def _signed_headers(authorization: str) -> list[str]:

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import regex
+
+# The ids byoi hands out: shared by the service (which checks requests) and the CLI (which checks arguments).
+CONTEXT_ID = regex.compile(r"ctx-[0-9a-f]{32}")
+BUILD_ID = regex.compile(r"b-[0-9a-f]{16}")
+BUILD_ID_FORMAT = "'b-' followed by 16 hex digits"
 # An event for the build log: {"k": "log", "m": text} | {"k": "step", "n": 2, "of": 5, "m": "RUN ..."}
 # | {"k": "push", "id": layer, "s": status, "c": current, "n": total}.
 Emit = Callable[[dict[str, Any]], None]

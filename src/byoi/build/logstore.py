@@ -11,6 +11,7 @@ also the SSE event id, so a client can resume where it left off.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -73,13 +74,21 @@ class BuildLog:
 def read_records(path: Path, offset: int = 0, max_bytes: int = 1 << 20) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """Whole records from byte `offset`: [(offset after the record, record)], and the new offset.
 
-    A partly written last line is left for the next call."""
+    A partly written last line is left for the next call. An offset past the end reads from the end (a client's
+    stale or made-up event id must not skip what is written next), and one inside a record from the next one."""
     try:
         with path.open("rb") as fh:
-            fh.seek(offset)
+            offset = min(offset, os.fstat(fh.fileno()).st_size)
+            if offset > 0:
+                fh.seek(offset - 1)
+                if fh.read(1) != b"\n":
+                    rest = fh.readline()
+                    if not rest.endswith(b"\n"):
+                        return [], offset  # that record is still being written
+                    offset += len(rest)
             data = fh.read(max_bytes)
     except FileNotFoundError:
-        return [], offset
+        return [], 0
     out: list[tuple[int, dict[str, Any]]] = []
     pos = offset
     for line in data.splitlines(keepends=True):

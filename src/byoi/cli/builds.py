@@ -25,6 +25,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT
 from byoi.build.context import ContextError, pack_directory
 from byoi.cli.client import _session_and_endpoint, sagemaker_client
 from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, print_result
@@ -89,11 +90,21 @@ class Signed:
 
 
 def _error_text(response: httpx.Response) -> str:
+    """byoi's JSON error as `Code: message`; anything else (a proxy's page, a 404 from elsewhere) as its status."""
     try:
         body = response.json()
-        return f"{body.get('__type')}: {body.get('Message')}"
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+        body = None
+    if isinstance(body, dict) and body.get("__type"):
+        return f"{body['__type']}: {body.get('Message') or body.get('message') or ''}".rstrip(": ")
+    return f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}".rstrip(": ")
+
+
+def check_build_id(build_id: str) -> str:
+    """A build id is checked before it is put into a URL path (`../../x` would leave /byoi/builds/)."""
+    if not BUILD_ID.fullmatch(build_id):
+        raise _fail(f"{build_id!r} is not a build id ({BUILD_ID_FORMAT}; see `byoi builds list`)")
+    return build_id
 
 
 def _file_chunks(fh: IO[bytes]) -> Iterator[bytes]:
@@ -385,6 +396,7 @@ def builds_describe(
     build_id: str, output: Output = "json", endpoint_url: EndpointUrl = None, profile: Profile = None
 ) -> None:
     """Describe a build: status, times, digest, registered version, failure reason."""
+    check_build_id(build_id)
     result = call(endpoint_url, profile, lambda c: c.describe_image_build(BuildId=build_id), extension=True)
     print_result(result, output, ["BuildId", "BuildStatus", "ImageUri", "ImageDigest", "FailureReason"])
 
@@ -397,6 +409,7 @@ def builds_logs(
     profile: Profile = None,
 ) -> None:
     """Print a build's log (all of it, or followed live with -f)."""
+    check_build_id(build_id)
     signed = Signed(endpoint_url, profile)
     if follow_log:
         ext_call = lambda c: _follow_with_stop(signed, c, build_id, LogView())  # noqa: E731
@@ -415,6 +428,7 @@ def builds_logs(
 @builds_app.command("stop")
 def builds_stop(build_id: str, endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
     """Stop a queued or running build."""
+    check_build_id(build_id)
     result = call(endpoint_url, profile, lambda c: c.stop_image_build(BuildId=build_id), extension=True)
     console.print(f"{result['BuildId']} {result['BuildStatus']}" + (" (stopping)" if result["BuildStatus"] not in
                                                                     TERMINAL else ""))  # fmt: skip

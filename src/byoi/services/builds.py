@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import regex
 import sqlalchemy as sa
 
-from byoi.build.base import Builder
+from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT, CONTEXT_ID, Builder
 from byoi.build.context import ContextError, check_upload, clean_relative, context_has_file
 from byoi.build.logstore import BuildLog
 from byoi.build.settings import BuildSettings
@@ -37,8 +38,6 @@ from byoi.store.paging import fetch_page, time_filters
 from byoi.store.schema_builds import image_builds as builds_t
 
 DEFAULT_PAGE = 20
-CONTEXT_ID = regex.compile(r"ctx-[0-9a-f]{32}")
-BUILD_ID = regex.compile(r"b-[0-9a-f]{16}")
 _ARG_NAME = regex.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLATFORM = regex.compile(r"[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_]+)?")
 _TARGET = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -71,18 +70,68 @@ class BuildService:
     def _context_dir(self, context_id: str) -> Path:
         return self.root / "contexts" / context_id
 
+    def _used_marker(self, context_id: str) -> Path:
+        """Left behind when a build takes a context: it names the build, for whoever tries the context next."""
+        return self.root / "contexts" / f"{context_id}.used"
+
     def _sweep_contexts(self) -> None:
-        """Uploaded contexts nobody started a build from are removed after `context_ttl`."""
+        """Uploaded contexts nobody started a build from, and the markers of used ones, go after `context_ttl`."""
         base = self.root / "contexts"
         if not base.is_dir():
             return
         cutoff = time.time() - self.settings.context_ttl
         for entry in base.iterdir():
             try:
-                if entry.stat().st_mtime < cutoff:
-                    shutil.rmtree(entry, ignore_errors=True)
+                if entry.lstat().st_mtime < cutoff:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
             except FileNotFoundError:
                 continue
+
+    def _used_by(self, context_id: str) -> str | None:
+        try:
+            return self._used_marker(context_id).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _already_used(self, context_id: str, build_id: str) -> ValidationException:
+        return ValidationException(
+            f"Build context {context_id} was already used by build {build_id}; a context starts one build only "
+            "(upload it again to start another)"
+        )
+
+    def _claim_context(self, context_id: str, build_id: str) -> None:
+        """Give the uploaded context to `build_id`, atomically: of two builds started from one context at the same
+        time exactly one gets it (the link of the marker is the arbiter), and the other is told which did."""
+        base = self.root / "contexts"
+        marker = self._used_marker(context_id)
+        pending = base / f".{context_id}.{build_id}"
+        try:
+            pending.write_text(build_id)  # whole before it is linked: readers never see an empty marker
+            try:
+                os.link(pending, marker)
+            except FileExistsError:
+                raise self._already_used(context_id, self._used_by(context_id) or "(unknown)") from None
+            finally:
+                pending.unlink(missing_ok=True)
+            (base / context_id).rename(self.root / build_id)
+        except FileNotFoundError:
+            marker.unlink(missing_ok=True)
+            raise self._missing_context(context_id) from None
+
+    def _unclaim_context(self, context_id: str, build_id: str) -> None:
+        """Undo `_claim_context` when the build's row could not be written."""
+        try:
+            (self.root / build_id).rename(self._context_dir(context_id))
+        finally:
+            self._used_marker(context_id).unlink(missing_ok=True)
+
+    def _missing_context(self, context_id: str) -> ResourceNotFound:
+        return ResourceNotFound(
+            f"No build context {context_id}: upload it first (contexts are kept {self.settings.context_ttl:.0f}s)"
+        )
 
     # -- the upload (called by the signed HTTP route in byoi.api.builds_http) ------------------
 
@@ -186,28 +235,10 @@ class BuildService:
             dockerfile = clean_relative(dockerfile or "Dockerfile", "Dockerfile")
         except ContextError as exc:
             raise ValidationException(str(exc)) from None
-        if client_token:
-            async with self.ctx.db.read() as conn:
-                earlier = (
-                    await conn.execute(sa.select(builds_t).where(builds_t.c.client_token == client_token))
-                ).first()
-            if earlier is not None:
-                return {"BuildId": earlier.build_id, "BuildStatus": earlier.status}
         if not CONTEXT_ID.fullmatch(context_id):
             raise ValidationException(f"ContextId {context_id!r} is not a context id returned by the upload")
-        folder = self._context_dir(context_id)
-        raw = folder / "raw.tar"
-        if not raw.is_file():
-            raise ResourceNotFound(
-                f"No build context {context_id}: upload it first (contexts are kept {self.settings.context_ttl:.0f}s)"
-            )
-        if not await asyncio.to_thread(context_has_file, raw, dockerfile):
-            raise ValidationException(f"Dockerfile {dockerfile!r} is not in the build context {context_id}")
-        build_id = "b-" + uuid.uuid4().hex[:16]
-        build_dir = self.root / build_id
-        folder.rename(build_dir)  # the context now belongs to this build alone
-        now = time.time()
         spec = {
+            "ContextId": context_id,
             "Dockerfile": dockerfile,
             "BuildArgs": build_args or {},
             "Labels": labels or {},
@@ -216,33 +247,66 @@ class BuildService:
             "NoCache": bool(no_cache),
             "RoleArn": role_arn,
         }
+        values: dict[str, Any] = {
+            "registry": registry,
+            "repository": repository,
+            "tag": tag,
+            "image_name": image_name,
+            "spec": {k: v for k, v in spec.items() if v is not None},
+        }
+        if client_token:
+            async with self.ctx.db.read() as conn:
+                earlier = (
+                    await conn.execute(sa.select(builds_t).where(builds_t.c.client_token == client_token))
+                ).first()
+            if earlier is not None:
+                return {"BuildId": earlier.build_id, "BuildStatus": earlier.status}
+        context_size = await asyncio.to_thread(self._check_context, context_id, dockerfile)
+        build_id = "b-" + uuid.uuid4().hex[:16]
+        now = time.time()
+        claimed = False
         try:
             async with self.ctx.db.transaction() as conn:
                 await conn.execute(
                     sa.insert(builds_t).values(
                         build_id=build_id,
                         status="QUEUED",
-                        registry=registry,
-                        repository=repository,
-                        tag=tag,
-                        image_name=image_name,
                         client_token=client_token,
-                        context_size=(build_dir / "raw.tar").stat().st_size,
-                        spec={k: v for k, v in spec.items() if v is not None},
+                        context_size=context_size,
                         created_at=now,
                         modified_at=now,
+                        **values,
                     )
                 )
+                # Claimed inside the transaction: the row never exists without its context, nor the other way.
+                await asyncio.to_thread(self._claim_context, context_id, build_id)
+                claimed = True
         except BaseException:
-            build_dir.rename(folder)
+            if claimed:
+                await asyncio.to_thread(self._unclaim_context, context_id, build_id)
             raise
         self.ctx.worker.wake()
         return {"BuildId": build_id, "BuildStatus": "QUEUED"}
 
+    def _check_context(self, context_id: str, dockerfile: str) -> int:
+        """The context's size, after checking it is there, unused, and holds the Dockerfile."""
+        raw = self._context_dir(context_id) / "raw.tar"
+        try:
+            size = raw.stat().st_size
+            has_dockerfile = context_has_file(raw, dockerfile)
+        except FileNotFoundError:
+            used_by = self._used_by(context_id)
+            if used_by is not None:
+                raise self._already_used(context_id, used_by) from None
+            raise self._missing_context(context_id) from None
+        if not has_dockerfile:
+            raise ValidationException(f"Dockerfile {dockerfile!r} is not in the build context {context_id}")
+        return size
+
     async def _load(self, conn: Any, build_id: str) -> sa.Row[Any]:
-        row = None
-        if BUILD_ID.fullmatch(build_id):
-            row = (await conn.execute(sa.select(builds_t).where(builds_t.c.build_id == build_id))).first()
+        if not BUILD_ID.fullmatch(build_id):
+            raise ValidationException(f"BuildId {build_id!r} is not a build id ({BUILD_ID_FORMAT})")
+        row = (await conn.execute(sa.select(builds_t).where(builds_t.c.build_id == build_id))).first()
         if row is None:
             raise ResourceNotFound(f"No image build with the id {build_id} exists")
         return row
