@@ -82,7 +82,10 @@ def test_list_app_image_configs_filters_sorting_paginator(sm):
     before = time.time()
     for n in names:
         sm.create_app_image_config(AppImageConfigName=n)
-    time.sleep(0.01)
+    # boto3 sends timestamps in whole seconds: a mark more than a second away from both sides splits them.
+    time.sleep(1.1)
+    mark = time.time()
+    time.sleep(1.1)
     sm.update_app_image_config(AppImageConfigName=names[2], KernelGatewayImageConfig={"KernelSpecs": [{"Name": "k"}]})
 
     pages = list(
@@ -97,8 +100,14 @@ def test_list_app_image_configs_filters_sorting_paginator(sm):
     assert modified["AppImageConfigs"][0]["AppImageConfigName"] == names[2]
     assert modified["AppImageConfigs"][0]["KernelGatewayImageConfig"] == {"KernelSpecs": [{"Name": "k"}]}
     assert sm.list_app_image_configs(NameContains=prefix, CreationTimeBefore=before - 60)["AppImageConfigs"] == []
-    recent = sm.list_app_image_configs(NameContains=prefix, ModifiedTimeAfter=time.time() - 0.005)
-    assert [c["AppImageConfigName"] for c in recent["AppImageConfigs"]] in ([names[2]], [])
+    def listed_names(**filters: float) -> list[str]:
+        found = sm.list_app_image_configs(NameContains=prefix, SortBy="Name", SortOrder="Ascending", **filters)
+        return [c["AppImageConfigName"] for c in found["AppImageConfigs"]]
+
+    assert listed_names(ModifiedTimeAfter=mark) == [names[2]]
+    assert listed_names(ModifiedTimeBefore=mark) == [n for n in names if n != names[2]]
+    assert listed_names(CreationTimeAfter=mark) == []
+    assert listed_names(CreationTimeBefore=mark) == names
     with pytest.raises(ClientError) as e:
         sm.list_app_image_configs(NameContains=prefix, SortBy="Name", NextToken=pages[0]["NextToken"])
     assert code(e) == "ValidationException"

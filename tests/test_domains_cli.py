@@ -199,9 +199,11 @@ def test_byoi_cli_domains_users_attach_detach(server, sm, pusher):
     assert sm.describe_app_image_config(AppImageConfigName="byoi-rstudio")["AppImageConfigName"] == "byoi-rstudio"
     rs = sm.describe_domain(DomainId=domain_id)["DefaultUserSettings"]["RSessionAppSettings"]
     assert rs["CustomImages"] == [entry(image, "byoi-rstudio")]
-    avail = json.loads(byoi(server, "domains", "available", "--domain", dom, "--user", "ana", "-o", "json").stdout)
-    assert avail["Source"] == "UserProfile"
-    assert [(e["ImageName"], e["ResolvedVersionNumber"]) for e in avail["EffectiveImages"]] == [(image, 1)]
+    for group in ("images", "domains"):  # the issue names `byoi images available`; `domains available` is its twin
+        out = byoi(server, group, "available", "--domain", dom, "--user", "ana", "-o", "json").stdout
+        avail = json.loads(out)
+        assert avail["Source"] == "UserProfile"
+        assert [(e["ImageName"], e["ResolvedVersionNumber"]) for e in avail["EffectiveImages"]] == [(image, 1)]
     table = byoi(server, "domains", "available", "--domain", dom).stdout
     assert image in table and "latest" in table
 
