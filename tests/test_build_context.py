@@ -64,10 +64,49 @@ def test_unsafe_members_are_refused_and_nothing_is_written(tmp_path: Path, membe
     assert not (tmp_path.parent / "escape.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        # A link to the context's root, then a member under it: written wherever the link points.
+        ([_member("here", tarfile.SYMTYPE, "."), _member("here/evil", tarfile.SYMTYPE, "../etc/passwd")],
+         "tar member 'here/evil' lies under 'here', an earlier symbolic link"),
+        ([_member("sub", tarfile.DIRTYPE), _member("sub/up", tarfile.SYMTYPE, ".."),
+          _member("sub/up/up2", tarfile.SYMTYPE, "..")], "tar member 'sub/up/up2' lies under 'sub/up'"),
+        ([_member("d", tarfile.SYMTYPE, "sub"), _member("d/file")], "tar member 'd/file' lies under 'd'"),
+        # A target that is inside by its name but outside once an earlier link is followed.
+        ([_member("sub", tarfile.DIRTYPE), _member("sub/root", tarfile.SYMTYPE, ".."),
+          _member("sub/m", tarfile.SYMTYPE, "root/..")], "symbolic link 'sub/m' points to 'root/..', outside"),
+        # ... or once a link that comes later in the archive is followed.
+        ([_member("m", tarfile.SYMTYPE, "sub/r/.."), _member("sub", tarfile.DIRTYPE),
+          _member("sub/r", tarfile.SYMTYPE, "..")], "symbolic link 'm' points to 'sub/r/..', outside"),
+        ([_member("a", tarfile.SYMTYPE, "b"), _member("b", tarfile.SYMTYPE, "a")], "more than 40 links"),
+        ([_member("sub", tarfile.DIRTYPE), _member("sub/a.txt"), _member("d", tarfile.SYMTYPE, "sub"),
+          _member("h", tarfile.LNKTYPE, "d/a.txt")], "hard link 'h' points to 'd/a.txt'"),
+    ],
+)  # fmt: skip
+def test_links_are_followed_through_earlier_links(tmp_path: Path, members, message):
+    src = _tar([_member("Dockerfile"), *members], {"Dockerfile": b"FROM scratch\n", "d/file": b"x", "sub/a.txt": b"a"})
+    with pytest.raises(ContextError, match=message):
+        check_upload(src, tmp_path / "raw.tar", 10_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pack_checks_links_against_each_other(tmp_path: Path):
+    root = tmp_path / "ctx"
+    (root / "sub").mkdir(parents=True)
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / "sub" / "root").symlink_to("..")
+    (root / "sub" / "m").symlink_to("root/..")
+    with pytest.raises(ContextError, match="symbolic link 'sub/m' points to 'root/..', outside"):
+        pack_directory(root, io.BytesIO())
+
+
 def test_links_inside_the_context_and_gzip_are_fine(tmp_path: Path):
     members = [_member("Dockerfile"), _member("sub", tarfile.DIRTYPE), _member("sub/a.txt"),
                _member("sub/rel", tarfile.SYMTYPE, "a.txt"), _member("up", tarfile.SYMTYPE, "sub/a.txt"),
-               _member("hard", tarfile.LNKTYPE, "sub/a.txt")]  # fmt: skip
+               _member("hard", tarfile.LNKTYPE, "sub/a.txt"), _member("sub/self", tarfile.SYMTYPE, "."),
+               _member("sub/b.txt", tarfile.SYMTYPE, "self/self/a.txt"),
+               _member("sub/top", tarfile.SYMTYPE, "..")]  # fmt: skip
     src = _tar(members, {"Dockerfile": b"FROM scratch\n", "sub/a.txt": b"hello"}, gz=True)
     summary = check_upload(src, tmp_path / "raw.tar", 10_000)
     assert (summary.files, summary.size) == (2, len(b"FROM scratch\nhello"))

@@ -277,3 +277,27 @@ def test_log_offsets_and_build_ids_are_checked(server_factory, registry):
         result = byoi(srv, "builds", *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "is not a build id" in result.stderr and "None" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("members", "says"),
+    [
+        ([member("here", tarfile.SYMTYPE, "."), member("here/evil", tarfile.SYMTYPE, "../etc/passwd")],
+         "tar member 'here/evil' lies under 'here', an earlier symbolic link"),
+        ([member("sub", tarfile.DIRTYPE), member("sub/up", tarfile.SYMTYPE, ".."),
+          member("sub/up/up2", tarfile.SYMTYPE, "..")], "tar member 'sub/up/up2' lies under 'sub/up'"),
+        ([member("sub", tarfile.DIRTYPE), member("sub/root", tarfile.SYMTYPE, ".."),
+          member("sub/m", tarfile.SYMTYPE, "root/..")], "symbolic link 'sub/m' points to 'root/..', outside"),
+    ],
+)  # fmt: skip
+def test_links_through_earlier_links_are_refused_by_the_upload(server, members, says):
+    before = contexts_on_disk(server)
+    response = upload(server, tar_of([member("Dockerfile"), *members]))
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert (
+        body["__type"] == "ValidationException"
+        and body["Message"] == f"build context rejected: {says}"
+        or (says in body["Message"])
+    ), body
+    assert contexts_on_disk(server) == before

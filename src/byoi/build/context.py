@@ -118,27 +118,111 @@ def clean_relative(path: str, what: str) -> str:
     return cleaned
 
 
-def check_member(info: tarfile.TarInfo, seen: set[str]) -> str:
-    """Check one tar member; return its cleaned name. `seen` holds the names of earlier members."""
-    name = clean_relative(info.name, "tar member")
-    if info.isdev() or info.isfifo():
-        raise ContextError(f"tar member {info.name!r} is a device or FIFO; a build context holds only files, "
-                           "directories and links")  # fmt: skip
-    if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
-        raise ContextError(f"tar member {info.name!r} has an unsupported type {info.type!r}")
-    if info.issym():
-        target = info.linkname
-        if target.startswith("/"):
+MAX_LINK_HOPS = 40  # as Linux's limit on symbolic links followed in one path lookup
+
+
+class Members:
+    """Checks a tar's members in order, as an extractor would meet them.
+
+    Names are checked as written, and link targets as an extractor would follow them: through the symbolic
+    links met so far. A member whose parent directory is (or goes through) an earlier symbolic link is refused
+    (`here -> .` then `here/evil`): it would be written wherever that link points. Because a link may point at
+    a name that only later becomes a link, `finish()` checks every link again against the whole archive.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.links: dict[str, str] = {}  # symbolic link member -> its target, as written
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def check(self, info: tarfile.TarInfo) -> str:
+        """Check one member; return its cleaned name (the caller adds it with `add`)."""
+        name = clean_relative(info.name, "tar member")
+        if info.isdev() or info.isfifo():
+            raise ContextError(f"tar member {info.name!r} is a device or FIFO; a build context holds only files, "
+                               "directories and links")  # fmt: skip
+        if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
+            raise ContextError(f"tar member {info.name!r} has an unsupported type {info.type!r}")
+        via = self._link_on_path(name)
+        if via is not None:
             raise ContextError(
-                f"symbolic link {info.name!r} points to the absolute path {target!r}, outside the context"
-            )  # noqa: E501
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-        if resolved == ".." or resolved.startswith("../"):
-            raise ContextError(f"symbolic link {info.name!r} points to {target!r}, outside the context")
-    if info.islnk():
-        target = clean_relative(info.linkname, f"hard link {info.name!r} target")
-        if target not in seen:
-            raise ContextError(f"hard link {info.name!r} points to {info.linkname!r}, which is not in the context")
+                f"tar member {info.name!r} lies under {via!r}, an earlier symbolic link in the archive; "
+                "members must be inside real directories"
+            )
+        if info.issym():
+            if info.linkname.startswith("/"):
+                raise ContextError(
+                    f"symbolic link {info.name!r} points to the absolute path {info.linkname!r}, outside the context"
+                )
+            self._resolve_link(name, info.linkname, info.name)
+        if info.islnk():
+            target = clean_relative(info.linkname, f"hard link {info.name!r} target")
+            if target not in self.seen:
+                raise ContextError(f"hard link {info.name!r} points to {info.linkname!r}, which is not in the context")
+            if self._link_on_path(target) is not None:
+                raise ContextError(
+                    f"hard link {info.name!r} points to {info.linkname!r} through the symbolic link "
+                    f"{self._link_on_path(target)!r}"
+                )
+        return name
+
+    def add(self, name: str, info: tarfile.TarInfo) -> None:
+        self.seen.add(name)
+        if info.issym():
+            self.links[name] = info.linkname
+        else:
+            self.links.pop(name, None)  # a later member replaces an earlier link of the same name
+
+    def finish(self) -> None:
+        """Check every symbolic link again, now that all links are known."""
+        for name, target in self.links.items():
+            self._resolve_link(name, target, name)
+
+    def _link_on_path(self, name: str) -> str | None:
+        """The first proper parent of `name` that is a symbolic link member, if any."""
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in self.links:
+                return parent
+        return None
+
+    def _resolve_link(self, name: str, target: str, shown: str) -> None:
+        """Follow `target` from the link's directory through the links known so far; refuse it if it leaves
+        the context (or loops)."""
+        parts = name.split("/")[:-1]
+        pending = list(reversed(target.split("/")))
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise ContextError(f"symbolic link {shown!r} points to {target!r}, outside the context")
+                parts.pop()
+                continue
+            parts.append(part)
+            via = self.links.get("/".join(parts))
+            if via is None:
+                continue
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise ContextError(
+                    f"symbolic link {shown!r} points to {target!r}, which goes through more than {MAX_LINK_HOPS} "
+                    "links (a loop)"
+                )
+            parts.pop()
+            pending.extend(reversed(via.split("/")))
+
+
+def check_member(info: tarfile.TarInfo, members: Members) -> str:
+    """Check one member against those before it, and record it; return its cleaned name."""
+    name = members.check(info)
+    if name != ".":
+        members.add(name, info)
     return name
 
 
@@ -192,7 +276,7 @@ def pack_directory(root: Path, out: BinaryIO, dockerfile: str | None = None, lim
     df_name = df_path.relative_to(root).as_posix() if inside else ".byoi.Dockerfile"
     always = {DOCKERIGNORE, df_name}
     size = files = excluded = 0
-    seen: set[str] = set()
+    members = Members()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for full, rel in _walk(root, ignore):
             if rel not in always and ignore.excluded(rel):
@@ -201,7 +285,7 @@ def pack_directory(root: Path, out: BinaryIO, dockerfile: str | None = None, lim
             info = tar.gettarinfo(str(full), arcname=rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            seen.add(check_member(info, seen))
+            check_member(info, members)
             if info.isfile():
                 size += info.size
                 files += 1
@@ -216,6 +300,7 @@ def pack_directory(root: Path, out: BinaryIO, dockerfile: str | None = None, lim
             info = tarfile.TarInfo(df_name)
             info.size, info.mode, info.mtime = len(data), 0o644, int(df_path.stat().st_mtime)
             tar.addfile(info, io.BytesIO(data))
+        members.finish()
     return PackResult(size, files, excluded, df_name)
 
 
@@ -233,7 +318,7 @@ def check_upload(src: BinaryIO, raw_path: Path, limit: int) -> ContextSummary:
     """Check every member of the uploaded tar (or tar.gz) `src`, streamed, and copy it to `raw_path` with
     cleaned names and no owners. Raises ContextError (leaving no file) when any member is unacceptable."""
     total = files = 0
-    seen: set[str] = set()
+    members = Members()
     try:
         with (
             raw_path.open("wb") as raw,
@@ -241,12 +326,11 @@ def check_upload(src: BinaryIO, raw_path: Path, limit: int) -> ContextSummary:
             tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tout,
         ):
             for info in tin:
-                name = check_member(info, seen)
-                if len(seen) >= MAX_MEMBERS:
+                name = check_member(info, members)
+                if len(members) > MAX_MEMBERS:
                     raise ContextError(f"build context has more than {MAX_MEMBERS} entries")
                 if name == ".":
                     continue
-                seen.add(name)
                 info.name = name
                 if info.islnk():
                     info.linkname = clean_relative(info.linkname, "hard link target")
@@ -260,6 +344,7 @@ def check_upload(src: BinaryIO, raw_path: Path, limit: int) -> ContextSummary:
                     tout.addfile(info, tin.extractfile(info))
                 else:
                     tout.addfile(info)
+            members.finish()
     except tarfile.TarError as exc:
         raw_path.unlink(missing_ok=True)
         raise ContextError(f"build context is not a valid tar archive: {exc}") from None
