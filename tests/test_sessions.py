@@ -7,14 +7,17 @@ a few sessions are shared by the tests of this module (in file order) to keep th
 
 from __future__ import annotations
 
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import regex
 from botocore.exceptions import ClientError
 
 from tests.support import sessions as s
-from tests.support.docker_images import containers, docker_available, docker_client
+from tests.support.docker_images import containers, docker_available, docker_client, push_test_image
 from tests.support.processes import ByoiServer
 
 pytestmark = [
@@ -357,6 +360,215 @@ def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, re
     assert stopped.returncode == 0 and "from-cli: Deleted" in stopped.stdout
     refused = byoi("launch", "-d", dom, "-u", "alice", "--image", world["other"])
     assert refused.returncode == 1 and "not attached" in refused.stderr and "Traceback" not in refused.stderr
+
+
+NOISE_MIB = 6  # a layer no other image on the host has: what a cold launch must download
+PULL_RATE = 1.5 * (1 << 20)  # bytes/s through the relay while the CLI launches: a pull of about 4 s to watch
+
+
+@pytest.fixture(scope="module")
+def relayed(world: dict[str, Any], server: ByoiServer, registry: str) -> Any:
+    """A second domain (user erin) whose image `noisy` is registered through a Relay in front of the registry:
+    version 1 is the stand-in plus NOISE_MIB MiB found on no other image on this host, version 2 the plain
+    stand-in. The world's image is attached too."""
+    sm = world["sm"]
+    relay = s.Relay(int(registry.rsplit(":", 1)[1]))
+    image = s.unique("noisy")
+    repo = f"sessions/{image}"
+    s.push_noise_image(registry, repo, "v1", NOISE_MIB)
+    push_test_image("rstudio-standin", registry, repo, "v2")
+    v1 = s.register_as(sm, image, f"{relay.host}/{repo}:v1")
+    v2 = s.register_as(sm, image, f"{relay.host}/{repo}:v2", create=False)
+    attached = [{"ImageName": n, "AppImageConfigName": s.CONFIG} for n in (image, world["image"])]
+    domain = s.rstudio_domain(sm, attached)
+    sm.create_user_profile(DomainId=domain, UserProfileName="erin")
+    arn = sm.describe_image(ImageName=image)["ImageArn"]
+    yield {
+        "sm": sm,
+        "ext": s.extension(server),
+        "relay": relay,
+        "domain": domain,
+        "image": image,
+        "arn": arn,
+        "v1": v1,
+        "v2": v2,
+        "attached": attached,
+    }
+    relay.close()
+    s.remove_sessions_of(server.data_dir)  # module teardown: the pulled image may still run a session
+    client = docker_client()
+    for img in client.images.list():
+        if any(ref.startswith(relay.host + "/") for ref in (img.attrs.get("RepoDigests") or []) + img.tags):
+            client.images.remove(img.id, force=True)
+
+
+def test_a_cold_launch_records_pull_progress_and_the_cli_draws_the_bar(
+    relayed: dict[str, Any], server: ByoiServer
+) -> None:
+    import docker.errors
+
+    sm, ext, domain = relayed["sm"], relayed["ext"], relayed["domain"]
+    client = docker_client()
+    pinned = sm.describe_image_version(ImageName=relayed["image"], Version=relayed["v1"])["ContainerImage"]
+    assert pinned.startswith(relayed["relay"].host + "/")
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(pinned)  # not on the host: the launch has to pull it
+    relayed["relay"].rate = PULL_RATE
+    command = [sys.executable, "-m", "byoi", "launch", "-d", domain, "-u", "erin"]
+    command += ["--image", f"{relayed['image']}:{relayed['v1']}", "--name", "pulled"]
+    seen: list[tuple[str, int, int]] = []
+    with ThreadPoolExecutor(1) as pool:
+        cli = pool.submit(s.run_in_terminal, command, server.aws_env(), 300)
+        while not cli.done():
+            try:
+                p = s.progress(ext, domain, "erin", "pulled")
+                seen.append((p["Phase"], p.get("BytesDone") or 0, p.get("BytesTotal") or 0))
+            except ClientError:
+                pass  # not created yet
+            time.sleep(0.1)
+        code, out = cli.result()
+    relayed["relay"].rate = None
+    assert code == 0, out
+    # Seen while it pulled: the phase, and bytes moving towards the total.
+    pulling = [(done, total) for phase, done, total in seen if phase == "pulling" and done > 0]
+    assert pulling and all(0 < done <= total for done, total in pulling), seen
+    assert len({done for done, _ in pulling}) > 1, f"the bytes never moved: {pulling}"
+    # After it: the launch keeps what it pulled (all of the new layer, nothing of the layers the host had).
+    final = s.progress(ext, domain, "erin", "pulled")
+    assert final["Phase"] == "ready" and final["BytesDone"] == final["BytesTotal"] >= NOISE_MIB << 20, final
+    assert client.images.get(pinned)
+    # The CLI drew the pull bar (rich, on a terminal): its label and "done/total MB", then the address.
+    assert "pulling image" in out and regex.search(r"[0-9.]+/[0-9.]+ MB", out), out
+    assert "RStudio is answering at http://127.0.0.1:" in out and "local use only" in out
+
+
+def test_a_container_removed_from_outside_ends_failed_as_gone(relayed: dict[str, Any]) -> None:
+    sm, domain = relayed["sm"], relayed["domain"]
+    p = s.progress(relayed["ext"], domain, "erin", "pulled")
+    assert p["Status"] == "InService"
+    docker_client().containers.get(p["ContainerName"]).remove(force=True)
+    failed = s.wait_app(sm, domain, "erin", "pulled", ("Failed",), timeout=30)
+    assert failed["FailureReason"].startswith("The session's container is gone"), failed["FailureReason"]
+    assert s.progress(relayed["ext"], domain, "erin", "pulled")["Phase"] == "failed"
+    assert not containers(name=p["ContainerName"])
+
+
+def test_a_registry_that_went_away_fails_the_launch_naming_the_image(relayed: dict[str, Any]) -> None:
+    sm, domain = relayed["sm"], relayed["domain"]
+    pinned = sm.describe_image_version(ImageName=relayed["image"], Version=relayed["v2"])["ContainerImage"]
+    relayed["relay"].close()  # the registry this version was registered from no longer answers
+    version = relayed["arn"].replace(":image/", ":image-version/").lower() + f"/{relayed['v2']}"
+    sm.create_app(
+        DomainId=domain,
+        UserProfileName="erin",
+        AppType="RSessionGateway",
+        AppName="unpullable",
+        ResourceSpec={"SageMakerImageArn": relayed["arn"], "SageMakerImageVersionArn": version},
+    )
+    failed = s.wait_app(sm, domain, "erin", "unpullable", ("Failed", "InService"), timeout=120)
+    assert failed["Status"] == "Failed"
+    assert failed["FailureReason"].startswith(f"Cannot pull {pinned}: "), failed["FailureReason"]
+    progress = s.progress(relayed["ext"], domain, "erin", "unpullable")
+    assert progress["Phase"] == "failed" and not containers(name=progress["ContainerName"])
+
+
+def test_the_image_is_chosen_by_alias_or_by_the_default_resource_spec(
+    relayed: dict[str, Any], world: dict[str, Any]
+) -> None:
+    sm, domain, ext = relayed["sm"], relayed["domain"], relayed["ext"]
+    v1_arn, v2_arn = version_arn(world, world["v1"]), version_arn(world, world["v2"])
+    names: list[str] = []
+
+    def resolved(name: str, **spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        sm.create_app(
+            DomainId=domain, UserProfileName="erin", AppType="RSessionGateway", AppName=name, ResourceSpec=spec
+        )
+        names.append(name)
+        described = s.app_status(sm, domain, "erin", name)
+        sm.delete_app(DomainId=domain, UserProfileName="erin", AppType="RSessionGateway", AppName=name)
+        return described["ResourceSpec"], s.progress(ext, domain, "erin", name)
+
+    # An alias picks its version (not the newest CREATED one, version 2).
+    sm.update_image_version(ImageName=world["image"], Version=world["v1"], AliasesToAdd=["1.0.0"])
+    spec, _ = resolved("by-alias", SageMakerImageArn=world["image_arn"], SageMakerImageVersionAlias="1.0.0")
+    assert spec == {
+        "SageMakerImageArn": world["image_arn"],
+        "SageMakerImageVersionArn": v1_arn,
+        "SageMakerImageVersionAlias": "1.0.0",
+        "InstanceType": "ml.t3.medium",
+    }
+    # No image given: the domain's DefaultResourceSpec, its instance type included.
+    default = {"SageMakerImageArn": world["image_arn"], "SageMakerImageVersionArn": v1_arn}
+    sm.update_domain(
+        DomainId=domain,
+        DefaultUserSettings={
+            "RSessionAppSettings": {
+                "CustomImages": relayed["attached"],
+                "DefaultResourceSpec": {**default, "InstanceType": "ml.t3.small"},
+            }
+        },
+    )
+    spec, progress = resolved("domain-default")
+    assert spec == {**default, "InstanceType": "ml.t3.small"}
+    assert (progress["Vcpu"], progress["MemoryMiB"]) == (2, 2048)
+    # The profile's DefaultResourceSpec wins over the domain's (an image without a version: the newest CREATED).
+    sm.update_user_profile(
+        DomainId=domain,
+        UserProfileName="erin",
+        UserSettings={
+            "RSessionAppSettings": {
+                "DefaultResourceSpec": {"SageMakerImageArn": world["image_arn"], "InstanceType": "ml.c5.large"}
+            }
+        },
+    )
+    spec, progress = resolved("profile-default")
+    assert spec == {
+        "SageMakerImageArn": world["image_arn"],
+        "SageMakerImageVersionArn": v2_arn,
+        "InstanceType": "ml.c5.large",
+    }
+    assert (progress["Vcpu"], progress["MemoryMiB"]) == (2, 4096)
+    # An image given without an InstanceType still takes the default's type; a given type wins.
+    spec, _ = resolved("type-default", SageMakerImageArn=world["image_arn"], SageMakerImageVersionArn=v1_arn)
+    assert spec["InstanceType"] == "ml.c5.large" and spec["SageMakerImageVersionArn"] == v1_arn
+    spec, _ = resolved("type-given", SageMakerImageArn=world["image_arn"], InstanceType="ml.t3.small")
+    assert spec["InstanceType"] == "ml.t3.small"
+    for name in names:
+        s.wait_app(sm, domain, "erin", name, ("Deleted",), timeout=60)
+
+
+def test_a_version_that_failed_inspection_cannot_be_launched(strict: ByoiServer, pusher: Any) -> None:
+    """With the contract's default (strict) rules, an image without R or rserver fails inspection."""
+    from tests.support.layers import Layer, base_files, push_image
+
+    sm = strict.client()
+    image = s.unique("no-rserver")
+    push_image(pusher, f"sessions/{image}", "v1", [Layer().files(base_files())])
+    sm.create_image(ImageName=image, RoleArn=s.ROLE)
+    sm.create_image_version(ImageName=image, BaseImage=f"sessions/{image}:v1")
+    deadline = time.monotonic() + 60
+    while (d := sm.describe_image_version(ImageName=image, Version=1))["ImageVersionStatus"] == "CREATING":
+        assert time.monotonic() < deadline, d
+        time.sleep(0.2)
+    assert d["ImageVersionStatus"] == "CREATE_FAILED" and "rserver does not exist" in d["FailureReason"], d
+    s.ensure_config(sm)
+    domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
+    sm.create_user_profile(DomainId=domain, UserProfileName="frank")
+    with pytest.raises(ClientError) as err:
+        sm.create_app(
+            DomainId=domain,
+            UserProfileName="frank",
+            AppType="RSessionGateway",
+            AppName="refused",
+            ResourceSpec={"SageMakerImageArn": d["ImageArn"], "SageMakerImageVersionArn": d["ImageVersionArn"]},
+        )
+    error = err.value.response["Error"]
+    assert error["Code"] == "ValidationException", error
+    assert f"Version 1 of image {image} is CREATE_FAILED: Not compatible with RStudio" in error["Message"]
+    assert "only CREATED versions can be launched" in error["Message"]
+    with pytest.raises(ClientError) as err:
+        s.app_status(sm, domain, "frank", "refused")
+    assert err.value.response["Error"]["Code"] == "ResourceNotFound"
 
 
 def test_homes_outlive_the_profile_and_go_with_the_domain_when_asked(world: dict[str, Any], server: ByoiServer) -> None:

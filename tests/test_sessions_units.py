@@ -20,7 +20,7 @@ from byoi.runtime.instance_types import (
 from byoi.runtime.settings import RuntimeSettings, SessionConfigError
 from byoi.runtime.spec import SessionSpec
 from byoi.services import session_files as files
-from byoi.services.app_launch import failure_with_logs
+from byoi.services.app_launch import container_gone, failure_with_logs
 
 SPEC = SessionSpec(
     name="byoi-abc-s1-1",
@@ -279,3 +279,12 @@ def test_failure_reason_keeps_the_last_lines_within_1024() -> None:
     assert len(reason) <= 1024 and reason.startswith("RStudio Server exited with code 3. Last log lines: ")
     assert reason.endswith(lines[-1]) and "line 0 " not in reason
     assert failure_with_logs("head", []) == "head"
+
+
+def test_a_container_being_removed_reads_as_gone() -> None:
+    """`docker rm -f` marks the container "removing" before it kills it: its exit code is the kill's, so the
+    session is reported gone, not "stopped with exit code 137"."""
+    assert container_gone(None)
+    assert container_gone({"State": {"Status": "removing", "Running": False, "ExitCode": 137}})
+    assert not container_gone({"State": {"Status": "exited", "Running": False, "ExitCode": 137}})
+    assert not container_gone({"State": {"Status": "running", "Running": True}})

@@ -131,3 +131,149 @@ def remove_sessions_of(data_dir: Any) -> None:
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: a removal is already in progress
                     raise
+
+
+class Relay:
+    """A second loopback address for a registry: a TCP relay that can be throttled (`rate`, bytes per second per
+    connection, so a pull lasts long enough to be watched) and closed (a registry that went away). Versions
+    registered through it name the relay's host:port in their ContainerImage, so Docker pulls through it too."""
+
+    CHUNK = 16384
+
+    def __init__(self, target_port: int) -> None:
+        import asyncio
+        import threading
+
+        from tests.support.processes import free_port
+
+        self.target_port = target_port
+        self.port = free_port()
+        self.rate: float | None = None
+        self._writers: set[Any] = set()
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(5)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: Any, dst: Any, throttled: bool) -> None:
+            try:
+                while data := await src.read(self.CHUNK):
+                    dst.write(data)
+                    await dst.drain()
+                    if throttled and self.rate:
+                        await asyncio.sleep(len(data) / self.rate)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    def close(self) -> None:
+        """Stop listening and drop every connection: from now on the registry is unreachable at this address."""
+        import asyncio
+
+        if not self._thread.is_alive():
+            return
+
+        async def shut() -> None:
+            self._server.close()
+            for w in self._writers:
+                w.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def push_noise_image(registry_host: str, repo: str, tag: str, mib: int) -> None:
+    """Push the stand-in plus a layer of `mib` MiB of random bytes to registry_host/repo:tag, then drop the image
+    from Docker: that layer exists on no other image, so launching this one has to download it."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from tests.support.docker_images import build_test_image, docker_client
+
+    client = docker_client()
+    base = build_test_image("rstudio-standin")
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "noise.bin").write_bytes(os.urandom(mib << 20))
+        Path(context, "Dockerfile").write_text(f"FROM {base}\nCOPY noise.bin /opt/byoi-test-noise.bin\n")
+        image, _ = client.images.build(path=context, rm=True, forcerm=True)
+    target = f"{registry_host}/{repo}"
+    image.tag(target, tag)
+    try:
+        for chunk in client.api.push(target, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                raise RuntimeError(f"pushing {target}:{tag} failed: {chunk['error']}")
+    finally:
+        client.images.remove(image.id, force=True)
+
+
+def register_as(sm: Any, image: str, base_image: str, create: bool = True) -> int:
+    """Register `base_image` (any registry host, e.g. a Relay's) as a new version of `image`; wait for CREATED."""
+    if create:
+        sm.create_image(ImageName=image, RoleArn=ROLE)
+    arn = sm.create_image_version(ImageName=image, BaseImage=base_image)["ImageVersionArn"]
+    number = int(arn.rsplit("/", 1)[1])
+    sm.get_waiter("image_version_created").wait(
+        ImageName=image, Version=number, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240}
+    )
+    return number
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a command with its stdout and stderr on a pseudo-terminal (as a user at a shell would: rich draws its
+    progress bars only on a terminal); return its exit code and everything it wrote, ANSI sequences removed."""
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, env={**env, "COLUMNS": "160", "LINES": "40"}, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait(30)
+    finally:
+        os.close(master)
+    text = out.decode(errors="replace")
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text).replace("\r", "\n")

@@ -40,6 +40,12 @@ POLL = 0.25  # seconds between "does RStudio answer" probes
 MAX_REASON = 1024
 
 
+def container_gone(info: dict[str, Any] | None) -> bool:
+    """Whether an inspected container is gone: not there, or being removed (`docker rm -f` marks it "removing"
+    before it kills it, so its exit code is the kill's, not RStudio's)."""
+    return info is None or (info.get("State") or {}).get("Status") == "removing"
+
+
 class LaunchFailed(Exception):
     pass
 
@@ -86,6 +92,9 @@ class Launcher:
         self.settings = settings
         self.installation = files.installation_id(ctx.settings.data_dir)
         self._loop: asyncio.Task[None] | None = None
+        # What this process's launches pulled, by app row: kept in every later progress record, so the bytes
+        # pulled stay readable after the (often brief) pulling phase.
+        self._pulled: dict[int, dict[str, int]] = {}
 
     def tasks(self) -> list[Task]:
         return [
@@ -122,7 +131,13 @@ class Launcher:
         return bool(result.rowcount)
 
     async def _progress(self, claim: Claim, row: Any, phase: str, message: str, **extra: Any) -> None:
-        progress = {"Phase": phase, "Message": message, "UpdatedAt": time.time(), **extra}
+        progress = {
+            "Phase": phase,
+            "Message": message,
+            "UpdatedAt": time.time(),
+            **self._pulled.get(row.id, {}),
+            **extra,
+        }
         if not await self._update(claim, row, progress=progress):
             raise Aborted()
 
@@ -132,6 +147,12 @@ class Launcher:
         row = await self._load(claim, "Pending")
         if row is None:
             return
+        try:
+            await self._launch_row(claim, row)
+        finally:
+            self._pulled.pop(row.id, None)
+
+    async def _launch_row(self, claim: Claim, row: Any) -> None:
         if row.app_type != RSESSION_GATEWAY:  # RStudioServerPro: a record only (the launcher page)
             await self._update(claim, row, status="InService", progress={"Phase": "ready", "UpdatedAt": time.time()})
             return
@@ -176,6 +197,7 @@ class Launcher:
                 "Message": "RStudio answers",
                 "UpdatedAt": now,
                 "Endpoint": self._url(port, row),
+                **self._pulled.get(row.id, {}),
             },
         )
         if done:
@@ -254,9 +276,15 @@ class Launcher:
 
         registry = image.split("/", 1)[0]
         try:
-            await self.runtime.pull(image, registry_auth(self.ctx, registry), report)
+            final = await self.runtime.pull(image, registry_auth(self.ctx, registry), report)
         except RuntimeFailure as exc:
             raise LaunchFailed(f"Cannot pull {image}: {exc}") from None
+        self._pulled[row.id] = {
+            "BytesDone": final.done,
+            "BytesTotal": final.total,
+            "Layers": final.layers,
+            "LayersDone": final.layers_done,
+        }
 
     async def _wait_until_answering(self, claim: Claim, row: Any, name: str, port: int) -> None:
         url = self._url(port, row)
@@ -408,7 +436,8 @@ class Launcher:
     async def _lost(self, row: Any, found: dict[str, Any] | None) -> None:
         name = self.name_of(row)
         info = None if found is None else await self.runtime.inspect(name)
-        if info is None:  # not listed, or removed between the listing and the inspect
+        # Not listed, removed between the listing and the inspect, or being removed (docker rm -f): gone.
+        if info is None or container_gone(info):
             reason, lines = "The session's container is gone: it was removed outside byoi.", []
         else:
             state = info.get("State") or {}
