@@ -111,6 +111,53 @@ def test_sigkill_during_launch_then_restart_settles_every_app(
     assert s.containers_of(installation) == []
 
 
+def test_a_running_session_is_adopted_after_a_restart(server_factory: Any, registry: str, tmp_path: Path) -> None:
+    """SIGTERM stops byoi, not its sessions: the server started again on the same data dir finds the running
+    container and keeps the app InService on it (same container, not re-created)."""
+    data_dir = tmp_path / "adopt"
+    srv = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    sm = srv.client()
+    image = s.unique("standin")
+    s.register(sm, registry, image, "rstudio-standin", "v1")
+    s.ensure_config(sm)
+    domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
+    sm.create_user_profile(DomainId=domain, UserProfileName="dave")
+    sm.create_app(
+        DomainId=domain,
+        UserProfileName="dave",
+        AppType="RSessionGateway",
+        AppName="kept",
+        ResourceSpec={"SageMakerImageArn": sm.describe_image(ImageName=image)["ImageArn"]},
+    )
+    assert s.wait_app(sm, domain, "dave", "kept", ("InService", "Failed"), timeout=90)["Status"] == "InService"
+    before = s.progress(s.extension(srv), domain, "dave", "kept")
+    container_id = docker_client().api.inspect_container(before["ContainerName"])["Id"]
+
+    srv.stop()  # SIGTERM: a clean stop
+    assert srv.proc is not None and srv.proc.returncode is not None
+    assert docker_client().api.inspect_container(container_id)["State"]["Running"]  # sessions outlive byoi
+    restarted_at = time.time()
+    again = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    sm = again.client()
+    # Several reconciler passes (one a second): still InService, with a health check from the new server.
+    deadline = time.monotonic() + 30
+    while True:
+        described = s.app_status(sm, domain, "dave", "kept")
+        assert described["Status"] == "InService", described
+        if described["LastHealthCheckTimestamp"].timestamp() > restarted_at + 2:
+            break
+        assert time.monotonic() < deadline, f"no health check since the restart: {described}"
+        time.sleep(0.3)
+    after = s.progress(s.extension(again), domain, "dave", "kept")
+    assert (after["ContainerName"], after["HostPort"], after["Endpoint"]) == (
+        before["ContainerName"],
+        before["HostPort"],
+        before["Endpoint"],
+    )
+    assert [c.id for c in s.containers_of(_installation(data_dir))] == [container_id]  # not re-created
+    assert s.evaluate(after["Endpoint"], "1 + 1") == 2  # and it still serves R
+
+
 @pytest.mark.postgres
 def test_app_records_on_postgresql(server_factory: Any, registry: str, postgres_url: str) -> None:
     """Row locks, re-create in place and paging of app records on PostgreSQL (RStudioServerPro: no container)."""
