@@ -20,20 +20,23 @@ from tests.conftest import ROLE
 from tests.support.gate import Gate
 from tests.support.layers import (
     GOOD_ENV,
+    LAYER_TYPES,
     Layer,
+    StaticRegistry,
     base_files,
     compatible_layer,
     gzip_bomb,
     push_image,
     push_index,
     push_layers,
+    push_raw_index,
     r_install,
     r_packages,
     raw_member,
     raw_tar,
     rstudio,
 )
-from tests.support.oci import DOCKER_MANIFEST, digest_of
+from tests.support.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, digest_of
 
 
 @pytest.fixture
@@ -443,6 +446,133 @@ def test_decompression_bomb_fails_on_the_ratio(sm, pusher):
     _, d = register(sm, f"{r}:bomb")
     assert d["ImageVersionStatus"] == "CREATE_FAILED"
     assert "the layer expands more than 250 times" in d["FailureReason"] and "decompression bomb" in d["FailureReason"]
+
+
+# -- malformed configs, manifests and indexes: CREATE_FAILED naming the member, never stuck CREATING ----
+
+BAD_CONFIGS = {
+    "config-array": ({"config": ["a"]}, "config is an array, not an object"),
+    "exposed-ports-array": (
+        {"config": {"Env": GOOD_ENV, "ExposedPorts": ["8787"]}},
+        "config.ExposedPorts is an array, not an object",
+    ),
+    "rootfs-string": ({"rootfs": "x"}, "rootfs is a string, not an object"),
+    "env-string": ({"config": {"Env": "PATH=/usr/bin"}}, "config.Env is a string, not an array of strings"),
+    "entrypoint-number": (
+        {"config": {"Env": GOOD_ENV, "Entrypoint": [7]}},
+        "config.Entrypoint[0] is a number, not a string",
+    ),
+    "os-object": ({"os": {"name": "linux"}}, "os is an object, not a string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_an_image_config_with_members_of_the_wrong_type_fails_clearly(sm, ext, pusher, registry, case):
+    fields, expected = BAD_CONFIGS[case]
+    r = repo()
+    pushed = push_image(pusher, r, "v1", [compatible_layer()], config_fields=fields)
+    name, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert d["FailureReason"] == (
+        f"Cannot inspect {registry}/{r}@{pushed.digest}: the image config is malformed: {expected}"
+    )
+    assert report(ext, name)["Status"] == "FAILED"
+
+
+def test_a_config_descriptor_with_a_negative_size_fails_clearly(sm, pusher):
+    r = repo()
+    push_image(pusher, r, "v1", [compatible_layer()], descriptor_fields={"size": -1})
+    _, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert d["FailureReason"].endswith(
+        "the image manifest is malformed: the size of the config descriptor is -1, not a non-negative integer"
+    )
+
+
+def test_an_index_without_a_manifest_list_or_with_a_bad_entry_fails_clearly(sm, pusher, registry):
+    r = repo()
+    push_raw_index(pusher, r, "null", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": None})
+    _, d = register(sm, f"{r}:null")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert d["FailureReason"] == (
+        f"Cannot resolve BaseImage {r}:null: the index {registry}/{r}:null is malformed: "
+        "its manifests member is null, not an array"
+    )
+    image = push_image(pusher, r, "amd64", [compatible_layer()])
+    entry = {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": -1, "platform": {"os": "linux"}}
+    entry["platform"]["architecture"] = "amd64"
+    push_raw_index(pusher, r, "neg", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]})
+    _, d = register(sm, f"{r}:neg")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert d["FailureReason"].endswith("entry 1 of its manifests has size -1, not a non-negative integer")
+
+
+@pytest.fixture
+def lax_registry():
+    static = StaticRegistry()
+    yield static
+    static.close()
+
+
+def _entry(digest: str, **members) -> dict:
+    return {
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": 500,
+        "platform": {"os": "linux", "architecture": "amd64"},
+        **members,
+    }
+
+
+def test_wrong_types_that_only_a_lax_registry_serves_fail_clearly(sm, lax_registry):
+    """Distribution refuses these on push; a registry that stores manifests unchecked serves them."""
+    host = lax_registry.host
+    config = json.dumps({"os": "linux", "architecture": "amd64", "config": {"Env": GOOD_ENV}}).encode()
+    layer = gzip.compress(compatible_layer().tar(), mtime=0)
+    image = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": lax_registry.blob(config)},
+        "layers": [{"mediaType": LAYER_TYPES["gzip"], "digest": lax_registry.blob(layer), "size": len(layer)}],
+    }
+    image["config"]["size"] = "12"
+    digest = lax_registry.manifest("lax/img", "size", image, OCI_MANIFEST)
+    _, d = register(sm, f"{host}/lax/img:size")
+    assert d["FailureReason"] == (
+        f"Cannot inspect {host}/lax/img@{digest}: the image manifest is malformed: "
+        "the size of the config descriptor is a string, not a non-negative integer"
+    )
+    image["config"]["size"] = len(config)
+    good = lax_registry.manifest("lax/idx", "amd64", image, OCI_MANIFEST)
+    cases = {
+        "str": (["x"], "entry 1 of its manifests is a string, not a descriptor object"),
+        "plat": (
+            [_entry(good, platform="linux/amd64")],
+            "entry 1 of its manifests has a platform that is a string, not an object",
+        ),
+        "os": ([_entry(good, platform={"os": 5})], "entry 1 of its manifests has platform.os a number, not a string"),
+        "dig": ([_entry(good), _entry(5)], "entry 2 of its manifests has no valid sha256 digest (digest is a number)"),
+        "size": ([_entry(good, size="500")], "entry 1 of its manifests has size a string, not a non-negative integer"),
+        "type": (
+            [_entry(good, mediaType=7)],
+            "entry 1 of its manifests has a mediaType that is a number, not a string",
+        ),
+        "list": ({"a": 1}, "its manifests member is an object, not an array"),
+    }
+    for tag, (manifests, expected) in cases.items():
+        lax_registry.manifest(
+            "lax/idx", tag, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, OCI_INDEX
+        )
+        _, d = register(sm, f"{host}/lax/idx:{tag}")
+        assert d["ImageVersionStatus"] == "CREATE_FAILED", tag
+        assert d["FailureReason"] == (
+            f"Cannot resolve BaseImage {host}/lax/idx:{tag}: the index {host}/lax/idx:{tag} is malformed: {expected}"
+        ), tag
+    lax_registry.manifest(
+        "lax/idx", "ok", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [_entry(good)]}, OCI_INDEX
+    )
+    _, d = register(sm, f"{host}/lax/idx:ok")  # the same image through a well-formed index: inspected as usual
+    assert d["ImageVersionStatus"] == "CREATED", d.get("FailureReason")
 
 
 # -- operations and their errors -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from byoi.inspect.config import InspectionConfig, Limits, parse_inspection_confi
 from byoi.inspect.decompress import Budget, LayerDecompressor
 from byoi.inspect.diff import version_key
 from byoi.inspect.errors import InspectionError, LimitExceeded, SymlinkLoop
-from byoi.inspect.facts import parse_dcf, parse_os_release
+from byoi.inspect.facts import image_facts, parse_dcf, parse_os_release
 from byoi.inspect.inspector import Inspector
 from byoi.inspect.layer import LayerIndex, LayerIndexer
 from byoi.inspect.tree import Tree
@@ -206,15 +206,50 @@ def test_inspector_rejects_bad_manifests(tmp_path):
         raise AssertionError("no blob should be read")
         yield b""
 
+    good = {"digest": "sha256:" + "0" * 64}
     cases = [
-        ({}, "no valid config descriptor"),
-        ({"config": {"digest": "sha256:" + "0" * 64}, "layers": "x"}, "no valid layer list"),
-        ({"config": {"digest": "sha256:" + "0" * 64}, "layers": [{"digest": "md5:x"}]}, "no valid sha256 digest"),
-        ({"config": {"digest": "sha256:" + "0" * 64, "size": 1 << 40}, "layers": []}, "config is larger"),
+        ({}, "has no config descriptor \\(config is null\\)"),
+        ({"config": good, "layers": "x"}, "has no layer list \\(layers is a string\\)"),
+        (
+            {"config": good, "layers": [{"digest": "md5:x"}]},
+            "layer 1 has no valid sha256 digest \\(digest is 'md5:x'\\)",
+        ),
+        ({"config": good, "layers": ["sha256:" + "0" * 64]}, "layer 1 is a string, not a descriptor object"),
+        ({"config": {**good, "size": "12"}, "layers": []}, "the size of the config descriptor is a string, not a non"),
+        ({"config": {**good, "size": 1.5}, "layers": []}, "the size of the config descriptor is 1.5, not a non-neg"),
+        ({"config": {**good, "size": True}, "layers": []}, "the size of the config descriptor is a boolean"),
+        ({"config": good, "layers": [{**good, "size": -1}]}, "the size of layer 1 is -1, not a non-negative integer"),
+        ({"config": {**good, "mediaType": 7}, "layers": []}, "the mediaType of the config descriptor is a number"),
+        ({"config": {**good, "size": 1 << 40}, "layers": []}, "config is larger"),
     ]
     for manifest, message in cases:
         with pytest.raises(InspectionError, match=message):
             asyncio.run(inspector.inspect(manifest, never))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"config": ["a"]}, "config is an array, not an object"),
+        ({"config": {"ExposedPorts": ["8787"]}}, "config.ExposedPorts is an array, not an object"),
+        ({"config": {"Env": "PATH=/bin"}}, "config.Env is a string, not an array of strings"),
+        ({"config": {"Env": ["A=1", 5]}}, "config.Env\\[1\\] is a number, not a string"),
+        ({"config": {"Cmd": {"a": 1}}}, "config.Cmd is an object, not an array of strings"),
+        ({"config": {"User": 1000}}, "config.User is a number, not a string"),
+        ({"rootfs": "x"}, "rootfs is a string, not an object"),
+        ({"rootfs": {"diff_ids": [None]}}, "rootfs.diff_ids\\[0\\] is null, not a string"),
+        ({"os": ["linux"]}, "os is an array, not a string"),
+    ],
+)
+def test_image_facts_refuse_config_members_of_the_wrong_type(config, message):
+    with pytest.raises(InspectionError, match="the image config is malformed: " + message):
+        image_facts(Tree(), config)
+
+
+def test_image_facts_accept_nulls_and_a_single_string_cmd():
+    config = {"os": "linux", "config": {"Env": None, "ExposedPorts": None, "Entrypoint": None, "Cmd": "rserver"}}
+    facts = image_facts(Tree(), config)
+    assert (facts["Env"], facts["ExposedPorts"], facts["Entrypoint"], facts["Cmd"]) == ([], [], [], ["rserver"])
 
 
 def test_inspector_end_to_end_on_in_memory_blobs(tmp_path):

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import tarfile
+import threading
 import zlib
 from dataclasses import dataclass, field
 
 import pyzstd
 
-from tests.support.oci import DOCKER_MANIFEST, OCI_MANIFEST, Pushed, Pusher, digest_of
+from tests.support.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Pushed, Pusher, digest_of
 
 
 @dataclass
@@ -217,8 +219,12 @@ def push_layers(
     os_name: str = "linux",
     extra_config: dict | None = None,
     media_type: str = OCI_MANIFEST,
+    config_fields: dict | None = None,
+    descriptor_fields: dict | None = None,
 ) -> Pushed:
-    """Push an image whose layers are ready blobs: [(blob bytes, diff id)]."""
+    """Push an image whose layers are ready blobs: [(blob bytes, diff id)]. `config_fields` replaces
+    top-level members of the image config (`{"rootfs": "x"}`), `descriptor_fields` members of the
+    manifest's config descriptor (`{"size": -1}`): malformed images the registry still accepts."""
     descriptors = []
     for blob, _ in blobs:
         kind = "zstd" if blob[:4] == b"\x28\xb5\x2f\xfd" else "gzip" if blob[:2] == b"\x1f\x8b" else "none"
@@ -231,6 +237,7 @@ def push_layers(
         "os": os_name,
         "config": {"Env": env if env is not None else GOOD_ENV, **(extra_config or {})},
         "rootfs": {"type": "layers", "diff_ids": [d for _, d in blobs]},
+        **(config_fields or {}),
     }
     raw = json.dumps(config).encode()
     manifest = {
@@ -240,6 +247,7 @@ def push_layers(
             "mediaType": "application/vnd.oci.image.config.v1+json",
             "digest": pusher.blob(repo, raw),
             "size": len(raw),
+            **(descriptor_fields or {}),
         },
         "layers": descriptors,
     }
@@ -264,3 +272,79 @@ def push_index(pusher: Pusher, repo: str, tag: str, images: dict[str, list[Layer
         os_name, arch = platform.split("/")
         pushed[platform] = push_image(pusher, repo, f"{tag}-{arch}", layers, architecture=arch, os_name=os_name)
     return pusher.index_of(repo, tag, pushed)
+
+
+def push_raw_index(pusher: Pusher, repo: str, tag: str, index: dict) -> Pushed:
+    """Push an OCI index body as given, malformed or not (the registry refuses only what its Go types refuse)."""
+    return pusher.manifest(repo, tag, json.dumps(index).encode(), OCI_INDEX)
+
+
+# -- a registry that serves anything -----------------------------------------------------------------
+
+
+class StaticRegistry:
+    """TEST DOUBLE of a registry that stores manifests without checking them, as some registries do.
+
+    Distribution (the real registry of these tests) refuses on push a manifest whose members have the
+    wrong JSON types (`"size": "12"`, a string where an index entry belongs), so byoi's handling of such
+    manifests cannot be reached through it. This serves the read side of the distribution API from the
+    bytes it is given, verbatim, over real HTTP on loopback: `GET /v2/`, manifests by tag or digest,
+    blobs by digest, and the tag list (byoi reads it to tell a missing repository from a missing tag).
+    """
+
+    def __init__(self) -> None:
+        self.manifests: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.blobs: dict[str, bytes] = {}
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.do_GET(body=False)
+
+            def do_GET(self, body: bool = True) -> None:
+                parts = self.path.split("?")[0].split("/")
+                if self.path.rstrip("/") == "/v2":
+                    return self._send(200, b"{}", "application/json", body)
+                if len(parts) >= 5 and parts[1] == "v2":
+                    repo, kind, ref = "/".join(parts[2:-2]), parts[-2], parts[-1]
+                    if kind == "manifests" and (repo, ref) in registry.manifests:
+                        data, media_type = registry.manifests[(repo, ref)]
+                        return self._send(200, data, media_type, body)
+                    if kind == "blobs" and ref in registry.blobs:
+                        return self._send(200, registry.blobs[ref], "application/octet-stream", body)
+                    if parts[-2:] == ["tags", "list"]:
+                        repo = "/".join(parts[2:-2])
+                        tags = [r for (n, r), _ in registry.manifests.items() if n == repo]
+                        return self._send(200, json.dumps({"name": repo, "tags": tags}).encode(), "application/json")
+                error = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}
+                self._send(404, json.dumps(error).encode(), "application/json", body)
+
+            def _send(self, code: int, data: bytes, media_type: str, body: bool = True) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", media_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def manifest(self, repo: str, tag: str, body: dict | bytes, media_type: str) -> str:
+        """Serve `body` (JSON-encoded unless bytes) for the tag and for its digest; return the digest."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        digest = digest_of(data)
+        self.manifests[(repo, tag)] = self.manifests[(repo, digest)] = (data, media_type)
+        return digest
+
+    def blob(self, data: bytes) -> str:
+        self.blobs[digest_of(data)] = data
+        return digest_of(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

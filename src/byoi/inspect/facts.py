@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from byoi.inspect.shapes import check_image_config
 from byoi.inspect.tree import Tree
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -153,10 +154,17 @@ def rstudio_server(tree: Tree) -> dict[str, Any] | None:
     return {"Path": _abs(RSERVER), "Version": version, "Executable": bool(node[1] & 0o111)}
 
 
+def _command(value: str | list[str] | None) -> list[str]:
+    """Entrypoint / Cmd as a list: Docker also accepts one string in an image config (its StrSlice)."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def image_facts(tree: Tree, config: dict[str, Any]) -> dict[str, Any]:
-    """The report's facts section, from the final tree and the image config JSON."""
+    """The report's facts section, from the final tree and the image config JSON (InspectionError when
+    a member it reads has the wrong type)."""
+    check_image_config(config)
     cfg = config.get("config") or {}
-    env_list = [e for e in cfg.get("Env") or [] if isinstance(e, str)]
+    env_list = list(cfg.get("Env") or [])
     env = env_map(env_list)
     os_release = parse_os_release(tree.read("etc/os-release") or tree.read("usr/lib/os-release"))
     installs = r_installations(tree, env)
@@ -174,8 +182,8 @@ def image_facts(tree: Tree, config: dict[str, Any]) -> dict[str, Any]:
         "User": cfg.get("User") or None,
         "Env": env_list,
         "ExposedPorts": sorted((cfg.get("ExposedPorts") or {}).keys()),
-        "Entrypoint": cfg.get("Entrypoint") or [],
-        "Cmd": cfg.get("Cmd") or [],
+        "Entrypoint": _command(cfg.get("Entrypoint")),
+        "Cmd": _command(cfg.get("Cmd")),
         "WorkingDir": cfg.get("WorkingDir") or None,
         "RInstallations": installs,
         "RStudioServer": rstudio_server(tree),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -27,10 +26,10 @@ from byoi.inspect.errors import InspectionError, LimitExceeded
 from byoi.inspect.facts import image_facts
 from byoi.inspect.layer import LayerIndex, LayerIndexer
 from byoi.inspect.rules import evaluate, failure_reason
+from byoi.inspect.shapes import check_descriptor, check_image_config, descriptor_size, json_type
 from byoi.inspect.tree import Tree
 
 BlobStream = Callable[[str], AsyncGenerator[bytes, None]]
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class Inspector:
@@ -44,11 +43,12 @@ class Inspector:
         started = time.monotonic()
         limits = self.config.limits
         config_desc, layer_descs = _descriptors(manifest, limits.max_layers)
-        if int(config_desc.get("size") or 0) > limits.max_config_bytes:
+        if descriptor_size(config_desc) > limits.max_config_bytes:
             raise LimitExceeded(f"the image config is larger than {limits.max_config_bytes} bytes")
         config = await self._read_config(config_desc["digest"], stream)
+        check_image_config(config)  # before any layer is read: a malformed config fails fast and cheaply
         diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-        if isinstance(diff_ids, list) and len(diff_ids) != len(layer_descs):
+        if diff_ids is not None and len(diff_ids) != len(layer_descs):
             raise InspectionError(
                 f"the image config lists {len(diff_ids)} layers but the manifest has {len(layer_descs)}"
             )
@@ -140,15 +140,14 @@ class Inspector:
 
 
 def _descriptors(manifest: dict[str, Any], max_layers: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The config and layer descriptors of an image manifest, each checked (see byoi.inspect.shapes)."""
     config = manifest.get("config")
     layers = manifest.get("layers")
-    if not isinstance(config, dict) or not _DIGEST.fullmatch(str(config.get("digest", ""))):
-        raise InspectionError("the image manifest has no valid config descriptor")
-    if not isinstance(layers, list) or not all(isinstance(d, dict) for d in layers):
-        raise InspectionError("the image manifest has no valid layer list")
+    if not isinstance(config, dict):
+        raise InspectionError(f"the image manifest has no config descriptor (config is {json_type(config)})")
+    check_descriptor(config, "the config descriptor")
+    if not isinstance(layers, list):
+        raise InspectionError(f"the image manifest has no layer list (layers is {json_type(layers)})")
     if len(layers) > max_layers:
         raise LimitExceeded(f"the image has {len(layers)} layers, more than the limit of {max_layers}")
-    for position, desc in enumerate(layers, 1):
-        if not _DIGEST.fullmatch(str(desc.get("digest", ""))):
-            raise InspectionError(f"layer {position} of the manifest has no valid sha256 digest")
-    return config, layers
+    return config, [check_descriptor(desc, f"layer {position}") for position, desc in enumerate(layers, 1)]

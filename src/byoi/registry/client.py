@@ -43,6 +43,7 @@ ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 _CHALLENGE_PARAM = regex.compile(r'(\w+)="([^"]*)"')
+_SHA256 = regex.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -346,20 +347,66 @@ def _decode_manifest(raw: bytes, host: str, repo: str) -> dict[str, Any]:
         raise RegistryBadContent(f"registry {host} returned a manifest for {repo} that is not JSON") from exc
     if not isinstance(manifest, dict):
         raise RegistryBadContent(f"registry {host} returned a manifest for {repo} that is not a JSON object")
+    if manifest.get("mediaType") is not None and not isinstance(manifest["mediaType"], str):
+        raise RegistryBadContent(
+            f"registry {host} returned a manifest for {repo} whose mediaType is "
+            f"{_json_type(manifest['mediaType'])}, not a string"
+        )
     return manifest
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_index_entry(entry: Any, position: int, where: str) -> dict[str, str]:
+    """One entry of an index's `manifests`: an object with a sha256 digest, a non-negative integer size,
+    a string media type and a platform object of strings (size, media type and platform may be absent).
+    Returns its platform members. Distribution refuses most wrong types on push; other registries do not."""
+    bad = f"the index {where} is malformed: entry {position} of its manifests"
+    if not isinstance(entry, dict):
+        raise RegistryBadContent(f"{bad} is {_json_type(entry)}, not a descriptor object")
+    digest = entry.get("digest")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        shown = repr(digest)[:80] if isinstance(digest, str) else _json_type(digest)
+        raise RegistryBadContent(f"{bad} has no valid sha256 digest (digest is {shown})")
+    size = entry.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        shown = str(size) if isinstance(size, int | float) and not isinstance(size, bool) else _json_type(size)
+        raise RegistryBadContent(f"{bad} has size {shown}, not a non-negative integer")
+    if entry.get("mediaType") is not None and not isinstance(entry["mediaType"], str):
+        raise RegistryBadContent(f"{bad} has a mediaType that is {_json_type(entry['mediaType'])}, not a string")
+    platform = entry.get("platform")
+    if platform is None:
+        return {}
+    if not isinstance(platform, dict):
+        raise RegistryBadContent(f"{bad} has a platform that is {_json_type(platform)}, not an object")
+    for key in ("os", "architecture", "variant"):
+        if platform.get(key) is not None and not isinstance(platform[key], str):
+            raise RegistryBadContent(f"{bad} has platform.{key} {_json_type(platform[key])}, not a string")
+    return {key: platform[key] for key in ("os", "architecture", "variant") if platform.get(key)}
+
+
 def _choose_platform(index: dict[str, Any], platform: str, where: str) -> str:
+    """The digest of the index entry for `platform`. Every entry is checked first, so a malformed index
+    is RegistryBadContent naming the member whichever platform is asked for."""
     os_name, _, rest = platform.partition("/")
     arch, _, variant = rest.partition("/")
-    available = []
-    for entry in index.get("manifests", []):
-        p = entry.get("platform") or {}
-        available.append("/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x))
+    entries = index.get("manifests")
+    if not isinstance(entries, list):
+        raise RegistryBadContent(
+            f"the index {where} is malformed: its manifests member is {_json_type(entries)}, not an array"
+        )
+    checked = [(_check_index_entry(entry, n, where), entry["digest"]) for n, entry in enumerate(entries, 1)]
+    available = ["/".join(p[k] for k in ("os", "architecture", "variant") if k in p) for p, _ in checked]
+    for p, digest in checked:
         if p.get("os") == os_name and p.get("architecture") == arch and (not variant or p.get("variant") == variant):
-            digest = entry.get("digest", "")
-            if isinstance(digest, str) and digest.startswith("sha256:"):
-                return digest
+            return digest  # type: ignore[no-any-return]
     raise PlatformNotFound(
         f"{where} has no image for platform {platform} (it has: {', '.join(a for a in available if a) or 'none'})"
     )
