@@ -149,6 +149,30 @@ def test_byoi_cli_bad_input_is_one_clear_line(tmp_path, args, extra_env, message
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BYOI_LEASE_SECONDS", "abc", "BYOI_LEASE_SECONDS must be a number, not 'abc'"),
+        ("BYOI_LEASE_SECONDS", "0", "BYOI_LEASE_SECONDS must be a number > 0, not '0'"),
+        ("BYOI_RESOLVE_ATTEMPTS", "x", "BYOI_RESOLVE_ATTEMPTS must be a whole number, not 'x'"),
+        ("BYOI_RETRY_BASE_DELAY", "-1", "BYOI_RETRY_BASE_DELAY must be a number >= 0, not '-1'"),
+        ("BYOI_WORKER_CONCURRENCY", "1.5", "BYOI_WORKER_CONCURRENCY must be a whole number, not '1.5'"),
+        ("BYOI_REGISTRY_TIMEOUT", "nan", "BYOI_REGISTRY_TIMEOUT must be a number > 0, not 'nan'"),
+        # The build and session settings (their own modules word the message) are checked before start too.
+        ("BYOI_BUILD_CONCURRENCY", "two", "BYOI_BUILD_CONCURRENCY must be"),
+        ("BYOI_SESSION_UID", "root", "BYOI_SESSION_UID must be"),
+    ],
+)
+def test_byoi_server_refuses_a_bad_numeric_setting_by_name(tmp_path, variable, value, message):
+    env = {**os.environ, variable: value, "BYOI_DATA_DIR": str(tmp_path / "data")}
+    result = run([str(BIN / "byoi"), "server", "--port", str(free_port())], env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    text = " ".join(result.stderr.replace("│", " ").split())  # typer boxes usage errors and wraps them
+    assert f"Invalid value: {message}" in text and repr(value) in text, result.stderr
+    assert not (tmp_path / "data" / "credentials").exists()  # stopped before anything started
+
+
 @pytest.mark.slow
 def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
     port, registry_port = free_port(), free_port()

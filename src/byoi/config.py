@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,3 +121,35 @@ class Settings:
     def endpoint_url(self) -> str:
         host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         return f"http://{host}:{self.port}"
+
+
+# Settings tunable from the environment only: BYOI_<NAME>, its type, and the bound a value must respect
+# (a lease or timeout of 0 never holds, a pool of 0 workers never runs anything).
+TUNING: dict[str, tuple[type, str]] = {
+    "lease_seconds": (float, "> 0"),
+    "resolve_attempts": (int, ">= 1"),
+    "retry_base_delay": (float, ">= 0"),
+    "worker_concurrency": (int, ">= 1"),
+    "registry_timeout": (float, "> 0"),
+}
+
+
+def tuning_from_env(env: Mapping[str, str]) -> dict[str, float | int]:
+    """The TUNING values set in `env`; raise ValueError naming the variable and the bad value."""
+    values: dict[str, float | int] = {}
+    for name, (kind, bound) in TUNING.items():
+        key = f"BYOI_{name.upper()}"
+        if key not in env:
+            continue
+        raw = env[key]
+        what = "a whole number" if kind is int else "a number"
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ValueError(f"{key} must be {what}, not {raw!r}") from None
+        op, limit = bound.split()
+        in_range = value > float(limit) if op == ">" else value >= float(limit)
+        if not math.isfinite(value) or not in_range:  # float() also takes "nan" and "inf"
+            raise ValueError(f"{key} must be {what} {bound}, not {raw!r}")
+        values[name] = value
+    return values

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ import typer
 from botocore.exceptions import BotoCoreError, ClientError
 from typer.core import TyperGroup
 
+from byoi.build.settings import BuildSettings
 from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
@@ -27,7 +27,9 @@ from byoi.config import (
     default_data_dir,
     load_registries_file,
     parse_registry_url,
+    tuning_from_env,
 )
+from byoi.runtime.settings import RuntimeSettings
 
 
 class _OneLineErrors(TyperGroup):
@@ -112,7 +114,15 @@ def _settings(
         raise typer.BadParameter(f"--account-id must be 12 digits, not {account_id!r}")
     if docker_config is None and os.environ.get("DOCKER_CONFIG"):
         docker_config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
-    settings = Settings(
+    try:
+        tuning = tuning_from_env(os.environ)
+        # Read here too (the server reads them again on start) so a bad value stops `byoi server` with a
+        # usage error naming it, rather than failing the app's startup with a traceback.
+        BuildSettings.from_env()
+        RuntimeSettings.from_env()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return Settings(
         data_dir=data_dir.expanduser().resolve(),
         host=host,
         port=port,
@@ -123,18 +133,8 @@ def _settings(
         account_id=account_id,
         platform=platform,
         master_key=os.environ.get("BYOI_MASTER_KEY"),
+        **tuning,  # type: ignore[arg-type]
     )
-    tuning = {
-        "lease_seconds": float,
-        "resolve_attempts": int,
-        "retry_base_delay": float,
-        "worker_concurrency": int,
-        "registry_timeout": float,
-    }
-    overrides = {
-        k: cast(os.environ[f"BYOI_{k.upper()}"]) for k, cast in tuning.items() if f"BYOI_{k.upper()}" in os.environ
-    }
-    return replace(settings, **overrides)
 
 
 @app.command()
