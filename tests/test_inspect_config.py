@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -142,3 +143,31 @@ def test_reports_on_postgresql(server_factory, registry, tmp_path, pusher, postg
     assert {p["Name"] for p in diff["PackagesRemoved"]} == {"base", "stats", "reticulate", "jsonlite"}
     sm.delete_image(ImageName=name)
     sm.get_waiter("image_deleted").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+
+
+def test_an_unexpected_error_ends_the_version_create_failed_after_bounded_retries(
+    server_factory, registry, tmp_path, pusher
+):
+    """Defence in depth: an error that is neither an inspection nor a registry error (here, a cache
+    directory that is a regular file, so writing a layer index raises NotADirectoryError) is retried
+    BYOI_RESOLVE_ATTEMPTS times with back-off, then ends the version CREATE_FAILED with the error named,
+    instead of leaving it CREATING with a traceback every 5 seconds for ever."""
+    not_a_dir = tmp_path / "cache-is-a-file"
+    not_a_dir.write_text("not a directory\n")
+    srv, sm, _ = server_with(server_factory, registry, tmp_path, f'cache_dir = "{not_a_dir}"\n')
+    r = "cfg/" + uuid.uuid4().hex[:8]
+    push_image(pusher, r, "v1", [compatible_layer().file("etc/unique", uuid.uuid4().hex)])
+    name, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    reason = d["FailureReason"]
+    assert reason.startswith(
+        "Internal error while resolving or inspecting the BaseImage: NotADirectoryError: [Errno 20] Not a directory"
+    )
+    assert reason.endswith("(failed 2 times; see the server log)")  # the test servers' BYOI_RESOLVE_ATTEMPTS
+    time.sleep(1.0)  # the version is settled: no further attempts
+    log = (srv.data_dir / "server.log").read_text()
+    assert (
+        log.count("handler failed") == 2
+        and "resolve-image-version 1: handler failed 2 times in a row; giving up" in log
+    )
+    assert sm.describe_image_version(ImageName=name, Version=1)["ImageVersionStatus"] == "CREATE_FAILED"

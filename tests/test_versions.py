@@ -198,3 +198,81 @@ def test_list_image_versions_filters_and_errors(sm, name, pusher):
     with pytest.raises(ClientError) as e:
         sm.list_image_versions(ImageName=name + "-missing")
     assert code(e) == "ResourceNotFound"
+
+
+# -- give-up outcomes of the background work, on the real services in-process -------------------------
+
+
+async def test_versions_whose_work_keeps_failing_end_in_their_failed_states(tmp_path, registry, pusher, monkeypatch):
+    """The services with a real store, registry and worker; the failures are injected (a version check
+    that raises, a tag cleanup that raises), standing for any bug below the service. Resolution gives up
+    after BYOI_RESOLVE_ATTEMPTS failures with CREATE_FAILED, deletion with DELETE_FAILED, from which
+    DeleteImageVersion may be called again."""
+    import asyncio
+    from dataclasses import replace
+
+    import byoi.services.image_versions as image_versions
+    from byoi.app import build_context
+    from byoi.config import RegistryConfig, Settings
+    from byoi.services.image_versions import ImageVersionService
+    from byoi.services.images import ImageService
+    from byoi.store.db import migrate
+
+    settings = Settings(data_dir=tmp_path, registries=(RegistryConfig(f"http://{registry}"),))
+    settings = replace(settings, resolve_attempts=3, retry_base_delay=0.05)
+    pusher.image("catalog/giveup", "v1")
+    ctx = build_context(settings)
+    await asyncio.to_thread(migrate, ctx.db.url)
+    ctx.worker.poll_seconds = 0.05
+    ctx.worker.failure_delay = 0.02  # the default (5 s, doubling) for tasks that do not set their own
+    images, versions = ImageService(ctx), ImageVersionService(ctx)
+    checks = []
+
+    async def broken_check(row, resolved) -> None:
+        checks.append(row.version)
+        raise RuntimeError("a check with a bug")
+
+    ctx.version_checks.append(broken_check)
+    for task in images.tasks() + versions.tasks():
+        ctx.worker.register(task)
+    ctx.worker.start()
+
+    async def settled(version: int, status: str) -> dict:
+        for _ in range(200):
+            d = await versions.describe_image_version("giveup", version)
+            if d["ImageVersionStatus"] != status:
+                return d
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"version {version} still {status}")
+
+    try:
+        await images.create_image("giveup", ROLE)
+        await versions.create_image_version("giveup", f"{registry}/catalog/giveup:v1", "token-1")
+        d = await settled(1, "CREATING")
+        assert d["ImageVersionStatus"] == "CREATE_FAILED" and checks == [1, 1, 1]
+        assert d["FailureReason"] == (
+            "Internal error while resolving or inspecting the BaseImage: RuntimeError: a check with a bug "
+            "(failed 3 times; see the server log)"
+        )
+
+        def broken_cleanup(*_args) -> None:
+            raise RuntimeError("tag cleanup with a bug")
+
+        monkeypatch.setattr(image_versions, "delete_all_tags", broken_cleanup)
+        await versions.delete_image_version("giveup", 1)
+        d = await settled(1, "DELETING")  # after the worker's default of 5 failures
+        assert d["ImageVersionStatus"] == "DELETE_FAILED"
+        assert d["FailureReason"].startswith(
+            "Internal error while deleting the version: RuntimeError: tag cleanup with a bug (failed 5 times"
+        )
+        monkeypatch.undo()
+        await versions.delete_image_version("giveup", 1)
+        for _ in range(200):
+            if not (await versions.list_image_versions("giveup"))["ImageVersions"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (await versions.list_image_versions("giveup"))["ImageVersions"] == []
+    finally:
+        await ctx.worker.stop()
+        await ctx.registry.close()
+        await ctx.db.close()

@@ -131,3 +131,130 @@ async def test_routine_waiting_is_not_logged_as_a_retry(tmp_path, caplog):
     finally:
         await worker.stop()
         await db.close()
+
+
+async def wait_for(predicate, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_a_handler_that_always_fails_is_given_up_after_max_failures(tmp_path, caplog):
+    db = await make_db(tmp_path, [(1, "QUICK", "quick"), (2, "QUICK", "quick")])
+    calls: list[tuple[int, float]] = []
+    given_up: list[tuple[int, str]] = []
+
+    async def broken(claim: Claim) -> None:
+        calls.append((claim.row_id, asyncio.get_running_loop().time()))
+        if claim.row_id == 1:
+            raise KeyError("Env")
+        await finish(db, claim)
+
+    async def give_up(claim: Claim, reason: str) -> None:
+        given_up.append((claim.row_id, reason))
+        async with db.transaction() as conn:
+            await conn.execute(sa.update(items).where(claim.owns()).values(status="FAILED"))
+
+    worker = Worker(db, lease_seconds=5, poll_seconds=0.02, failure_delay=0.05)
+    worker.register(Task("quick", items, ("QUICK",), broken, give_up=give_up, max_failures=4))
+    caplog.set_level("INFO", logger="byoi.jobs.worker")
+    worker.start()
+    try:
+        await wait_for(lambda: _statuses_are(db, {1: "FAILED", 2: "DONE"}))
+        await asyncio.sleep(0.5)  # nothing more happens to a row given up
+        times = [t for row, t in calls if row == 1]
+        assert len(times) == 4
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2  # back-off doubles
+        assert given_up == [(1, "KeyError: 'Env' (failed 4 times; see the server log)")]
+        failed = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+        assert len(failed) == 4 and failed[-1] == "quick 1: handler failed 4 times in a row; giving up"
+        async with db.read() as conn:
+            row = (await conn.execute(sa.select(items).where(items.c.id == 1))).one()
+        assert (row.lease_owner, row.lease_until) == (None, None)
+    finally:
+        await worker.stop()
+        await db.close()
+
+
+async def _statuses_are(db: Database, expected: dict[int, str]) -> bool:
+    return await status_of(db) == expected
+
+
+async def test_failures_in_a_row_are_counted_afresh_after_a_success(tmp_path):
+    """Only failures in a row count: a row that recovers (a clean return) starts again from zero."""
+    db = await make_db(tmp_path, [(1, "QUICK", "quick")])
+    script = ["fail", "fail", "ok", "fail", "fail", "done"]  # never 3 failures in a row
+    given_up: list[str] = []
+
+    async def flaky(claim: Claim) -> None:
+        step = script.pop(0)
+        if step == "fail":
+            raise RuntimeError("boom")
+        if step == "done":
+            await finish(db, claim)
+
+    async def give_up(claim: Claim, reason: str) -> None:
+        given_up.append(reason)
+
+    worker = Worker(db, lease_seconds=5, poll_seconds=0.02, failure_delay=0.02)
+    worker.register(Task("quick", items, ("QUICK",), flaky, give_up=give_up, max_failures=3))
+    worker.start()
+    try:
+        await wait_for(lambda: _statuses_are(db, {1: "DONE"}))
+        assert given_up == [] and script == []
+    finally:
+        await worker.stop()
+        await db.close()
+
+
+async def test_without_a_give_up_hook_a_failing_row_is_retried_with_capped_back_off(tmp_path):
+    db = await make_db(tmp_path, [(1, "QUICK", "quick")])
+    calls: list[float] = []
+
+    async def broken(claim: Claim) -> None:
+        calls.append(asyncio.get_running_loop().time())
+        raise RuntimeError("no failed state to move to")
+
+    worker = Worker(db, lease_seconds=5, poll_seconds=0.02, failure_delay=0.02, max_failure_delay=0.1, max_failures=2)
+    worker.register(Task("quick", items, ("QUICK",), broken))
+    worker.start()
+    try:
+        await wait_for(lambda: _true_when(len(calls) >= 6))
+        gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+        assert all(g < 0.5 for g in gaps) and gaps[-1] >= 0.1  # still retried past max_failures, at the cap
+        assert (await status_of(db)) == {1: "QUICK"}
+    finally:
+        await worker.stop()
+        await db.close()
+
+
+async def _true_when(value: bool) -> bool:
+    return value
+
+
+async def test_a_give_up_hook_that_fails_is_tried_again(tmp_path):
+    db = await make_db(tmp_path, [(1, "QUICK", "quick")])
+    hooks: list[int] = []
+
+    async def broken(claim: Claim) -> None:
+        raise ValueError("bad")
+
+    async def give_up(claim: Claim, reason: str) -> None:
+        hooks.append(claim.attempts)
+        if len(hooks) == 1:
+            raise OSError("store unavailable")
+        async with db.transaction() as conn:
+            await conn.execute(sa.update(items).where(claim.owns()).values(status="FAILED"))
+
+    worker = Worker(db, lease_seconds=5, poll_seconds=0.02, failure_delay=0.02)
+    worker.register(Task("quick", items, ("QUICK",), broken, give_up=give_up, max_failures=2))
+    worker.start()
+    try:
+        await wait_for(lambda: _statuses_are(db, {1: "FAILED"}))
+        assert hooks == [2, 3]
+    finally:
+        await worker.stop()
+        await db.close()

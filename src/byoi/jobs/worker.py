@@ -5,6 +5,13 @@ such rows whose lease is free and whose next attempt is due, claims each with a 
 (so two workers or two processes never run the same row), renews the lease while the handler runs,
 and releases it afterwards. A row whose server died keeps its lease only until `lease_until`; then any
 worker picks it up again. Handlers are idempotent and write their outcome guarded by `Claim.owns`.
+
+A handler that raises anything but RetryLater has a bug or met something nobody foresaw. It is retried
+with exponential back-off; after `max_failures` such failures in a row for the same row, a task with a
+`give_up` hook hands it the error, and the hook moves the row to its failed state with a reason (so
+nothing stays in a transitional state for ever). A task without one keeps retrying, at most every
+`max_failure_delay` seconds. The count is kept in memory: a restarted server starts it again, which
+still bounds the work per process and needs no column.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class Claim:
 
 
 Handler = Callable[[Claim], Awaitable[None]]
+# Called, holding the claim, with a reason such as "KeyError: 'x' (failed 5 times; see the server log)".
+GiveUp = Callable[[Claim, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -58,13 +67,31 @@ class Task:
     # Long work (a build, a session launch) gets its own pool of this size, so it can never take every
     # shared slot and starve quick work such as resolving image versions. None: the shared pool.
     concurrency: int | None = None
+    # Moves the row to its failed state once the handler has failed `max_failures` times in a row with an
+    # unexpected error. None: the row is retried for ever (with back-off), for work that has no failed state.
+    give_up: GiveUp | None = None
+    max_failures: int | None = None  # None: the worker's
+    failure_delay: float | None = None  # seconds before the first retry, doubling; None: the worker's
 
 
 class Worker:
-    def __init__(self, db: Database, lease_seconds: float = 30.0, concurrency: int = 4, poll_seconds: float = 1.0):
+    def __init__(
+        self,
+        db: Database,
+        lease_seconds: float = 30.0,
+        concurrency: int = 4,
+        poll_seconds: float = 1.0,
+        max_failures: int = 5,
+        failure_delay: float = 5.0,
+        max_failure_delay: float = 300.0,
+    ):
         self.db = db
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
+        self.max_failures = max_failures
+        self.failure_delay = failure_delay
+        self.max_failure_delay = max_failure_delay
+        self._failures: dict[tuple[str, int], int] = {}  # unexpected handler errors in a row, per row
         self.owner = uuid.uuid4().hex[:16]
         self.tasks: list[Task] = []
         self._slots = asyncio.Semaphore(concurrency)
@@ -148,25 +175,54 @@ class Worker:
     async def _run(self, task: Task, claim: Claim) -> None:
         renew = asyncio.create_task(self._renew(claim))
         values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+        key = (task.name, claim.row_id)
         try:
             async with self._own_pools.get(task.name, self._slots):
                 await task.handler(claim)
+            self._failures.pop(key, None)
         except RetryLater as exc:
             level = logging.DEBUG if exc.routine else logging.INFO
             log.log(level, "%s %s: retrying in %.1fs: %s", task.name, claim.row_id, exc.delay, exc)
             values["next_attempt_at"] = time.time() + exc.delay
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A handler bug must not wedge the row: it is retried after a pause, with the error logged.
-            log.exception("%s %s: handler failed", task.name, claim.row_id)
-            values["next_attempt_at"] = time.time() + 5.0
+        except Exception as exc:
+            # A handler bug must not wedge the row, nor retry it for ever: see the module docstring.
+            delay = await self._handler_failed(task, claim, exc)
+            if delay is not None:
+                values["next_attempt_at"] = time.time() + delay
         finally:
             renew.cancel()
             self._running.pop((task.name, claim.row_id), None)
         async with self.db.transaction() as conn:
             await conn.execute(sa.update(claim.table).where(claim.owns()).values(**values))
         self.wake()
+
+    async def _handler_failed(self, task: Task, claim: Claim, exc: Exception) -> float | None:
+        """Log an unexpected handler error; give the row up or return the delay before its next attempt."""
+        key = (task.name, claim.row_id)
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        limit = task.max_failures or self.max_failures
+        base = self.failure_delay if task.failure_delay is None else task.failure_delay
+        delay = min(base * 2 ** min(failures - 1, 30), self.max_failure_delay)
+        if task.give_up is None or failures < limit:
+            log.exception(
+                "%s %s: handler failed (%d time(s) in a row); retrying in %.1fs",
+                task.name,
+                claim.row_id,
+                failures,
+                delay,
+            )
+            return delay
+        log.exception("%s %s: handler failed %d times in a row; giving up", task.name, claim.row_id, failures)
+        reason = f"{type(exc).__name__}: {exc} (failed {failures} times; see the server log)"
+        try:
+            await task.give_up(claim, reason)
+        except Exception:  # the store may be down too: keep the count and try again later
+            log.exception("%s %s: could not give up; retrying in %.1fs", task.name, claim.row_id, delay)
+            return delay
+        self._failures.pop(key, None)
+        return None
 
     async def _renew(self, claim: Claim) -> None:
         while True:

@@ -89,9 +89,23 @@ class ImageVersionService:
         self.ctx = ctx
 
     def tasks(self) -> list[Task]:
+        settings = self.ctx.settings
         return [
-            Task("resolve-image-version", versions_t, ("CREATING",), self._resolve),
-            Task("delete-image-version", versions_t, ("DELETING",), self._finish_delete),
+            # An unexpected error (a bug, or a malformed image nobody foresaw) is tried as often as a transient
+            # registry error, then ends the version CREATE_FAILED instead of leaving it CREATING for ever.
+            Task(
+                "resolve-image-version",
+                versions_t,
+                ("CREATING",),
+                self._resolve,
+                give_up=self._give_up_resolving,
+                max_failures=settings.resolve_attempts,
+                failure_delay=settings.retry_base_delay,
+            ),
+            # DELETE_FAILED is SageMaker's own state for this; DeleteImageVersion may be called again from it.
+            Task(
+                "delete-image-version", versions_t, ("DELETING",), self._finish_delete, give_up=self._give_up_deleting
+            ),
         ]
 
     async def version_exists(self, conn: AsyncConnection, parts: tuple[str, ...]) -> bool:
@@ -379,6 +393,22 @@ class ImageVersionService:
             await self._settle(claim, "CREATE_FAILED", failure_reason=reason[:1024])
             return
         await self._settle(claim, "CREATED", container_image=resolved.pinned)
+
+    async def _give_up_resolving(self, claim: Claim, reason: str) -> None:
+        failure = f"Internal error while resolving or inspecting the BaseImage: {reason}"
+        await self._settle(claim, "CREATE_FAILED", failure_reason=failure[:1024])
+
+    async def _give_up_deleting(self, claim: Claim, reason: str) -> None:
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(versions_t)
+                .where(claim.owns(), versions_t.c.status == "DELETING")
+                .values(
+                    status="DELETE_FAILED",
+                    failure_reason=f"Internal error while deleting the version: {reason}"[:1024],
+                    modified_at=time.time(),
+                )
+            )
 
     async def _settle(self, claim: Claim, status: str, **values: Any) -> None:
         async with self.ctx.db.transaction() as conn:
