@@ -10,6 +10,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from byoi.cli.builds import Signed
 from byoi.cli.client import extension_client
+from tests.conftest import fresh_postgres_database
 
 BYOI = str(Path(sys.executable).parent / "byoi")
 
@@ -301,3 +303,76 @@ def test_links_through_earlier_links_are_refused_by_the_upload(server, members, 
         or (says in body["Message"])
     ), body
     assert contexts_on_disk(server) == before
+
+
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _database_url(request, db: str) -> str | None:
+    return fresh_postgres_database(request.getfixturevalue("postgres_url")) if db == "postgres" else None
+
+
+@pytest.mark.parametrize("db", DATABASES)
+def test_client_token_starts_one_build_when_raced(server_factory, registry, request, db):
+    srv = server_factory([f"http://{registry}"], database_url=_database_url(request, db))
+    srv.session()
+    clients = [extension_client(srv.endpoint, "byoi") for _ in range(4)]
+    started = []
+    for attempt in range(5):
+        context_id = upload(srv, tar_of([member("Dockerfile")])).json()["ContextId"]
+        token = f"retry-{attempt}-{uuid.uuid4().hex[:8]}"
+        same = {"ContextId": context_id, "Repository": "token", "Tag": f"t{attempt}", "ClientToken": token}
+        results = _at_once(clients, lambda c, r=same: str(c.start_image_build(**r)["BuildId"]))
+        assert all(isinstance(r, str) for r in results), results  # every caller is told about the one build
+        assert len(set(results)) == 1, results
+        started.append(results[0])
+    listed = clients[0].list_image_builds(MaxResults=50)["ImageBuilds"]
+    assert sorted(b["BuildId"] for b in listed) == sorted(started)
+
+    # A later retry gets the same build; the same token with another request is refused, naming the difference.
+    assert clients[0].start_image_build(**same)["BuildId"] == started[-1]
+    with pytest.raises(ClientError) as e:
+        clients[0].start_image_build(**{**same, "Tag": "other", "BuildArgs": {"A": "1"}})
+    error = e.value.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert (
+        f"ClientToken {token} was already used for build {started[-1]} with a different BuildArgs, Tag"
+        in (error["Message"])
+    )
+    for build_id in started:
+        clients[0].stop_image_build(BuildId=build_id)
+
+
+@pytest.mark.parametrize("db", DATABASES)
+def test_migration_keeps_a_token_on_its_oldest_build(request, tmp_path, db):
+    """Tokens a database already holds twice (from before the unique index) stay on the oldest build only."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from byoi.store.db import MIGRATIONS, migrate, normalise_url, sync_url
+
+    url = _database_url(request, db) or f"sqlite:///{tmp_path / 'old.db'}"
+    url = sync_url(normalise_url(url))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        row = {"status": "QUEUED", "registry": "r:5000", "repository": "x", "tag": "t", "spec": "{}",
+               "created_at": 1.0, "modified_at": 1.0}  # fmt: skip
+        insert = sa.text(
+            "INSERT INTO image_builds (build_id, status, registry, repository, tag, spec, created_at, modified_at,"
+            " client_token) VALUES (:build_id, :status, :registry, :repository, :tag, :spec, :created_at,"
+            " :modified_at, :client_token)"
+        )
+        for build_id, token in (("b-1", "dup"), ("b-2", "dup"), ("b-3", None), ("b-4", None), ("b-5", "solo")):
+            conn.execute(insert, {**row, "build_id": build_id, "client_token": token})
+    migrate(url)
+    with engine.begin() as conn:
+        tokens = dict(conn.execute(sa.text("SELECT build_id, client_token FROM image_builds")).all())
+        assert tokens == {"b-1": "dup", "b-2": None, "b-3": None, "b-4": None, "b-5": "solo"}
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.execute(insert, {**row, "build_id": "b-6", "client_token": "solo"})
+    engine.dispose()

@@ -22,6 +22,7 @@ from typing import Any
 
 import regex
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT, CONTEXT_ID, Builder
 from byoi.build.context import ContextError, check_upload, clean_relative, context_has_file
@@ -42,6 +43,11 @@ _ARG_NAME = regex.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLATFORM = regex.compile(r"[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_]+)?")
 _TARGET = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _LABEL_KEY = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,254}")
+
+
+def _asked(registry: str, repository: str, tag: str, image_name: str | None, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a StartImageBuild asked for, in wire names, to compare a retried call with the first."""
+    return {"Registry": registry, "Repository": repository, "Tag": tag, "ImageName": image_name, **spec}
 
 
 class BuildService:
@@ -255,13 +261,12 @@ class BuildService:
             "spec": {k: v for k, v in spec.items() if v is not None},
         }
         if client_token:
-            async with self.ctx.db.read() as conn:
-                earlier = (
-                    await conn.execute(sa.select(builds_t).where(builds_t.c.client_token == client_token))
-                ).first()
+            earlier = await self._by_token(client_token)
             if earlier is not None:
-                return {"BuildId": earlier.build_id, "BuildStatus": earlier.status}
-        context_size = await asyncio.to_thread(self._check_context, context_id, dockerfile)
+                return self._retried(earlier, client_token, values)
+        # With a ClientToken, a context another call just took may be this very request's (a retry racing the
+        # first call): the store decides below, and the context is checked once this call has claimed it.
+        context_size = await asyncio.to_thread(self._check_context, context_id, dockerfile, bool(client_token))
         build_id = "b-" + uuid.uuid4().hex[:16]
         now = time.time()
         claimed = False
@@ -272,7 +277,7 @@ class BuildService:
                         build_id=build_id,
                         status="QUEUED",
                         client_token=client_token,
-                        context_size=context_size,
+                        context_size=context_size or 0,
                         created_at=now,
                         modified_at=now,
                         **values,
@@ -281,6 +286,18 @@ class BuildService:
                 # Claimed inside the transaction: the row never exists without its context, nor the other way.
                 await asyncio.to_thread(self._claim_context, context_id, build_id)
                 claimed = True
+                if context_size is None:
+                    raw = self.root / build_id / "raw.tar"
+                    size = await asyncio.to_thread(self._check_raw, raw, context_id, dockerfile)
+                    await conn.execute(
+                        sa.update(builds_t).where(builds_t.c.build_id == build_id).values(context_size=size)
+                    )
+        except IntegrityError:
+            # The unique index on client_token: a call with the same token started its build meanwhile.
+            earlier = await self._by_token(client_token) if client_token else None
+            if earlier is None:
+                raise
+            return self._retried(earlier, client_token or "", values)
         except BaseException:
             if claimed:
                 await asyncio.to_thread(self._unclaim_context, context_id, build_id)
@@ -288,18 +305,44 @@ class BuildService:
         self.ctx.worker.wake()
         return {"BuildId": build_id, "BuildStatus": "QUEUED"}
 
-    def _check_context(self, context_id: str, dockerfile: str) -> int:
-        """The context's size, after checking it is there, unused, and holds the Dockerfile."""
-        raw = self._context_dir(context_id) / "raw.tar"
+    async def _by_token(self, client_token: str) -> sa.Row[Any] | None:
+        async with self.ctx.db.read() as conn:
+            return (await conn.execute(sa.select(builds_t).where(builds_t.c.client_token == client_token))).first()
+
+    @staticmethod
+    def _retried(earlier: sa.Row[Any], client_token: str, values: dict[str, Any]) -> dict[str, Any]:
+        """A repeated StartImageBuild (same ClientToken): the build it started if it asked for the same build,
+        else an error naming what differs (as CreateImageVersion does with a reused token)."""
+        spec = {k: v for k, v in earlier.spec.items() if k != "Resumes"}
+        had = _asked(earlier.registry, earlier.repository, earlier.tag, earlier.image_name, spec)
+        asked = _asked(values["registry"], values["repository"], values["tag"], values["image_name"], values["spec"])
+        if "ContextId" not in had:  # builds recorded before contexts were remembered
+            asked.pop("ContextId", None)
+        differ = sorted(k for k in had.keys() | asked.keys() if had.get(k) != asked.get(k))
+        if differ:
+            raise ValidationException(
+                f"ClientToken {client_token} was already used for build {earlier.build_id} with a different "
+                f"{', '.join(differ)}"
+            )
+        return {"BuildId": earlier.build_id, "BuildStatus": earlier.status}
+
+    def _check_context(self, context_id: str, dockerfile: str, may_be_taken: bool = False) -> int | None:
+        """The context's size, after checking it is there, unused, and holds the Dockerfile; None when another
+        call has just taken it and `may_be_taken`."""
         try:
-            size = raw.stat().st_size
-            has_dockerfile = context_has_file(raw, dockerfile)
+            return self._check_raw(self._context_dir(context_id) / "raw.tar", context_id, dockerfile)
         except FileNotFoundError:
             used_by = self._used_by(context_id)
-            if used_by is not None:
-                raise self._already_used(context_id, used_by) from None
-            raise self._missing_context(context_id) from None
-        if not has_dockerfile:
+            if used_by is None:
+                raise self._missing_context(context_id) from None
+            if may_be_taken:
+                return None
+            raise self._already_used(context_id, used_by) from None
+
+    @staticmethod
+    def _check_raw(raw: Path, context_id: str, dockerfile: str) -> int:
+        size = raw.stat().st_size
+        if not context_has_file(raw, dockerfile):
             raise ValidationException(f"Dockerfile {dockerfile!r} is not in the build context {context_id}")
         return size
 

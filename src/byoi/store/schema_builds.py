@@ -36,4 +36,5 @@ image_builds = sa.Table(
     *_lease_columns(),
 )
 sa.Index("ix_image_builds_status", image_builds.c.status)
-sa.Index("ix_image_builds_client_token", image_builds.c.client_token)
+# Unique: the store decides which of two StartImageBuild calls with one ClientToken starts the build.
+sa.Index("ix_image_builds_client_token", image_builds.c.client_token, unique=True)
