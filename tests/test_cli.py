@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.oci import Pusher
 from tests.support.processes import free_port, wait_http
 
@@ -174,13 +176,27 @@ def test_byoi_server_refuses_a_bad_numeric_setting_by_name(tmp_path, variable, v
 
 
 @pytest.mark.slow
-def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
+def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher, registry, basic_registry, token_registry):
     port, registry_port = free_port(), free_port()
     env = {**os.environ, "BYOI_DATA_DIR": str(tmp_path / "data")}
     env.pop("BYOI_REGISTRY", None)
     env.pop("BYOI_INSPECTION_CONFIG", None)
     lenient = tmp_path / "inspection.toml"  # the pushed test image has no R: let it through, still inspected
     lenient.write_text('[rules]\nr-present = "off"\nrstudio-server = "off"\n')
+    # `up` takes the registry options of `server`: more registries after the local one, their credentials.
+    registries = tmp_path / "registries.toml"
+    registries.write_text(
+        f'[[registry]]\nurl = "http://{basic_registry}"\n'
+        f'username = "{REGISTRY_USER}"\npassword = "{REGISTRY_PASSWORD}"\n'
+    )
+    private = Pusher(f"http://{basic_registry}", auth=(REGISTRY_USER, REGISTRY_PASSWORD)).image("private/up", "v1")
+    token_host, issuer = token_registry  # not configured: its credentials come from the Docker config.json
+    docker_config = tmp_path / "config.json"
+    auth = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {token_host: {"auth": auth}}}))
+    tokened = Pusher(f"http://{token_host}", token_for=lambda scope: issuer.token(REGISTRY_USER, [scope])).image(
+        "team/up-tok", "v1"
+    )
     proc = subprocess.Popen(
         [
             str(BIN / "byoi"),
@@ -191,6 +207,12 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
             str(registry_port),
             "--inspection-config",
             str(lenient),
+            "--registry",
+            f"http://{registry}",
+            "--registries-file",
+            str(registries),
+            "--docker-config",
+            str(docker_config),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -200,7 +222,12 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, ok=(200,))
         health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
-        assert health["checks"] == {"store": "ok", f"registry 127.0.0.1:{registry_port}": "ok"}
+        assert health["checks"] == {
+            "store": "ok",
+            f"registry 127.0.0.1:{registry_port}": "ok",
+            f"registry {basic_registry}": "ok",
+            f"registry {registry}": "ok",
+        }
         assert (tmp_path / "data" / "credentials").exists()
         assert (tmp_path / "data" / "registry" / "storage").is_dir()
         # The local registry is the default one: push there, register with a bare reference.
@@ -210,6 +237,13 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher):
         run([str(BIN / "byoi"), "images", "create", "up-img"], user_env)
         out = run([str(BIN / "byoi"), "versions", "create", "up-img", "team/up:v1"], user_env).stdout
         assert "CREATED" in out and f"127.0.0.1:{registry_port}/team/up@{pushed.digest}" in out
+        # The Basic-auth registry's credentials come from --registries-file, the token registry's from --docker-config.
+        for ref, pinned in (
+            (f"{basic_registry}/private/up:v1", f"{basic_registry}/private/up@{private.digest}"),
+            (f"{token_host}/team/up-tok:v1", f"{token_host}/team/up-tok@{tokened.digest}"),
+        ):
+            out = run([str(BIN / "byoi"), "versions", "create", "up-img", ref], user_env).stdout
+            assert "CREATED" in out and pinned in out, out
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         output, _ = proc.communicate(timeout=30)

@@ -71,6 +71,14 @@ Registry = Annotated[
     list[str] | None,
     typer.Option("--registry", envvar="BYOI_REGISTRY", help="Registry URL (repeatable; the first is the default)."),
 ]
+UpRegistry = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--registry",
+        envvar="BYOI_REGISTRY",
+        help="Another registry URL (repeatable); the local one stays the default.",
+    ),
+]
 RegistriesFile = Annotated[
     Path | None,
     typer.Option(
@@ -107,7 +115,8 @@ def _settings(
     except (ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from None
     by_url = {r.url: r for r in extra}
-    registries = [by_url.pop(u, RegistryConfig(u)) for u in urls] + list(by_url.values())
+    # dict.fromkeys: a URL given twice (e.g. `byoi up --registry` naming the local one) is one registry.
+    registries = [by_url.pop(u, RegistryConfig(u)) for u in dict.fromkeys(urls)] + list(by_url.values())
     if not registries:
         registries = [RegistryConfig("http://127.0.0.1:5000")]
     if not account_id.isdigit() or len(account_id) != 12:
@@ -168,6 +177,9 @@ def up(
     port: Port = DEFAULT_PORT,
     registry_port: Annotated[int, typer.Option(help="Port of the local registry on 127.0.0.1.")] = 5000,
     database_url: DatabaseUrl = None,
+    registry: UpRegistry = None,
+    registries_file: RegistriesFile = None,
+    docker_config: DockerConfig = None,
     region: Region = "us-east-1",
     account_id: Account = "000000000000",
     platform: Platform = "linux/amd64",
@@ -182,9 +194,9 @@ def up(
         host,
         port,
         database_url,
-        [f"http://127.0.0.1:{registry_port}"],
-        None,
-        None,
+        [f"http://127.0.0.1:{registry_port}", *(registry or [])],  # the local registry stays the default
+        registries_file,
+        docker_config,
         region,
         account_id,
         platform,
