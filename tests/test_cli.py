@@ -175,6 +175,37 @@ def test_byoi_server_refuses_a_bad_numeric_setting_by_name(tmp_path, variable, v
     assert not (tmp_path / "data" / "credentials").exists()  # stopped before anything started
 
 
+@pytest.mark.parametrize("command", ["server", "up"])
+def test_help_shows_square_brackets(command):
+    """Help texts are rich markup: an unescaped "[[registry]]" would be shown as "[]"."""
+    env = {**os.environ, "COLUMNS": "200"}
+    out = run([str(BIN / "byoi"), command, "--help"], env).stdout
+    assert "TOML file of [[registry]] url/username/password." in out
+
+
+def test_no_help_text_loses_brackets_to_rich_markup():
+    """Every help text of every command renders with all its brackets (escape them with rich.markup.escape)."""
+    import typer.main
+    from rich.text import Text
+
+    from byoi.cli.main import app
+
+    def texts(cmd, path):
+        yield path, cmd.help or ""
+        for param in cmd.params:
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        for sub_name, sub in getattr(cmd, "commands", {}).items():
+            yield from texts(sub, f"{path} {sub_name}")
+
+    eaten = [
+        (where, raw)
+        for where, raw in texts(typer.main.get_command(app), "byoi")
+        # An escaped "\\[" renders as "[": the counts stay; a "[tag]" rich takes for markup is dropped.
+        if [Text.from_markup(raw).plain.count(c) for c in "[]"] != [raw.count(c) for c in "[]"]
+    ]
+    assert not eaten
+
+
 @pytest.mark.slow
 def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher, registry, basic_registry, token_registry):
     port, registry_port = free_port(), free_port()

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from byoi.build.settings import BuildSettings
@@ -82,7 +83,10 @@ UpRegistry = Annotated[
 RegistriesFile = Annotated[
     Path | None,
     typer.Option(
-        "--registries-file", envvar="BYOI_REGISTRIES_FILE", help="TOML file of [[registry]] url/username/password."
+        "--registries-file",
+        envvar="BYOI_REGISTRIES_FILE",
+        # Help texts are rich markup: unescaped, "[[registry]]" would show as "[]".
+        help=escape("TOML file of [[registry]] url/username/password."),
     ),
 ]
 DockerConfig = Annotated[
