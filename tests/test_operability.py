@@ -35,9 +35,25 @@ def test_metrics_count_requests_by_operation_and_outcome(server, sm):
     text = httpx.get(server.endpoint + "/metrics").text
     assert 'byoi_requests_total{operation="ListImages",outcome="ok"}' in text
     assert 'byoi_requests_total{operation="DescribeImage",outcome="ResourceNotFound"}' in text
-    assert 'byoi_request_duration_seconds_bucket{le="0.005",operation="ListImages"}' in text
+    assert 'byoi_request_duration_seconds_count{operation="ListImages",' in text
     assert 'byoi_work_waiting{task="resolve-image-version"}' in text
     assert 'byoi_work_running{task="resolve-image-version"}' in text
+
+
+# Remove this marker in the same change that makes byoi.api.protocol record each request with
+# `self.metrics.record(op_label, outcome, elapsed)` (strict: the test then passes and the marker fails it).
+@pytest.mark.xfail(strict=True, reason="byoi.api.protocol does not call Metrics.record() yet")
+def test_metrics_latency_by_operation_and_outcome(server, sm):
+    sm.list_images()
+    with pytest.raises(ClientError):
+        sm.describe_image(ImageName="latency-missing")
+    text = httpx.get(server.endpoint + "/metrics").text
+    # Latency per operation and outcome class (ok, client_error, server_error): a bounded label set.
+    assert 'byoi_request_duration_seconds_count{operation="ListImages",outcome="ok"} ' in text
+    assert 'byoi_request_duration_seconds_count{operation="DescribeImage",outcome="client_error"} ' in text
+    assert 'byoi_request_duration_seconds_bucket{le="5.0",operation="DescribeImage",outcome="client_error"}' in text
+    latency = [line for line in text.splitlines() if line.startswith("byoi_request_duration_seconds")]
+    assert latency and not [line for line in latency if 'outcome="ResourceNotFound"' in line]
 
 
 def test_logs_are_json_lines_with_the_returned_request_id(server, sm):

@@ -10,6 +10,7 @@ import pytest
 
 from byoi.api.protocol import snake
 from byoi.config import RegistryConfig
+from byoi.metrics import outcome_class
 from byoi.registry.client import RegistryClient
 from byoi.registry.errors import RegistryBadContent
 from byoi.registry.reference import InvalidReference, Reference, parse
@@ -111,3 +112,20 @@ async def test_non_image_artifact_is_refused():
 
     with pytest.raises(RegistryBadContent, match="is not a container image"):
         await _resolve_against(lambda request: httpx.Response(200, content=body))
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        ("ok", "ok"),
+        ("ResourceNotFound", "client_error"),
+        ("ValidationException", "client_error"),
+        ("InvalidSignatureException", "client_error"),  # 403
+        ("ConcurrentModification", "client_error"),  # 409
+        ("InternalFailure", "server_error"),  # 500: the only server-side error a request can end with
+        ("SomethingNobodyDefined", "server_error"),
+    ],
+)
+def test_latency_outcome_class_follows_the_error_status(outcome, expected):
+    """Latency is labelled by outcome class (bounded), by the HTTP status AWS answers the code with."""
+    assert outcome_class(outcome) == expected
