@@ -85,11 +85,30 @@ def test_inspection_can_be_disabled(server_factory, registry, tmp_path, pusher):
         ('[rules]\nr-present = "maybe"\n', "rule r-present has level 'maybe'"),
         ("[limits]\nmax_ratio = 'high'\n", "limit max_ratio must be a positive number"),
         ("this is = = not toml\n", "not valid TOML"),
+        ("cache_dir = 5\n", "cache_dir must be a directory path (a string), not 5"),
+        ("rules = 5\n", "rules must be a table ([rules]), not an integer"),
+        ('[[rules]]\nreticulate = "off"\n', "rules must be a table ([rules]), not an array"),
+        ("limits = [1, 2]\n", "limits must be a table ([limits]), not an array"),
+        ("[limits]\nmax_total_bytes = inf\n", "limit max_total_bytes must be a positive integer, not inf"),
+        ("concurrency = true\n", "concurrency must be an integer from 1 to 16, not True"),
     ],
 )
 def test_a_bad_config_file_stops_the_server_with_a_clear_message(tmp_path, toml, message):
     path = tmp_path / "bad.toml"
     path.write_text(toml)
+    assert message in " ".join(_stderr_of_server(tmp_path, path).replace("│", " ").split())
+
+
+def test_a_config_file_that_is_not_utf8_stops_the_server_with_a_clear_message(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'cache_dir = "/tmp/caf\xe9"\n')
+    assert "not valid TOML: the file is not UTF-8 text" in " ".join(
+        _stderr_of_server(tmp_path, path).replace("│", " ").split()
+    )
+
+
+def _stderr_of_server(tmp_path, path) -> str:
+    """`byoi server --inspection-config PATH` as a subprocess: it must stop at once, with no traceback."""
     proc = subprocess.run(
         [sys.executable, "-m", "byoi", "server", "--data-dir", str(tmp_path / "d"), "--inspection-config", str(path)],
         capture_output=True,
@@ -97,8 +116,8 @@ def test_a_bad_config_file_stops_the_server_with_a_clear_message(tmp_path, toml,
         timeout=60,
         env={**os.environ, "COLUMNS": "300"},
     )
-    assert proc.returncode != 0 and message in " ".join(proc.stderr.replace("│", " ").split())
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
 
 
 def _report_rows(srv) -> int:

@@ -174,12 +174,25 @@ def test_config_from_toml_and_its_errors():
     )
     assert config.level("reticulate") == "off" and config.level("non-root-user") == "required"
     assert config.level("r-present") == "required" and config.limits.max_ratio == 10.0
+    whole = parse_inspection_config({"limits": {"max_total_bytes": 2e11}, "cache_dir": ""})
+    assert whole.limits.max_total_bytes == 200_000_000_000 and whole.cache_dir is None
     for bad, message in [
         ({"rules": {"no-such-rule": "off"}}, "unknown rule 'no-such-rule'"),
         ({"rules": {"r-present": "fatal"}}, "level 'fatal'; use one of required, warning, info, off"),
         ({"limits": {"max_ratio": -1}}, "limit max_ratio must be a positive number"),
         ({"limits": {"nope": 1}}, "unknown limit 'nope'"),
         ({"colour": "blue"}, "unknown key 'colour'"),
+        ({"rules": ["reticulate"]}, "rules must be a table \\(\\[rules\\]\\), not an array"),
+        ({"limits": 5}, "limits must be a table"),
+        ({"limits": {"max_layers": 1.5}}, "limit max_layers must be a positive integer, not 1.5"),
+        ({"cache_dir": 5}, "cache_dir must be a directory path \\(a string\\), not 5"),
+        ({"cache_dir": "   "}, "cache_dir must be a directory path"),
+        ({"concurrency": True}, "concurrency must be an integer from 1 to 16, not True"),
+        ({"cache_dir": True}, "cache_dir must be a directory path \\(a string\\), not True"),
+        ({"rules": "reticulate=off"}, "rules must be a table \\(\\[rules\\]\\), not a string"),
+        ({"limits": {"max_ratio": float("nan")}}, "limit max_ratio must be a positive number, not nan"),
+        ({"limits": {"max_entries": True}}, "limit max_entries must be a positive integer, not True"),
+        ({"enabled": "yes"}, "enabled must be true or false, not 'yes'"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse_inspection_config(bad)

@@ -13,6 +13,7 @@ Operators change them with a TOML file (`byoi server --inspection-config FILE`):
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -63,14 +64,40 @@ class InspectionConfig:
         return self.levels.get(rule, DEFAULT_LEVELS.get(rule, "warning"))
 
 
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {int: "an integer", float: "a float", str: "a string", list: "an array", dict: "a table"}
+    return names.get(type(value), f"a {type(value).__name__} value")
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: {key} must be a table ([{key}]), not {_toml_type(value)}")
+    return value
+
+
+def _limit(key: str, value: Any, where: str) -> int | float:
+    """A positive, finite limit; a whole number unless the limit is a ratio (`2e11` is fine, `2.5` is not)."""
+    wanted = "a positive number" if key == "max_ratio" else "a positive integer"
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok or (key != "max_ratio" and not float(value).is_integer()):
+        raise ValueError(f"{where}: limit {key} must be {wanted}, not {value!r}")
+    return float(value) if key == "max_ratio" else int(value)
+
+
 def parse_inspection_config(data: dict[str, Any], where: str = "inspection config") -> InspectionConfig:
-    """Build a config from a parsed TOML document; raise ValueError naming the bad key."""
+    """Build a config from a parsed TOML document; raise ValueError naming the bad key. Every value is
+    type-checked here, so a wrong type stops the server with that message rather than a traceback."""
     known = {"enabled", "rules", "limits", "concurrency", "cache_dir"}
     for key in data:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
     levels = dict(DEFAULT_LEVELS)
-    for rule, level in (data.get("rules") or {}).items():
+    for rule, level in _table(data, "rules", where).items():
         if rule not in DEFAULT_LEVELS:
             raise ValueError(f"{where}: unknown rule {rule!r} (rules: {', '.join(DEFAULT_LEVELS)})")
         if level not in LEVELS:
@@ -78,21 +105,23 @@ def parse_inspection_config(data: dict[str, Any], where: str = "inspection confi
         levels[rule] = level
     names = {f.name for f in fields(Limits)}
     values: dict[str, Any] = {}
-    for key, value in (data.get("limits") or {}).items():
+    for key, value in _table(data, "limits", where).items():
         if key not in names:
             raise ValueError(f"{where}: unknown limit {key!r} (limits: {', '.join(sorted(names))})")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"{where}: limit {key} must be a positive number, not {value!r}")
-        values[key] = float(value) if key == "max_ratio" else int(value)
+        values[key] = _limit(key, value, where)
     limits = Limits(**values)
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ValueError(f"{where}: enabled must be true or false")
+        raise ValueError(f"{where}: enabled must be true or false, not {enabled!r}")
     concurrency = data.get("concurrency", 2)
-    if not isinstance(concurrency, int) or not 1 <= concurrency <= 16:
-        raise ValueError(f"{where}: concurrency must be an integer from 1 to 16")
-    cache_dir = Path(data["cache_dir"]) if data.get("cache_dir") else None
-    return InspectionConfig(enabled, levels, limits, concurrency, cache_dir)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 16:
+        raise ValueError(f"{where}: concurrency must be an integer from 1 to 16, not {concurrency!r}")
+    cache_dir = data.get("cache_dir")
+    if cache_dir == "":  # the default, <data dir>/inspect-cache
+        cache_dir = None
+    if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir.strip() or "\0" in cache_dir):
+        raise ValueError(f"{where}: cache_dir must be a directory path (a string), not {cache_dir!r}")
+    return InspectionConfig(enabled, levels, limits, concurrency, Path(cache_dir).expanduser() if cache_dir else None)
 
 
 def load_inspection_config(path: Path) -> InspectionConfig:
@@ -101,4 +130,6 @@ def load_inspection_config(path: Path) -> InspectionConfig:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
     return parse_inspection_config(data, str(path))
