@@ -140,7 +140,7 @@ def _offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         (["images", "create", ""], {}, "invalid input: Invalid length for parameter ImageName, value: 0"),
         (["versions", "describe", "p1", "--version", "-1"], {}, "invalid input: Invalid value for parameter Version"),
         # A command that signs its own HTTP (outside common.call) is covered by the group's safety net.
-        (["builds", "logs", "b-1", "--profile", "nope"], {}, "--profile: profile 'nope' not found"),
+        (["builds", "logs", "b-0123456789abcdef", "--profile", "nope"], {}, "--profile: profile 'nope' not found"),
     ],
 )
 def test_byoi_cli_bad_input_is_one_clear_line(tmp_path, args, extra_env, message):
