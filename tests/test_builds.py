@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import select
+import signal
 import subprocess
 import sys
 import tarfile
@@ -14,10 +17,12 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+import regex
 from botocore.exceptions import ClientError
 
 from byoi.cli.builds import Signed
 from byoi.cli.client import extension_client
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.docker_images import BASE_IMAGE, containers, docker_available, docker_client, ensure_base_image
 from tests.support.errors import code
 
@@ -116,11 +121,40 @@ def wait_log(server, build_id: str, needle: str, timeout: float = 120) -> None:
         time.sleep(0.3)
 
 
-def registry_digest(registry: str, repository: str, tag: str) -> str:
-    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
-    response = httpx.head(f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": accept})
+MANIFESTS = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+
+
+def registry_digest(registry: str, repository: str, tag: str, auth: tuple[str, str] | None = None) -> str:
+    url = f"http://{registry}/v2/{repository}/manifests/{tag}"
+    response = httpx.head(url, headers={"Accept": MANIFESTS}, auth=auth)
     assert response.status_code == 200
     return response.headers["docker-content-digest"]
+
+
+def registry_image_config(registry: str, repository: str, tag: str) -> dict[str, Any]:
+    """The image config of what the registry holds under the tag (what was pushed, not the Engine's copy)."""
+    base = f"http://{registry}/v2/{repository}"
+    manifest = httpx.get(f"{base}/manifests/{tag}", headers={"Accept": MANIFESTS})
+    assert manifest.status_code == 200, manifest.text
+    blob = httpx.get(f"{base}/blobs/{manifest.json()['config']['digest']}", follow_redirects=True)
+    assert blob.status_code == 200
+    config: dict[str, Any] = blob.json()
+    return config
+
+
+def all_events(server, build_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every (event, record) of a finished build's event stream."""
+    s = signed(server)
+    path = f"/byoi/builds/{build_id}/events"
+    out, event = [], "message"
+    with httpx.stream("GET", s.url(path), headers=s.headers("GET", path), timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                out.append((event, json.loads(line[5:])))
+    return out
 
 
 # -- success, failures ---------------------------------------------------------------------------
@@ -300,3 +334,157 @@ def test_live_log_stream_is_seen_during_the_build(server, ext, name, tmp_path):
     with httpx.stream("GET", s.url(path) + "?" + query, headers=s.headers("GET", path, query=query)) as response:
         rest = [json.loads(ln[5:]) for ln in response.iter_lines() if ln.startswith("data:")]
     assert all("tick-1-" not in str(r.get("m")) for r in rest) and any("tick-2-" in str(r.get("m")) for r in rest)
+
+
+# -- stages, private registries, push progress, log cap, Ctrl-C -------------------------------------------
+
+
+def test_cli_build_of_a_target_stage_pushes_that_stage(server, ext, registry, name, tmp_path):
+    root = tmp_path / "ctx"
+    root.mkdir()
+    (root / "Dockerfile").write_text(
+        f"FROM {BASE_IMAGE} AS tools\nLABEL org.byoi.test.stage=tools\nRUN echo tools-{name} > /stage\n"
+        f"FROM {BASE_IMAGE} AS final\nLABEL org.byoi.test.stage=final\nRUN echo final-{name} > /stage\n"
+    )
+    result = byoi(server, "build", str(root), "--image", name, "--tag", "tools", "--target", "tools")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"echo tools-{name}" in result.stdout and f"echo final-{name}" not in result.stdout
+    config = registry_image_config(registry, name, "tools")
+    assert config["config"]["Labels"]["org.byoi.test.stage"] == "tools"
+    [build] = [b for b in ext.list_image_builds()["ImageBuilds"] if b["ImageUri"] == f"{registry}/{name}:tools"]
+    assert ext.describe_image_build(BuildId=build["BuildId"])["Target"] == "tools"
+    # The file the target stage wrote is in the pushed image (the Engine's copy carries the pushed digest).
+    image = f"{registry}/{name}@{registry_digest(registry, name, 'tools')}"
+    assert docker_client().containers.run(image, ["cat", "/stage"], remove=True).decode().strip() == f"tools-{name}"
+
+
+def _registries_file(path: Path, host: str, password: str | None) -> str:
+    lines = ["[[registry]]", f'url = "http://{host}"']
+    if password is not None:
+        lines += [f'username = "{REGISTRY_USER}"', f'password = "{password}"']
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_build_pushes_to_a_registry_that_wants_credentials(server_factory, registry, basic_registry, name, tmp_path):
+    root = context(tmp_path, f"RUN echo private-{name} > /private")
+    repository = f"private/{name}"
+    with_credentials = _registries_file(tmp_path / "with.toml", basic_registry, REGISTRY_PASSWORD)
+    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", with_credentials])
+    result = byoi(srv, "build", str(root), "--image", f"{basic_registry}/{repository}", "--tag", "v1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    digest = registry_digest(basic_registry, repository, "v1", auth=(REGISTRY_USER, REGISTRY_PASSWORD))
+    assert f"pushed {basic_registry}/{repository}:v1@{digest}" in result.stdout
+
+    # The same registry configured without credentials: the push fails, and says why.
+    without = _registries_file(tmp_path / "without.toml", basic_registry, None)
+    srv2 = server_factory([f"http://{registry}"], extra_args=["--registries-file", without])
+    result = byoi(srv2, "build", str(root), "--image", f"{basic_registry}/{repository}", "--tag", "v2")
+    assert result.returncode == 1
+    srv2.session()
+    [build] = extension_client(srv2.endpoint, "byoi").list_image_builds()["ImageBuilds"]
+    assert build["BuildStatus"] == "FAILED"
+    reason = build["FailureReason"]
+    assert reason.startswith(f"Push to {basic_registry}/{repository}:v2 failed: ") and "credentials" in reason, reason
+    assert reason.split(" | ")[0] in result.stderr.replace("\n", "")
+
+
+def test_push_progress_is_reported_per_layer(server, ext, name, tmp_path):
+    # About 3 MB that does not compress: a layer whose push takes more than one progress report.
+    build_id = start(
+        server, ext, context(tmp_path, f"RUN head -c 3000000 /dev/urandom > /blob-{name}"), Repository=name
+    )
+    assert wait(ext, build_id)["BuildStatus"] == "SUCCEEDED"
+    events = all_events(server, build_id)
+    statuses = [r["s"] for e, r in events if e == "status"]
+    assert statuses == ["BUILDING", "PUSHING", "SUCCEEDED"]
+    pushing = next(i for i, (e, r) in enumerate(events) if e == "status" and r["s"] == "PUSHING")
+    pushes = [r for e, r in events[pushing:] if e == "push"]
+    assert all(regex.fullmatch(r"[0-9a-f]{12}", r["id"]) for r in pushes), pushes
+    assert len({r["id"] for r in pushes}) >= 2  # the base image's layer and the RUN's
+    # Every layer reported ends pushed, found in the registry, or mounted from another repository there.
+    final = {r["id"]: r["s"] for r in pushes}
+    assert all(s in ("Pushed", "Layer already exists") or s.startswith("Mounted from") for s in final.values()), final
+    assert "Pushed" in final.values()  # the RUN's new layer
+    sized = [r for r in pushes if "n" in r]
+    assert any(r["n"] >= 3_000_000 and 0 <= r["c"] <= r["n"] for r in sized), sized
+    assert [e for e, _ in events].index("push") > pushing  # nothing was pushed before PUSHING
+
+
+def test_log_is_capped_on_a_real_server(server_factory, registry, name, tmp_path):
+    srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_LOG_LIMIT": "3000"})
+    srv.session()
+    ext = extension_client(srv.endpoint, "byoi")
+    lines = f'RUN for i in $(seq 1 300); do echo "line-$i-{name}"; done'
+    build_id = start(srv, ext, context(tmp_path, lines), Repository=name)
+    d = wait(ext, build_id)
+    assert d["BuildStatus"] == "SUCCEEDED"
+    text = log_text(srv, build_id)
+    assert "log truncated at 3000 bytes" in text
+    assert f"line-300-{name}" not in text and text.endswith("--> SUCCEEDED\n")
+    log_file = srv.data_dir / "builds" / build_id / "log.jsonl"
+    assert d["LogSize"] == log_file.stat().st_size < 5000  # the cap, the truncation note and the final records
+
+
+class Terminal:
+    """A pseudo-terminal for a CLI process: what it wrote so far, and a way to type."""
+
+    def __init__(self) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        self.text = ""
+
+    def wait_for(self, pattern: str, timeout: float) -> regex.Match[str]:
+        deadline = time.monotonic() + timeout
+        while not (found := regex.search(pattern, self.text)):
+            left = deadline - time.monotonic()
+            assert left > 0, f"{pattern!r} never appeared in:\n{self.text}"
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    self.text += os.read(self.master, 65536).decode(errors="replace").replace("\r", "")
+                except OSError:  # the process ended and closed its side
+                    time.sleep(0.1)
+        return found
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+def test_ctrl_c_in_byoi_build_asks_and_stops_the_build(server, ext, name, tmp_path):
+    marker = f"sleep 120 # {name}"
+    root = context(tmp_path, f'RUN echo "wo""rking-{name}" && {marker}')
+    term = Terminal()
+    env = {**server.aws_env(), "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [BYOI, "build", str(root), "--image", name], stdin=term.slave, stdout=term.slave, stderr=term.slave, env=env
+    )
+    os.close(term.slave)
+    try:
+        build_id = term.wait_for(r"Build (b-[0-9a-f]{16}) started", 60)[1]
+        term.wait_for(f"\nworking-{name}\n", 120)  # the RUN's output: the build is in its long step
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        term.wait_for(rf"Stop build {build_id}\? \[Y/n\]", 30)
+        assert ext.describe_image_build(BuildId=build_id)["BuildStatus"] == "BUILDING"  # asked, not yet stopped
+        term.type("y\n")
+        term.wait_for(f"stopping {build_id}", 30)
+        term.wait_for("--> STOPPED", 60)
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        term.close()
+    d = ext.describe_image_build(BuildId=build_id)
+    assert (d["BuildStatus"], d["StopRequested"]) == ("STOPPED", True)
+    deadline = time.monotonic() + 20
+    while _running_sleepers(marker):  # the Engine stopped the RUN too
+        assert time.monotonic() < deadline, "the build's container is still running"
+        time.sleep(0.5)
