@@ -100,6 +100,7 @@ def test_list_app_image_configs_filters_sorting_paginator(sm):
     assert modified["AppImageConfigs"][0]["AppImageConfigName"] == names[2]
     assert modified["AppImageConfigs"][0]["KernelGatewayImageConfig"] == {"KernelSpecs": [{"Name": "k"}]}
     assert sm.list_app_image_configs(NameContains=prefix, CreationTimeBefore=before - 60)["AppImageConfigs"] == []
+
     def listed_names(**filters: float) -> list[str]:
         found = sm.list_app_image_configs(NameContains=prefix, SortBy="Name", SortOrder="Ascending", **filters)
         return [c["AppImageConfigName"] for c in found["AppImageConfigs"]]
