@@ -284,3 +284,16 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher, reg
     for p in (port, registry_port):
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{p}/", timeout=1)
+
+
+def test_byoi_server_refuses_a_bad_instance_types_file(tmp_path):
+    """The instance-types table is loaded before the server starts, so a bad file is a usage error naming it."""
+    table = tmp_path / "types.toml"
+    table.write_text("types = 5\n")
+    env = {**os.environ, "BYOI_INSTANCE_TYPES": str(table), "BYOI_DATA_DIR": str(tmp_path / "data")}
+    result = run([str(BIN / "byoi"), "server", "--port", str(free_port())], env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    text = " ".join(result.stderr.replace("│", " ").split())
+    assert "types must be a table" in text and "types.toml" in text, result.stderr
+    assert not (tmp_path / "data" / "credentials").exists()

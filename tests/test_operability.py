@@ -40,9 +40,6 @@ def test_metrics_count_requests_by_operation_and_outcome(server, sm):
     assert 'byoi_work_running{task="resolve-image-version"}' in text
 
 
-# Remove this marker in the same change that makes byoi.api.protocol record each request with
-# `self.metrics.record(op_label, outcome, elapsed)` (strict: the test then passes and the marker fails it).
-@pytest.mark.xfail(strict=True, reason="byoi.api.protocol does not call Metrics.record() yet")
 def test_metrics_latency_by_operation_and_outcome(server, sm):
     sm.list_images()
     with pytest.raises(ClientError):

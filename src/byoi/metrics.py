@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -33,7 +32,6 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
-        self.latency = _UnclassifiedLatency(self.duration)
 
     def record(self, operation: str, outcome: str, seconds: float) -> None:
         """Count one API request and its latency; `outcome` is "ok" or the error code it was answered with."""
@@ -66,17 +64,6 @@ def _statuses() -> dict[str, int]:
         found[cls.__name__] = cls.status
         pending.extend(cls.__subclasses__())
     return found
-
-
-class _UnclassifiedLatency:
-    """TRANSITIONAL, until byoi.api.protocol calls `Metrics.record()`: the old `latency.labels(op).observe(s)`
-    call site keeps working (it knows no outcome) instead of failing every request on a label count."""
-
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-
-    def labels(self, operation: str) -> Any:
-        return self._histogram.labels(operation, "unclassified")
 
 
 class _WorkCollector(Collector):

@@ -85,8 +85,7 @@ class AwsJsonEndpoint:
         finally:
             request_id.reset(token)
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(op_label, outcome).inc()
-        self.metrics.latency.labels(op_label).observe(elapsed)
+        self.metrics.record(op_label, outcome, elapsed)
         log.info(
             "%s %s",
             op_label,

@@ -30,6 +30,7 @@ from byoi.config import (
     parse_registry_url,
     tuning_from_env,
 )
+from byoi.runtime.instance_types import InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
 
 
@@ -132,7 +133,7 @@ def _settings(
         # Read here too (the server reads them again on start) so a bad value stops `byoi server` with a
         # usage error naming it, rather than failing the app's startup with a traceback.
         BuildSettings.from_env()
-        RuntimeSettings.from_env()
+        InstanceTypes.load(RuntimeSettings.from_env().instance_types)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     return Settings(
