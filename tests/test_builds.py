@@ -477,6 +477,7 @@ def test_ctrl_c_in_byoi_build_asks_and_stops_the_build(server, ext, name, tmp_pa
         term.wait_for(f"stopping {build_id}", 30)
         term.wait_for("--> STOPPED", 60)
         assert proc.wait(timeout=30) == 1
+        assert term.text.count(f"\nworking-{name}\n") == 1  # after the prompt it went on, not from the start
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -208,12 +209,20 @@ class LogView:
             self.progress = None
 
 
-def follow(signed: Signed, build_id: str, view: LogView) -> None:
+@dataclass
+class StreamPosition:
+    """Where a follower is in a build's event stream, kept across reconnects and a Ctrl-C prompt."""
+
+    offset: int = 0
+
+
+def follow(signed: Signed, build_id: str, view: LogView, position: StreamPosition | None = None) -> None:
     """Read the build's event stream until its `end` event, reconnecting from the last event id."""
-    offset, failures = 0, 0
+    position = position or StreamPosition()
+    failures = 0
     path = f"/byoi/builds/{build_id}/events"
     while True:
-        query = f"offset={offset}"
+        query = f"offset={position.offset}"
         try:
             with httpx.stream(
                 "GET", signed.url(path) + "?" + query, headers=signed.headers("GET", path, query=query), timeout=None
@@ -228,7 +237,7 @@ def follow(signed: Signed, build_id: str, view: LogView) -> None:
                     elif line.startswith("data:"):
                         data = line[5:].strip()
                     elif line.startswith("id:"):
-                        offset = int(line[3:].strip())
+                        position.offset = int(line[3:].strip())
                     elif line == "" and data:
                         if event == "end":
                             view.close()
@@ -245,9 +254,10 @@ def follow(signed: Signed, build_id: str, view: LogView) -> None:
 
 def _follow_with_stop(signed: Signed, ext: Any, build_id: str, view: LogView) -> None:
     """Follow; on Ctrl-C ask whether to stop the build (no: leave it running and exit)."""
+    position = StreamPosition()  # after the prompt, go on from where the log stopped rather than print it again
     while True:
         try:
-            follow(signed, build_id, view)
+            follow(signed, build_id, view, position)
             return
         except KeyboardInterrupt:
             view.close()
