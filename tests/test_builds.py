@@ -231,7 +231,8 @@ def test_dockerignore_is_honoured_by_the_cli_and_by_the_server(server, ext, name
     upload = upload_tar(server, tar_of({"Dockerfile": dockerfile, **files}))
     assert upload.status_code == 200, upload.text
     build_id = ext.start_image_build(ContextId=upload.json()["ContextId"], Repository=name, Tag="raw")["BuildId"]
-    assert wait(ext, build_id)["BuildStatus"] == "SUCCEEDED"
+    done = wait(ext, build_id)
+    assert (done["BuildStatus"], done["ContextId"]) == ("SUCCEEDED", upload.json()["ContextId"])
     text = log_text(server, build_id)
     assert "/ctx/app.R" in text and "/ctx/secret.txt" not in text and "/ctx/data/big.bin" not in text
     assert "3 excluded by .dockerignore" not in text and "excluded by .dockerignore" in text
