@@ -61,6 +61,12 @@ def test_credentials_from_docker_config(server_factory, registry, basic_registry
     srv = server_factory([f"http://{registry}"], extra_args=["--docker-config", str(config)])
     d = create_version(srv, f"{basic_registry}/private/dc:v1")
     assert d["ContainerImage"] == f"{basic_registry}/private/dc@{pushed.digest}"
+    # A registry named with --registry but without credentials of its own takes them from the Docker config.
+    named = server_factory(
+        [f"http://{registry}", f"http://{basic_registry}"], extra_args=["--docker-config", str(config)]
+    )
+    d = create_version(named, f"{basic_registry}/private/dc:v1")
+    assert d["ContainerImage"] == f"{basic_registry}/private/dc@{pushed.digest}", d.get("FailureReason")
 
 
 def test_bearer_token_registry(server_factory, registry, token_registry, tmp_path):

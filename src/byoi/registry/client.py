@@ -146,6 +146,9 @@ class RegistryClient:
             if cfg is not None:
                 base = f"{cfg.scheme}://{host}"
                 creds = Credentials(cfg.username, cfg.password, cfg.token)
+                if not (cfg.username or cfg.password or cfg.token):
+                    # Named with --registry but no credentials of its own: the Docker config may have some.
+                    creds = self._docker_credentials.get(host, creds)
             else:
                 # Plain HTTP only for loopback registries that were not configured explicitly.
                 base = f"{'http' if is_loopback(host) else 'https'}://{host}"
