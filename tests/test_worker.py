@@ -258,3 +258,58 @@ async def test_a_give_up_hook_that_fails_is_tried_again(tmp_path):
     finally:
         await worker.stop()
         await db.close()
+
+
+async def test_stop_cancels_running_handlers_and_keeps_their_lease(tmp_path):
+    """stop() cancels a long handler (its row keeps the lease until it expires, so a restarted server
+    resumes it) and returns promptly even while the loop polls the store continuously."""
+    db = await make_db(tmp_path, [(1, "SLOW", "slow")])
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def long_work(claim: Claim) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    worker = Worker(db, lease_seconds=5, poll_seconds=0.001)
+    worker.register(Task("slow", items, ("SLOW",), long_work))
+    worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.2)  # the loop keeps polling meanwhile
+        await asyncio.wait_for(worker.stop(), 10)
+        assert cancelled.is_set() and worker.running == {"slow": 0}
+        async with db.read() as conn:
+            row = (await conn.execute(sa.select(items))).one()
+        assert row.status == "SLOW" and row.lease_owner == worker.owner and row.lease_until > 0
+    finally:
+        await worker.stop()
+        await db.close()
+
+
+async def test_stop_right_after_a_wake_returns(tmp_path):
+    """Python 3.11's asyncio.wait_for swallows a cancellation that arrives as the awaited event fires. The
+    worker used to stop its loop by cancelling it, so a wake() just before stop() (work recorded as the
+    server shuts down) left the loop running and stop() waiting for ever. It now stops on a flag."""
+    db = await make_db(tmp_path, [(1, "OTHER", "none")])  # no row the task handles
+
+    async def never(claim: Claim) -> None:
+        raise AssertionError("no rows")
+
+    worker = Worker(db, poll_seconds=5)
+    worker.register(Task("quick", items, ("QUICK",), never))
+    worker.start()
+    try:
+        await asyncio.sleep(0.3)  # the loop has polled once and waits for a wake
+        worker.wake()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(worker.stop(), 3)
+        assert asyncio.get_running_loop().time() - started < 2
+        assert worker._loop_task is not None and worker._loop_task.done()
+    finally:
+        if worker._loop_task and not worker._loop_task.done():
+            worker._loop_task.cancel()  # the old behaviour: do not leave the loop behind
+        await db.close()

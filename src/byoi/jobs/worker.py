@@ -97,7 +97,9 @@ class Worker:
         self._slots = asyncio.Semaphore(concurrency)
         self._own_pools: dict[str, asyncio.Semaphore] = {}
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._handlers: dict[tuple[str, int], asyncio.Task[None]] = {}  # the handler part of a running row
         self._loop_task: asyncio.Task[None] | None = None
         self.waiting: dict[str, int] = {}
 
@@ -121,20 +123,25 @@ class Worker:
         self._loop_task = asyncio.create_task(self._loop(), name="byoi-worker")
 
     async def stop(self) -> None:
+        """Stop polling and cancel the handlers that are running (their rows keep their lease until it
+        expires, so another server, or this one restarted, takes them over).
+
+        Only handlers are cancelled. The loop stops on a flag: Python 3.11's asyncio.wait_for swallows a
+        cancellation that arrives as the event it waits for fires, so cancelling the loop right after a
+        wake() left it running and stop() waiting for ever. Lease renewals and releases are let finish
+        their statement rather than being cut off midway."""
+        self._stopping.set()
+        self._wake.set()
         if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        for t in list(self._running.values()):
-            t.cancel()
+            await self._loop_task
+        for handler in list(self._handlers.values()):
+            handler.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.run_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # the store may be briefly unavailable; keep reconciling
                 log.exception("background work loop failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -142,6 +149,8 @@ class Worker:
             self._wake.clear()
 
     async def run_once(self) -> None:
+        if self._stopping.is_set():
+            return
         now = time.time()
         for task in self.tasks:
             t = task.table
@@ -173,30 +182,48 @@ class Worker:
         return Claim(t, row_id, self.owner, row[0]) if row else None
 
     async def _run(self, task: Task, claim: Claim) -> None:
-        renew = asyncio.create_task(self._renew(claim))
-        values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
         key = (task.name, claim.row_id)
         try:
+            values = await self._attempt(task, claim)
+            if values is not None:
+                async with self.db.transaction() as conn:
+                    await conn.execute(sa.update(claim.table).where(claim.owns()).values(**values))
+                self.wake()
+        finally:
+            self._running.pop(key, None)
+
+    async def _attempt(self, task: Task, claim: Claim) -> dict[str, Any] | None:
+        """Run the handler once, renewing the lease meanwhile; return the values that release the row
+        (None when the handler was cancelled by stop(): the lease then simply expires)."""
+        key = (task.name, claim.row_id)
+        done = asyncio.Event()
+        renew = asyncio.create_task(self._renew(claim, done))
+        values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+        try:
             async with self._own_pools.get(task.name, self._slots):
-                await task.handler(claim)
+                if self._stopping.is_set():
+                    return values  # stopped while waiting for a slot: let the row go at once
+                handler = self._handlers[key] = asyncio.ensure_future(task.handler(claim))
+                await handler
             self._failures.pop(key, None)
         except RetryLater as exc:
             level = logging.DEBUG if exc.routine else logging.INFO
             log.log(level, "%s %s: retrying in %.1fs: %s", task.name, claim.row_id, exc.delay, exc)
             values["next_attempt_at"] = time.time() + exc.delay
         except asyncio.CancelledError:
-            raise
+            if not self._stopping.is_set():
+                raise
+            return None
         except Exception as exc:
             # A handler bug must not wedge the row, nor retry it for ever: see the module docstring.
             delay = await self._handler_failed(task, claim, exc)
             if delay is not None:
                 values["next_attempt_at"] = time.time() + delay
         finally:
-            renew.cancel()
-            self._running.pop((task.name, claim.row_id), None)
-        async with self.db.transaction() as conn:
-            await conn.execute(sa.update(claim.table).where(claim.owns()).values(**values))
-        self.wake()
+            self._handlers.pop(key, None)
+            done.set()
+            await asyncio.gather(renew, return_exceptions=True)  # let a renewal in flight finish
+        return values
 
     async def _handler_failed(self, task: Task, claim: Claim, exc: Exception) -> float | None:
         """Log an unexpected handler error; give the row up or return the delay before its next attempt."""
@@ -224,10 +251,16 @@ class Worker:
         self._failures.pop(key, None)
         return None
 
-    async def _renew(self, claim: Claim) -> None:
+    async def _renew(self, claim: Claim, done: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            async with self.db.transaction() as conn:
-                await conn.execute(
-                    sa.update(claim.table).where(claim.owns()).values(lease_until=time.time() + self.lease_seconds)
-                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.lease_seconds / 3)
+            if done.is_set():
+                return
+            try:
+                async with self.db.transaction() as conn:
+                    await conn.execute(
+                        sa.update(claim.table).where(claim.owns()).values(lease_until=time.time() + self.lease_seconds)
+                    )
+            except Exception:  # the store may be briefly unavailable: try again at the next interval
+                log.warning("%s %s: could not renew the lease", claim.table.name, claim.row_id, exc_info=True)
