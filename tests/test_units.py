@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
@@ -11,8 +12,8 @@ import pytest
 from byoi.api.protocol import snake
 from byoi.config import RegistryConfig
 from byoi.metrics import outcome_class
-from byoi.registry.client import RegistryClient
-from byoi.registry.errors import RegistryBadContent
+from byoi.registry.client import Credentials, RegistryClient, docker_config_credentials
+from byoi.registry.errors import RegistryBadContent, RegistryNotFound
 from byoi.registry.reference import InvalidReference, Reference, parse
 
 
@@ -129,3 +130,45 @@ async def test_non_image_artifact_is_refused():
 def test_latency_outcome_class_follows_the_error_status(outcome, expected):
     """Latency is labelled by outcome class (bounded), by the HTTP status AWS answers the code with."""
     assert outcome_class(outcome) == expected
+
+
+@pytest.mark.parametrize("token_body", [b"[1, 2]", b'"a string"', b'{"token": 5}', b"not json"])
+async def test_a_token_service_answering_something_else_than_a_token_object_is_bad_content(token_body):
+    def handler(request):
+        if request.url.path == "/token":
+            return httpx.Response(200, content=token_body, headers={"Content-Type": "application/json"})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="http://reg.test/token"'})
+
+    with pytest.raises(RegistryBadContent, match="returned no token"):
+        await _resolve_against(handler)
+
+
+@pytest.mark.parametrize("error_body", [b'{"errors": 5}', b'{"errors": [5, {"code": 7}]}', b"[]", b"<html>"])
+async def test_a_404_with_an_odd_error_body_is_still_not_found(error_body):
+    def handler(request):
+        return httpx.Response(404, content=error_body, headers={"Content-Type": "application/json"})
+
+    with pytest.raises(RegistryNotFound, match="reg.test"):
+        await _resolve_against(handler)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[]",
+        '{"auths": 5}',
+        '{"auths": {"reg.test": 5}}',
+        '{"auths": {"reg.test": {"auth": "%%%not-base64"}}}',
+        '{"auths": {"reg.test": {"auth": 7}}}',
+        '{"auths": {"reg.test": {"auth": "' + base64.b64encode(b"\xff\xfe").decode() + '"}}}',
+    ],
+)
+def test_unreadable_docker_config_entries_are_skipped(tmp_path, config):
+    path = tmp_path / "config.json"
+    path.write_text(config)
+    good = {"auth": base64.b64encode(b"alice:pw").decode()}
+    assert docker_config_credentials(path) == {}
+    mixed = json.loads(config) if config.startswith('{"auths": {') else None
+    if mixed is not None:  # a bad entry does not spoil the good ones next to it
+        path.write_text(json.dumps({"auths": {**mixed["auths"], "good.test": good}}))
+        assert docker_config_credentials(path) == {"good.test": Credentials("alice", "pw")}

@@ -81,22 +81,43 @@ def is_loopback(host: str) -> bool:
 
 
 def docker_config_credentials(path: Path | None) -> dict[str, Credentials]:
-    """Credentials from a Docker `config.json` (`auths`: base64 `auth`, or `identitytoken`)."""
+    """Credentials from a Docker `config.json` (`auths`: base64 `auth`, or `identitytoken`).
+
+    Entries that cannot be read are skipped: the registry then asks for credentials, and the version's
+    failure says none are configured for it."""
     if path is None or not path.exists():
         return {}
     try:
-        auths = json.loads(path.read_text()).get("auths", {})
+        config = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    auths = config.get("auths") if isinstance(config, dict) else None
     result = {}
-    for host, entry in auths.items():
+    for host, entry in (auths if isinstance(auths, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
         host = host.split("://", 1)[-1].rstrip("/").removesuffix("/v1")
-        if entry.get("identitytoken"):
+        if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
             result[host] = Credentials(token=entry["identitytoken"])
-        elif entry.get("auth"):
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        elif isinstance(entry.get("auth"), str) and entry["auth"]:
+            try:
+                user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+                continue
             result[host] = Credentials(user, password)
     return result
+
+
+def _error_codes(response: httpx.Response) -> set[str]:
+    """The `code`s of a registry's JSON error body; empty when the body is not that shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        return set()
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return set()
+    return {e["code"] for e in errors if isinstance(e, dict) and isinstance(e.get("code"), str)}
 
 
 @dataclass
@@ -224,10 +245,10 @@ class RegistryClient:
                 )
             try:
                 body = response.json()
-                token = body.get("token") or body.get("access_token")
             except ValueError:
-                token = None
-            if not token:
+                body = None
+            token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token:
                 raise RegistryBadContent(f"token service of registry {host} returned no token")
             return f"Bearer {token}"
         raise RegistryAuthError(f"registry {host} asks for an unsupported authentication scheme {scheme!r}")
@@ -243,12 +264,7 @@ class RegistryClient:
                 "check the credentials configured for it"
             )
         if code == 404:
-            error_codes: set[str] = set()
-            try:
-                error_codes = {e.get("code") for e in response.json().get("errors", [])}
-            except (ValueError, AttributeError):
-                pass
-            if "NAME_UNKNOWN" in error_codes:
+            if "NAME_UNKNOWN" in _error_codes(response):
                 raise RegistryNotFound(f"repository {repository} does not exist in registry {host}")
             raise RegistryNotFound(f"{what} not found in repository {repository} of registry {host}")
         if code == 429 or code >= 500:
