@@ -485,7 +485,7 @@ def test_a_config_descriptor_with_a_negative_size_fails_clearly(sm, pusher):
     _, d = register(sm, f"{r}:v1")
     assert d["ImageVersionStatus"] == "CREATE_FAILED"
     assert d["FailureReason"].endswith(
-        "the image manifest is malformed: the size of the config descriptor is -1, not a non-negative integer"
+        "the image manifest is malformed: the config descriptor has size -1, not a non-negative integer"
     )
 
 
@@ -540,7 +540,7 @@ def test_wrong_types_that_only_a_lax_registry_serves_fail_clearly(sm, lax_regist
     _, d = register(sm, f"{host}/lax/img:size")
     assert d["FailureReason"] == (
         f"Cannot inspect {host}/lax/img@{digest}: the image manifest is malformed: "
-        "the size of the config descriptor is a string, not a non-negative integer"
+        "the config descriptor has size a string, not a non-negative integer"
     )
     image["config"]["size"] = len(config)
     good = lax_registry.manifest("lax/idx", "amd64", image, OCI_MANIFEST)

@@ -228,11 +228,11 @@ def test_inspector_rejects_bad_manifests(tmp_path):
             "layer 1 has no valid sha256 digest \\(digest is 'md5:x'\\)",
         ),
         ({"config": good, "layers": ["sha256:" + "0" * 64]}, "layer 1 is a string, not a descriptor object"),
-        ({"config": {**good, "size": "12"}, "layers": []}, "the size of the config descriptor is a string, not a non"),
-        ({"config": {**good, "size": 1.5}, "layers": []}, "the size of the config descriptor is 1.5, not a non-neg"),
-        ({"config": {**good, "size": True}, "layers": []}, "the size of the config descriptor is a boolean"),
-        ({"config": good, "layers": [{**good, "size": -1}]}, "the size of layer 1 is -1, not a non-negative integer"),
-        ({"config": {**good, "mediaType": 7}, "layers": []}, "the mediaType of the config descriptor is a number"),
+        ({"config": {**good, "size": "12"}, "layers": []}, "the config descriptor has size a string, not a non"),
+        ({"config": {**good, "size": 1.5}, "layers": []}, "the config descriptor has size 1.5, not a non-neg"),
+        ({"config": {**good, "size": True}, "layers": []}, "the config descriptor has size a boolean"),
+        ({"config": good, "layers": [{**good, "size": -1}]}, "layer 1 has size -1, not a non-negative integer"),
+        ({"config": {**good, "mediaType": 7}, "layers": []}, "the config descriptor has a mediaType that is a number"),
         ({"config": {**good, "size": 1 << 40}, "layers": []}, "config is larger"),
     ]
     for manifest, message in cases:

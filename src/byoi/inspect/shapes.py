@@ -9,30 +9,10 @@ report code. `null` counts as absent for optional members, as Go and Docker trea
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from byoi.inspect.errors import InspectionError
-
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def json_type(value: Any) -> str:
-    """A JSON value's type in words, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
+from byoi.oci_json import descriptor_problem, json_type
 
 _WANTED: dict[type, str] = {str: "a string", dict: "an object", list: "an array"}
 
@@ -76,21 +56,11 @@ def check_image_config(config: dict[str, Any]) -> None:
 
 
 def check_descriptor(desc: Any, name: str) -> dict[str, Any]:
-    """A content descriptor of the manifest (`name` says which, e.g. "layer 2"): an object with a sha256
-    digest, a non-negative integer size and a string media type (size and media type may be absent)."""
-    what = "the image manifest"
-    if not isinstance(desc, dict):
-        raise InspectionError(f"{what} is malformed: {name} is {json_type(desc)}, not a descriptor object")
-    digest = desc.get("digest")
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        shown = repr(digest)[:80] if isinstance(digest, str) else json_type(digest)
-        raise InspectionError(f"{what} is malformed: {name} has no valid sha256 digest (digest is {shown})")
-    size = desc.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        shown = str(size) if isinstance(size, int | float) and not isinstance(size, bool) else json_type(size)
-        raise InspectionError(f"{what} is malformed: the size of {name} is {shown}, not a non-negative integer")
-    _optional(desc, "mediaType", str, f"the mediaType of {name}", what)
-    return desc
+    """A content descriptor of the manifest (`name` says which, e.g. "layer 2"), checked by the shared rules."""
+    problem = descriptor_problem(desc, name)
+    if problem:
+        raise InspectionError(f"the image manifest is malformed: {problem}")
+    return desc  # type: ignore[no-any-return]
 
 
 def descriptor_size(desc: dict[str, Any]) -> int:

@@ -21,6 +21,7 @@ import httpx2 as httpx
 import regex
 
 from byoi.config import RegistryConfig
+from byoi.oci_json import descriptor_problem, json_type
 from byoi.registry.errors import (
     PlatformNotFound,
     RegistryAuthError,
@@ -43,7 +44,6 @@ ACCEPT = ", ".join((*IMAGE_MANIFESTS, *INDEXES))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 _CHALLENGE_PARAM = regex.compile(r'(\w+)="([^"]*)"')
-_SHA256 = regex.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -369,18 +369,9 @@ def _decode_manifest(raw: bytes, host: str, repo: str) -> dict[str, Any]:
     if manifest.get("mediaType") is not None and not isinstance(manifest["mediaType"], str):
         raise RegistryBadContent(
             f"registry {host} returned a manifest for {repo} whose mediaType is "
-            f"{_json_type(manifest['mediaType'])}, not a string"
+            f"{json_type(manifest['mediaType'])}, not a string"
         )
     return manifest
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    names = {int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
-    return names.get(type(value), type(value).__name__)
 
 
 def _check_index_entry(entry: Any, position: int, where: str) -> dict[str, str]:
@@ -388,26 +379,17 @@ def _check_index_entry(entry: Any, position: int, where: str) -> dict[str, str]:
     a string media type and a platform object of strings (size, media type and platform may be absent).
     Returns its platform members. Distribution refuses most wrong types on push; other registries do not."""
     bad = f"the index {where} is malformed: entry {position} of its manifests"
-    if not isinstance(entry, dict):
-        raise RegistryBadContent(f"{bad} is {_json_type(entry)}, not a descriptor object")
-    digest = entry.get("digest")
-    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-        shown = repr(digest)[:80] if isinstance(digest, str) else _json_type(digest)
-        raise RegistryBadContent(f"{bad} has no valid sha256 digest (digest is {shown})")
-    size = entry.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        shown = str(size) if isinstance(size, int | float) and not isinstance(size, bool) else _json_type(size)
-        raise RegistryBadContent(f"{bad} has size {shown}, not a non-negative integer")
-    if entry.get("mediaType") is not None and not isinstance(entry["mediaType"], str):
-        raise RegistryBadContent(f"{bad} has a mediaType that is {_json_type(entry['mediaType'])}, not a string")
+    problem = descriptor_problem(entry, bad)
+    if problem:
+        raise RegistryBadContent(problem)
     platform = entry.get("platform")
     if platform is None:
         return {}
     if not isinstance(platform, dict):
-        raise RegistryBadContent(f"{bad} has a platform that is {_json_type(platform)}, not an object")
+        raise RegistryBadContent(f"{bad} has a platform that is {json_type(platform)}, not an object")
     for key in ("os", "architecture", "variant"):
         if platform.get(key) is not None and not isinstance(platform[key], str):
-            raise RegistryBadContent(f"{bad} has platform.{key} {_json_type(platform[key])}, not a string")
+            raise RegistryBadContent(f"{bad} has platform.{key} {json_type(platform[key])}, not a string")
     return {key: platform[key] for key in ("os", "architecture", "variant") if platform.get(key)}
 
 
@@ -419,7 +401,7 @@ def _choose_platform(index: dict[str, Any], platform: str, where: str) -> str:
     entries = index.get("manifests")
     if not isinstance(entries, list):
         raise RegistryBadContent(
-            f"the index {where} is malformed: its manifests member is {_json_type(entries)}, not an array"
+            f"the index {where} is malformed: its manifests member is {json_type(entries)}, not an array"
         )
     checked = [(_check_index_entry(entry, n, where), entry["digest"]) for n, entry in enumerate(entries, 1)]
     available = ["/".join(p[k] for k in ("os", "architecture", "variant") if k in p) for p, _ in checked]
