@@ -143,6 +143,7 @@ class BuildRunner:
                 work.cancel()  # closes the Engine request: the Engine stops the build
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
+                watcher.result()  # the stop check itself failed (e.g. the store): a handler error, not a stop
                 await self._settle(claim, blog, "STOPPED", failure_reason="Stopped on request")
                 return
             try:
@@ -154,6 +155,9 @@ class BuildRunner:
         finally:
             work.cancel()
             watcher.cancel()
+            # Wait until the build task has ended: its Engine request is then closed (so the Engine stops the
+            # build) before the row is released, retried or given up.
+            await asyncio.gather(work, watcher, return_exceptions=True)
             self._stops.pop(row.build_id, None)
 
     async def _watch_stop(self, row_id: int, stop: asyncio.Event) -> None:
@@ -241,6 +245,22 @@ class BuildRunner:
             client_token=token,
         )
         return str(result["ImageVersionArn"])
+
+    async def give_up(self, claim: Claim, reason: str) -> None:
+        """The handler failed `max_failures` times in a row with an unexpected error (see byoi.jobs.worker): FAILED,
+        naming the error, instead of being tried for ever. Nothing of it runs on the Engine any more: the
+        handler has returned, and `_execute` waits for the build's request to be closed before it does."""
+        async with self.ctx.db.read() as conn:
+            build_id = (
+                await conn.execute(sa.select(builds_t.c.build_id).where(claim.owns(), builds_t.c.status.in_(ACTIVE)))
+            ).scalar_one_or_none()
+        if build_id is None:
+            return
+        blog = BuildLog(self.root / build_id / "log.jsonl", self.settings.log_limit)
+        try:
+            await self._settle(claim, blog, "FAILED", failure_reason=f"Internal error while building: {reason}"[:1024])
+        finally:
+            blog.close()
 
     # -- writing outcomes ----------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ extracted; `StartImageBuild` then records a build `QUEUED`. The `run-image-build
 in the order they were started, at most `concurrency` at once, and runs them (`build_runner`): `BUILDING`,
 `PUSHING`, then `SUCCEEDED`, `FAILED` or `STOPPED`. A build whose server died is claimed again when its
 lease runs out and restarted from the beginning (the Engine's layer cache makes finished steps cheap), at
-most `resume_attempts` times, so no build is ever left `BUILDING`.
+most `resume_attempts` times, so no build is ever left `BUILDING`. An unexpected error in the runner (a bug)
+is tried as often, then ends the build `FAILED` with the error as its FailureReason (the worker's give-up).
 """
 
 from __future__ import annotations
@@ -66,7 +67,20 @@ class BuildService:
         self.runner = BuildRunner(ctx, builder, images, versions, settings, self.root)
 
     def tasks(self) -> list[Task]:
-        return [Task("run-image-build", builds_t, ACTIVE, self.runner.run, concurrency=self.settings.concurrency)]
+        return [
+            Task(
+                "run-image-build",
+                builds_t,
+                ACTIVE,
+                self.runner.run,
+                concurrency=self.settings.concurrency,
+                # An unexpected error ends the build FAILED with it. A build that failed while BUILDING is claimed
+                # again as if its server had stopped, so giving up after as many tries as a restarted build gets
+                # names the real error rather than "the server stopped".
+                give_up=self.runner.give_up,
+                max_failures=self.settings.resume_attempts + 1,
+            )
+        ]
 
     # -- files --------------------------------------------------------------------------------
 

@@ -1,0 +1,153 @@
+"""Give-up outcomes of the background work for user-visible resources, on the real services in-process.
+
+Each test runs the real store, worker and services (a real registry where one is needed); the failure is
+injected (a method below or beside the handler that raises), standing for any bug nobody foresaw. The
+handler fails a few times in a row, the task's give-up hook moves the row to its failed state with a reason
+that names the error, and the normal operations still work on the row afterwards. The worker's back-off is
+shortened so the tests take well under a second each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import tarfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from byoi.app import build_context
+from byoi.config import RegistryConfig, Settings
+from byoi.services.context import ServiceContext
+from byoi.store.db import migrate
+
+ROLE = "arn:aws:iam::000000000000:role/byoi-test"
+
+
+def start(ctx: ServiceContext, *services: Any) -> None:
+    """Register the services' tasks on the context's worker and start it."""
+    for service in services:
+        for task in service.tasks():
+            ctx.worker.register(task)
+    ctx.worker.start()
+
+
+async def new_context(tmp_path: Path, registry: str) -> ServiceContext:
+    ctx = build_context(Settings(data_dir=tmp_path, registries=(RegistryConfig(f"http://{registry}"),)))
+    await asyncio.to_thread(migrate, ctx.db.url)
+    ctx.worker.poll_seconds = 0.02
+    ctx.worker.failure_delay = 0.01  # the default is 5 s, doubling, for tasks that do not set their own
+    return ctx
+
+
+async def close(ctx: ServiceContext) -> None:
+    await ctx.worker.stop()
+    await ctx.registry.close()
+    await ctx.db.close()
+
+
+async def until(
+    read: Callable[[], Awaitable[dict[str, Any]]], done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    for _ in range(400):
+        found = await read()
+        if done(found):
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still not there: {found}")
+
+
+# -- run-image-build ---------------------------------------------------------------------------------
+
+
+class HangingBuilder:
+    """TEST DOUBLE for the builder seam (DockerBuilder): its builds run until they are cancelled, which is how
+    byoi stops an Engine build (the Builder protocol: cancelling `build()` stops it), and it counts both, so
+    the test sees that no build is left running when the runner gives up. With `hang` off a build succeeds."""
+
+    name = "test-double"
+
+    def __init__(self) -> None:
+        self.hang = True
+        self.started = 0
+        self.cancelled = 0
+        self.running = asyncio.Event()  # set while a build runs
+
+    async def ping(self) -> None:
+        return None
+
+    async def build(self, request: Any, emit: Any) -> str:
+        self.started += 1
+        if not self.hang:
+            return "sha256:" + "1" * 64
+        self.running.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            self.running.clear()
+            raise
+        raise AssertionError("unreachable")
+
+    async def push(self, request: Any, emit: Any) -> str:
+        return "sha256:" + "2" * 64
+
+    async def close(self) -> None:
+        return None
+
+
+async def upload(builds: Any, files: dict[str, bytes]) -> str:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    body = buf.getvalue()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    result = await builds.accept_context(chunks(), len(body), hashlib.sha256(body).hexdigest())
+    return str(result["ContextId"])
+
+
+async def test_a_build_whose_runner_keeps_failing_ends_failed_and_its_build_is_stopped(tmp_path, registry, monkeypatch):
+    from byoi.build.settings import BuildSettings
+    from byoi.services.build_runner import BuildRunner
+    from byoi.services.builds import BuildService
+    from byoi.services.image_versions import ImageVersionService
+    from byoi.services.images import ImageService
+
+    ctx = await new_context(tmp_path, registry)
+    builder = HangingBuilder()
+    builds = BuildService(ctx, builder, ImageService(ctx), ImageVersionService(ctx), BuildSettings(resume_attempts=2))
+
+    async def broken_stop_check(self: Any, row_id: int, stop: Any) -> None:
+        await builder.running.wait()  # fails while the Engine builds
+        raise RuntimeError("stop check with a bug")
+
+    monkeypatch.setattr(BuildRunner, "_watch_stop", broken_stop_check)
+    start(ctx, builds)
+    try:
+        dockerfile = {"Dockerfile": b"FROM scratch\nCOPY a /a\n", "a": b"a"}
+        build_id = (await builds.start_image_build(await upload(builds, dockerfile), "giveup/app"))["BuildId"]
+        d = await until(lambda: builds.describe_image_build(build_id), lambda d: d["BuildStatus"] == "FAILED")
+        # The real error, not "stopped on request" (what a failing stop check used to mean) nor "the server
+        # running this build stopped" (what the resumes after each failure would say one try later).
+        assert d["FailureReason"] == (
+            "Internal error while building: RuntimeError: stop check with a bug (failed 3 times; see the server log)"
+        )
+        assert d["EndTime"] is not None and d["EndTime"] >= d["StartTime"]
+        assert builder.started == builder.cancelled == 3  # each try's build was stopped before the row went on
+        assert not (tmp_path / "builds" / build_id / "raw.tar").exists()
+
+        monkeypatch.undo()
+        builder.hang = False
+        build_id = (await builds.start_image_build(await upload(builds, dockerfile), "giveup/app"))["BuildId"]
+        d = await until(lambda: builds.describe_image_build(build_id), lambda d: d["BuildStatus"] != "QUEUED")
+        d = await until(lambda: builds.describe_image_build(build_id), lambda d: d["BuildStatus"] == "SUCCEEDED")
+        assert d.get("FailureReason") is None
+    finally:
+        await close(ctx)
