@@ -151,3 +151,88 @@ async def test_a_build_whose_runner_keeps_failing_ends_failed_and_its_build_is_s
         assert d.get("FailureReason") is None
     finally:
         await close(ctx)
+
+
+# -- launch-app --------------------------------------------------------------------------------------
+
+
+async def created_version(images: Any, versions: Any, pusher: Any, registry: str, image: str) -> None:
+    pusher.image(f"giveup/{image}", "v1")
+    await images.create_image(image, ROLE)
+    await versions.create_image_version(image, f"{registry}/giveup/{image}:v1", "token-1")
+    await until(lambda: versions.describe_image_version(image, 1), lambda d: d["ImageVersionStatus"] != "CREATING")
+
+
+async def test_a_launch_that_keeps_failing_ends_failed_with_its_container_removed(
+    tmp_path, registry, pusher, monkeypatch
+):
+    """The session runtime is the real one (Docker Engine, when it runs here); its `inspect` is made to raise
+    something no launch expects, and `remove` is watched (and still called through)."""
+    from byoi.runtime.docker import DockerRuntime, RuntimeFailure
+    from byoi.runtime.instance_types import InstanceTypes
+    from byoi.runtime.settings import RuntimeSettings
+    from byoi.services.app_image_configs import AppImageConfigService
+    from byoi.services.apps import AppService
+    from byoi.services.domains import DomainService
+    from byoi.services.image_versions import ImageVersionService
+    from byoi.services.images import ImageService
+    from byoi.services.user_profiles import UserProfileService
+
+    ctx = await new_context(tmp_path, registry)
+    images, versions = ImageService(ctx), ImageVersionService(ctx)
+    domains, profiles, configs = DomainService(ctx), UserProfileService(ctx), AppImageConfigService(ctx)
+    runtime = DockerRuntime()
+    apps = AppService(ctx, runtime, RuntimeSettings(launch_attempts=3), InstanceTypes.load(None), domains, profiles)
+    failure: list[Exception] = [RuntimeError("inspect with a bug")]
+    removed: list[str] = []
+    real_remove = runtime.remove
+
+    async def broken_inspect(name: str) -> Any:
+        raise failure[0]
+
+    async def watched_remove(name: str, stop_timeout: int = 10) -> None:
+        removed.append(name)
+        await real_remove(name, stop_timeout)
+
+    monkeypatch.setattr(runtime, "inspect", broken_inspect)
+    monkeypatch.setattr(runtime, "remove", watched_remove)
+    start(ctx, images, versions, domains, profiles, apps)
+    try:
+        await created_version(images, versions, pusher, registry, "giveup-app")
+        await configs.create_app_image_config("giveup-config")
+        domain_id = (
+            await domains.create_domain(
+                "giveup",
+                "IAM",
+                {
+                    "ExecutionRole": ROLE,
+                    "RSessionAppSettings": {
+                        "CustomImages": [{"ImageName": "giveup-app", "AppImageConfigName": "giveup-config"}]
+                    },
+                },
+                domain_settings={"RStudioServerProDomainSettings": {"DomainExecutionRoleArn": ROLE}},
+            )
+        )["DomainId"]
+        await profiles.create_user_profile(domain_id, "alice")
+        app = (domain_id, "RSessionGateway", "rs")
+        spec = {"SageMakerImageArn": ctx.arns.image("giveup-app")}
+
+        async def describe() -> dict[str, Any]:
+            return await apps.describe_app(*app, user_profile_name="alice")
+
+        await apps.create_app(*app, user_profile_name="alice", resource_spec=spec)
+        d = await until(describe, lambda d: d["Status"] != "Pending")
+        assert d["Status"] == "Failed"
+        assert d["FailureReason"] == (
+            "Internal error while launching: RuntimeError: inspect with a bug (failed 3 times; see the server log)"
+        )
+        assert len(removed) == 1  # by the give-up: a container the launch may have left is gone
+        # Re-created, the app is launched again; an Engine refusal now is the launch's ordinary failure.
+        failure[0] = RuntimeFailure("the engine refused")
+        await apps.create_app(*app, user_profile_name="alice", resource_spec=spec)
+        d = await until(describe, lambda d: d["Status"] != "Pending")
+        assert (d["Status"], d["FailureReason"]) == ("Failed", "Docker Engine: the engine refused")
+        assert len(removed) == 2 and removed[0] != removed[1]  # each generation has its own container
+    finally:
+        await close(ctx)
+        await runtime.close()

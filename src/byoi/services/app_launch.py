@@ -4,8 +4,9 @@ it (`Deleting` -> `Deleted`), and the reconciler that compares records with the 
 A launch is a worker task on the app's row, so it holds the row's lease while it runs, and a server that
 dies mid-launch leaves the row to the next worker once the lease expires: that worker adopts the container
 if it is running, or removes it and starts over; after `launch_attempts` interrupted launches the app is
-`Failed`. Each re-create of an app name is a new generation with its own container name, so a container of
-an earlier generation is never taken for the current one.
+`Failed`, and so it is after as many unexpected errors in a row (the worker's give-up, naming the error).
+Each re-create of an app name is a new generation with its own container name, so a container of an earlier
+generation is never taken for the current one.
 
 The reconciler runs every `reconcile_seconds`: an `InService` app whose container stopped or vanished
 becomes `Failed` (with the exit code and the last log lines), and containers with this installation's labels
@@ -98,7 +99,20 @@ class Launcher:
 
     def tasks(self) -> list[Task]:
         return [
-            Task("launch-app", apps, ("Pending",), self._launch, concurrency=self.settings.launch_concurrency),
+            # An unexpected error (a bug) ends the app Failed with it, as often as an interrupted launch is tried:
+            # every try is a claim, so one more would end it Failed as "interrupted" without naming the error.
+            Task(
+                "launch-app",
+                apps,
+                ("Pending",),
+                self._launch,
+                concurrency=self.settings.launch_concurrency,
+                give_up=self._give_up_launching,
+                max_failures=self.settings.launch_attempts,
+            ),
+            # No give-up: AppStatus has no delete-failed state, and Failed means the container is gone, which
+            # is not known here. The row stays Deleting and is retried (at most every few minutes) until the
+            # container can be removed; DescribeApp and the log say why meanwhile.
             Task("delete-app", apps, ("Deleting",), self._delete),
         ]
 
@@ -340,6 +354,13 @@ class Launcher:
             backend={**(row.backend or {}), "LastLogLines": lines},
         )
         log.warning("session %s failed: %s", row.session_id, reason)
+
+    async def _give_up_launching(self, claim: Claim, reason: str) -> None:
+        """The launch failed `max_failures` times in a row with an unexpected error: Failed, naming it, with the
+        container removed first (as `_fail` does), so the app is never Pending for ever."""
+        row = await self._load(claim, "Pending")
+        if row is not None:
+            await self._fail(claim, row, f"Internal error while launching: {reason}")
 
     # -- delete ---------------------------------------------------------------------------------
 
