@@ -236,3 +236,106 @@ async def test_a_launch_that_keeps_failing_ends_failed_with_its_container_remove
     finally:
         await close(ctx)
         await runtime.close()
+
+
+# -- settle-domain, delete-domain, settle-user-profile, delete-user-profile ---------------------------
+
+
+async def test_domains_and_profiles_whose_work_keeps_failing_end_in_the_models_failed_states(
+    tmp_path, registry, monkeypatch
+):
+    """Settling is done in the request and only left to the task by a crash: the inline settle is switched off
+    (standing for that crash) and the task's handler made to raise. Deletion fails on a tag clean-up that
+    raises. Each ends in the model's failed state with the error, and Update / Delete work again from it."""
+    import byoi.services.domains as domains_module
+    import byoi.services.user_profiles as profiles_module
+    from byoi.services.domains import DomainService
+    from byoi.services.user_profiles import UserProfileService
+
+    ctx = await new_context(tmp_path, registry)
+    domains, profiles = DomainService(ctx), UserProfileService(ctx)
+
+    async def crashed(pk: int) -> None:
+        return None
+
+    async def broken_settle(claim: Any) -> None:
+        raise RuntimeError("settle with a bug")
+
+    def broken_cleanup(*_args: Any) -> None:
+        raise RuntimeError("tag cleanup with a bug")
+
+    for service in (domains, profiles):
+        monkeypatch.setattr(service, "settle", crashed)
+        monkeypatch.setattr(service, "_settle", broken_settle)
+    start(ctx, domains, profiles)  # the settle tasks keep the broken handlers from here on
+    try:
+        domain_id = (await domains.create_domain("giveup", "IAM", {"ExecutionRole": ROLE}))["DomainId"]
+
+        async def domain() -> dict[str, Any]:
+            return await domains.describe_domain(domain_id)
+
+        async def profile() -> dict[str, Any]:
+            return await profiles.describe_user_profile(domain_id, "alice")
+
+        def settled(d: dict[str, Any]) -> bool:
+            return d["Status"] not in ("Pending", "Updating", "Deleting")
+
+        want = "RuntimeError: settle with a bug (failed 5 times; see the server log)"
+        d = await until(domain, settled)
+        assert (d["Status"], d["FailureReason"]) == ("Failed", f"Internal error while settling the domain: {want}")
+        await domains.update_domain(domain_id, default_user_settings={"ExecutionRole": ROLE + "-2"})
+        d = await until(domain, settled)
+        assert (d["Status"], d["FailureReason"]) == (
+            "Update_Failed",
+            f"Internal error while settling the domain: {want}",
+        )
+        await profiles.create_user_profile(domain_id, "alice")
+        p = await until(profile, settled)
+        assert (p["Status"], p["FailureReason"]) == (
+            "Failed",
+            f"Internal error while settling the user profile: {want}",
+        )
+        await profiles.update_user_profile(domain_id, "alice", user_settings={"ExecutionRole": ROLE})
+        p = await until(profile, settled)
+        assert p["Status"] == "Update_Failed"
+
+        monkeypatch.undo()  # the inline settle works again: updates settle at once
+        await domains.update_domain(domain_id, default_user_settings={"ExecutionRole": ROLE})
+        await profiles.update_user_profile(domain_id, "alice", user_settings={"ExecutionRole": ROLE})
+        assert ((await domain())["Status"], (await domain())["FailureReason"]) == ("InService", None)
+        assert ((await profile())["Status"], (await profile())["FailureReason"]) == ("InService", None)
+
+        want = "RuntimeError: tag cleanup with a bug (failed 5 times; see the server log)"
+        monkeypatch.setattr(profiles_module, "delete_all_tags", broken_cleanup)
+        monkeypatch.setattr(domains_module, "delete_all_tags", broken_cleanup)
+        await profiles.delete_user_profile(domain_id, "alice")
+        p = await until(profile, settled)
+        assert (p["Status"], p["FailureReason"]) == (
+            "Delete_Failed",
+            f"Internal error while deleting the user profile: {want}",
+        )
+        monkeypatch.undo()
+        await profiles.delete_user_profile(domain_id, "alice")
+        await until(lambda: gone(profile), lambda g: g["Gone"])
+        monkeypatch.setattr(domains_module, "delete_all_tags", broken_cleanup)
+        await domains.delete_domain(domain_id)
+        d = await until(domain, settled)
+        assert (d["Status"], d["FailureReason"]) == (
+            "Delete_Failed",
+            f"Internal error while deleting the domain: {want}",
+        )
+        monkeypatch.undo()
+        await domains.delete_domain(domain_id)
+        await until(lambda: gone(domain), lambda g: g["Gone"])
+    finally:
+        await close(ctx)
+
+
+async def gone(describe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    from byoi.errors import ResourceNotFound
+
+    try:
+        await describe()
+    except ResourceNotFound:
+        return {"Gone": True}
+    return {"Gone": False}

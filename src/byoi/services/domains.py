@@ -103,8 +103,11 @@ class DomainService:
 
     def tasks(self) -> list[Task]:
         return [
-            Task("settle-domain", domains, ("Pending", "Updating"), self._settle),
-            Task("delete-domain", domains, ("Deleting",), self._finish_delete),
+            # After repeated unexpected errors (a bug, the store) the row ends in the model's own failed states,
+            # with a FailureReason naming the error, rather than Pending, Updating or Deleting for ever. From
+            # there UpdateDomain and DeleteDomain may be called again.
+            Task("settle-domain", domains, ("Pending", "Updating"), self._settle, give_up=self._give_up_settling),
+            Task("delete-domain", domains, ("Deleting",), self._finish_delete, give_up=self._give_up_deleting),
         ]
 
     async def domain_exists(self, conn: AsyncConnection, parts: tuple[str, ...]) -> bool:
@@ -285,6 +288,33 @@ class DomainService:
                 sa.update(domains)
                 .where(claim.owns(), domains.c.status.in_(("Pending", "Updating")))
                 .values(status="InService", failure_reason=None)
+            )
+
+    async def _give_up_settling(self, claim: Claim, reason: str) -> None:
+        """Pending -> Failed, Updating -> Update_Failed (the DescribeDomain statuses), naming the error."""
+        t = domains
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(t)
+                .where(claim.owns(), t.c.status.in_(("Pending", "Updating")))
+                .values(
+                    status=sa.case((t.c.status == "Pending", "Failed"), else_="Update_Failed"),
+                    failure_reason=f"Internal error while settling the domain: {reason}"[:1024],
+                    modified_at=time.time(),
+                )
+            )
+
+    async def _give_up_deleting(self, claim: Claim, reason: str) -> None:
+        t = domains
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(t)
+                .where(claim.owns(), t.c.status == "Deleting")
+                .values(
+                    status="Delete_Failed",
+                    failure_reason=f"Internal error while deleting the domain: {reason}"[:1024],
+                    modified_at=time.time(),
+                )
             )
 
     async def _finish_delete(self, claim: Claim) -> None:

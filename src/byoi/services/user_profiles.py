@@ -73,8 +73,19 @@ class UserProfileService:
 
     def tasks(self) -> list[Task]:
         return [
-            Task("settle-user-profile", user_profiles, ("Pending", "Updating"), self._settle),
-            Task("delete-user-profile", user_profiles, ("Deleting",), self._finish_delete),
+            # After repeated unexpected errors (a bug, the store) the row ends in the model's own failed states,
+            # with a FailureReason naming the error, rather than Pending, Updating or Deleting for ever. From
+            # there UpdateUserProfile and DeleteUserProfile may be called again.
+            Task(
+                "settle-user-profile",
+                user_profiles,
+                ("Pending", "Updating"),
+                self._settle,
+                give_up=self._give_up_settling,
+            ),
+            Task(
+                "delete-user-profile", user_profiles, ("Deleting",), self._finish_delete, give_up=self._give_up_deleting
+            ),
         ]
 
     async def profile_exists(self, conn: AsyncConnection, parts: tuple[str, ...]) -> bool:
@@ -277,6 +288,33 @@ class UserProfileService:
                 sa.update(user_profiles)
                 .where(claim.owns(), user_profiles.c.status.in_(("Pending", "Updating")))
                 .values(status="InService", failure_reason=None)
+            )
+
+    async def _give_up_settling(self, claim: Claim, reason: str) -> None:
+        """Pending -> Failed, Updating -> Update_Failed (the DescribeUserProfile statuses), naming the error."""
+        t = user_profiles
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(t)
+                .where(claim.owns(), t.c.status.in_(("Pending", "Updating")))
+                .values(
+                    status=sa.case((t.c.status == "Pending", "Failed"), else_="Update_Failed"),
+                    failure_reason=f"Internal error while settling the user profile: {reason}"[:1024],
+                    modified_at=time.time(),
+                )
+            )
+
+    async def _give_up_deleting(self, claim: Claim, reason: str) -> None:
+        t = user_profiles
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(t)
+                .where(claim.owns(), t.c.status == "Deleting")
+                .values(
+                    status="Delete_Failed",
+                    failure_reason=f"Internal error while deleting the user profile: {reason}"[:1024],
+                    modified_at=time.time(),
+                )
             )
 
     async def _finish_delete(self, claim: Claim) -> None:
