@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from byoi.app import build_context
 from byoi.config import RegistryConfig, Settings
 from byoi.services.context import ServiceContext
@@ -339,3 +341,37 @@ async def gone(describe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, A
     except ResourceNotFound:
         return {"Gone": True}
     return {"Gone": False}
+
+
+# -- delete-image ------------------------------------------------------------------------------------
+
+
+async def test_an_image_whose_deletion_keeps_failing_ends_delete_failed(tmp_path, registry, monkeypatch):
+    import byoi.services.images as images_module
+    from byoi.errors import ResourceNotFound
+    from byoi.services.images import ImageService
+
+    ctx = await new_context(tmp_path, registry)
+    images = ImageService(ctx)
+
+    def broken_cleanup(*_args: Any) -> None:
+        raise RuntimeError("tag cleanup with a bug")
+
+    monkeypatch.setattr(images_module, "delete_all_tags", broken_cleanup)
+    start(ctx, images)
+    try:
+        await images.create_image("giveup", ROLE)
+        await images.delete_image("giveup")
+        d = await until(lambda: images.describe_image("giveup"), lambda d: d["ImageStatus"] != "DELETING")
+        assert (d["ImageStatus"], d["FailureReason"]) == (
+            "DELETE_FAILED",
+            "Internal error while deleting the image: RuntimeError: tag cleanup with a bug "
+            "(failed 5 times; see the server log)",
+        )
+        monkeypatch.undo()
+        await images.delete_image("giveup")
+        await until(lambda: gone(lambda: images.describe_image("giveup")), lambda g: g["Gone"])
+        with pytest.raises(ResourceNotFound):
+            await images.describe_image("giveup")
+    finally:
+        await close(ctx)

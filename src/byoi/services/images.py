@@ -42,7 +42,8 @@ class ImageService:
         self.ctx = ctx
 
     def tasks(self) -> list[Task]:
-        return [Task("delete-image", images, ("DELETING",), self._finish_delete)]
+        # DELETE_FAILED (SageMaker's own state) after repeated unexpected errors; DeleteImage may be called again.
+        return [Task("delete-image", images, ("DELETING",), self._finish_delete, give_up=self._give_up_deleting)]
 
     async def image_exists(self, conn: AsyncConnection, parts: tuple[str, ...]) -> bool:
         return bool((await conn.execute(sa.select(images.c.id).where(images.c.name == parts[0]))).first())
@@ -154,6 +155,18 @@ class ImageService:
             await delete_all_tags(conn, self.ctx.arns.image_version(image.name, 0).rsplit("/", 1)[0])
             await conn.execute(sa.delete(image_versions).where(image_versions.c.image_id == image.id))
             await conn.execute(sa.delete(images).where(images.c.id == image.id))
+
+    async def _give_up_deleting(self, claim: Claim, reason: str) -> None:
+        async with self.ctx.db.transaction() as conn:
+            await conn.execute(
+                sa.update(images)
+                .where(claim.owns(), images.c.status == "DELETING")
+                .values(
+                    status="DELETE_FAILED",
+                    failure_reason=f"Internal error while deleting the image: {reason}"[:1024],
+                    modified_at=time.time(),
+                )
+            )
 
     async def list_images(
         self,
