@@ -210,6 +210,36 @@ async def test_failures_in_a_row_are_counted_afresh_after_a_success(tmp_path):
         await db.close()
 
 
+async def test_new_work_on_a_row_starts_its_failure_count_afresh(tmp_path):
+    """A service that records new work on a row resets its `attempts` (a re-created app reuses its row):
+    failures of the earlier work do not count towards giving the new work up."""
+    db = await make_db(tmp_path, [(1, "QUICK", "quick")])
+    script = ["fail", "fail-and-record-new-work", "fail", "fail", "done"]  # 2 failures, then 2 of the new work
+    given_up: list[str] = []
+
+    async def flaky(claim: Claim) -> None:
+        step = script.pop(0)
+        if step == "fail-and-record-new-work":
+            async with db.transaction() as conn:
+                await conn.execute(sa.update(items).where(claim.owns()).values(attempts=0))
+        if step.startswith("fail"):
+            raise RuntimeError("boom")
+        await finish(db, claim)
+
+    async def give_up(claim: Claim, reason: str) -> None:
+        given_up.append(reason)
+
+    worker = Worker(db, lease_seconds=5, poll_seconds=0.02, failure_delay=0.02)
+    worker.register(Task("quick", items, ("QUICK",), flaky, give_up=give_up, max_failures=3))
+    worker.start()
+    try:
+        await wait_for(lambda: _statuses_are(db, {1: "DONE"}))
+        assert given_up == [] and script == []
+    finally:
+        await worker.stop()
+        await db.close()
+
+
 async def test_without_a_give_up_hook_a_failing_row_is_retried_with_capped_back_off(tmp_path):
     db = await make_db(tmp_path, [(1, "QUICK", "quick")])
     calls: list[float] = []

@@ -196,6 +196,10 @@ class Worker:
         """Run the handler once, renewing the lease meanwhile; return the values that release the row
         (None when the handler was cancelled by stop(): the lease then simply expires)."""
         key = (task.name, claim.row_id)
+        if claim.attempts == 1:
+            # Services reset `attempts` when they record new work on a row (a re-created app reuses its row):
+            # failures counted for the work before it must not count towards this work's give-up.
+            self._failures.pop(key, None)
         done = asyncio.Event()
         renew = asyncio.create_task(self._renew(claim, done))
         values: dict[str, Any] = {"lease_owner": None, "lease_until": None}
