@@ -344,6 +344,7 @@ class Launcher:
         lines: list[str] = []
         with contextlib.suppress(RuntimeFailure, OSError):
             lines = await self.runtime.logs_tail(name, LOG_LINES)
+        with contextlib.suppress(RuntimeFailure, OSError):  # apart: logs that cannot be read still remove it
             await self.runtime.remove(name, 0)
         await self._update(
             claim,
