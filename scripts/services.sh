@@ -9,10 +9,17 @@ mkdir -p "$LOGDIR"
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
     (dockerd >"$LOGDIR/dockerd.log" 2>&1 &)
-    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    for _ in $(seq 1 240); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   fi
 fi
-docker info >/dev/null 2>&1 && echo "export BYOI_TEST_DOCKER=1" || echo "echo 'Docker Engine is not running: docker tests will be skipped' >&2"
+if docker info >/dev/null 2>&1; then
+  echo "export BYOI_TEST_DOCKER=1"
+elif [ "${CI:-}" = true ]; then  # on CI a skipped Docker test would hide what it should have caught
+  echo "Docker Engine did not start (see $LOGDIR/dockerd.log)" >&2
+  exit 1
+else
+  echo "echo 'Docker Engine is not running: docker tests will be skipped' >&2"
+fi
 
 # PostgreSQL 15 from Debian, in its own cluster on 127.0.0.1:54329 (initdb refuses root: run as postgres).
 PGPORT=${BYOI_TEST_PGPORT:-54329}
@@ -27,6 +34,9 @@ if [ -n "$PGBIN" ] && id postgres >/dev/null 2>&1; then
     su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -w -o '-p $PGPORT -c listen_addresses=127.0.0.1 -k /tmp' start" >/dev/null
   fi
   echo "export BYOI_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$PGPORT/postgres"
+elif [ "${CI:-}" = true ]; then
+  echo "PostgreSQL is not installed: run scripts/install.sh" >&2
+  exit 1
 else
   echo "echo 'PostgreSQL is not installed: PostgreSQL store tests will be skipped' >&2"
 fi

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-eval "$(bash scripts/services.sh)"
+services_env=$(bash scripts/services.sh)  # an assignment, so a failure stops here (set -e)
+eval "$services_env"
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
