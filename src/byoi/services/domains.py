@@ -93,6 +93,47 @@ def apply_domain_settings_update(stored: dict[str, Any] | None, update: dict[str
     return result
 
 
+# -- statuses shared by domains and user profiles (same status enum shape, same settle/give-up rules) ---------
+
+
+async def settle_rows(ctx: ServiceContext, table: sa.Table, where: sa.ColumnElement[bool]) -> None:
+    """Pending / Updating -> InService: nothing has to be provisioned for a domain or a profile yet."""
+    async with ctx.db.transaction() as conn:
+        await conn.execute(
+            sa.update(table)
+            .where(where, table.c.status.in_(("Pending", "Updating")))
+            .values(status="InService", failure_reason=None)
+        )
+
+
+async def give_up_settling(ctx: ServiceContext, claim: Claim, table: sa.Table, noun: str, reason: str) -> None:
+    """Pending -> Failed, Updating -> Update_Failed (the Describe statuses), naming the error."""
+    async with ctx.db.transaction() as conn:
+        await conn.execute(
+            sa.update(table)
+            .where(claim.owns(), table.c.status.in_(("Pending", "Updating")))
+            .values(
+                status=sa.case((table.c.status == "Pending", "Failed"), else_="Update_Failed"),
+                failure_reason=f"Internal error while settling the {noun}: {reason}"[:1024],
+                modified_at=time.time(),
+            )
+        )
+
+
+async def give_up_deleting(ctx: ServiceContext, claim: Claim, table: sa.Table, noun: str, reason: str) -> None:
+    """Deleting -> Delete_Failed, naming the error (Delete may be called again)."""
+    async with ctx.db.transaction() as conn:
+        await conn.execute(
+            sa.update(table)
+            .where(claim.owns(), table.c.status == "Deleting")
+            .values(
+                status="Delete_Failed",
+                failure_reason=f"Internal error while deleting the {noun}: {reason}"[:1024],
+                modified_at=time.time(),
+            )
+        )
+
+
 class DomainService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -270,52 +311,19 @@ class DomainService:
     # -- statuses -------------------------------------------------------------------------------
 
     async def settle(self, pk: int) -> None:
-        """Pending / Updating -> InService. Nothing has to be provisioned for a domain yet, so this runs in
-        its own transaction right after the request's; the background task settles any row a crash left
-        in between. (Work that takes time, such as starting the domain's RStudioServerPro app, would
-        replace this call and leave the domain Pending until it is done.)"""
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(domains)
-                .where(domains.c.id == pk, domains.c.status.in_(("Pending", "Updating")))
-                .values(status="InService", failure_reason=None)
-            )
+        """Pending / Updating -> InService, in its own transaction right after the request's; the background
+        task settles any row a crash left in between. (Work that takes time, such as starting the domain's
+        RStudioServerPro app, would replace this call and leave the domain Pending until it is done.)"""
+        await settle_rows(self.ctx, domains, domains.c.id == pk)
 
     async def _settle(self, claim: Claim) -> None:
-        """Nothing has to be provisioned for a domain yet, so Pending and Updating end InService."""
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(domains)
-                .where(claim.owns(), domains.c.status.in_(("Pending", "Updating")))
-                .values(status="InService", failure_reason=None)
-            )
+        await settle_rows(self.ctx, domains, claim.owns())
 
     async def _give_up_settling(self, claim: Claim, reason: str) -> None:
-        """Pending -> Failed, Updating -> Update_Failed (the DescribeDomain statuses), naming the error."""
-        t = domains
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(t)
-                .where(claim.owns(), t.c.status.in_(("Pending", "Updating")))
-                .values(
-                    status=sa.case((t.c.status == "Pending", "Failed"), else_="Update_Failed"),
-                    failure_reason=f"Internal error while settling the domain: {reason}"[:1024],
-                    modified_at=time.time(),
-                )
-            )
+        await give_up_settling(self.ctx, claim, domains, "domain", reason)
 
     async def _give_up_deleting(self, claim: Claim, reason: str) -> None:
-        t = domains
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(t)
-                .where(claim.owns(), t.c.status == "Deleting")
-                .values(
-                    status="Delete_Failed",
-                    failure_reason=f"Internal error while deleting the domain: {reason}"[:1024],
-                    modified_at=time.time(),
-                )
-            )
+        await give_up_deleting(self.ctx, claim, domains, "domain", reason)
 
     async def _finish_delete(self, claim: Claim) -> None:
         async with self.ctx.db.transaction() as conn:

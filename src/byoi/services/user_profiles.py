@@ -20,7 +20,13 @@ from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Claim, Task
 from byoi.services import custom_images
 from byoi.services.context import ServiceContext
-from byoi.services.domains import load_domain, require_usable
+from byoi.services.domains import (
+    give_up_deleting,
+    give_up_settling,
+    load_domain,
+    require_usable,
+    settle_rows,
+)
 from byoi.services.tags import delete_all_tags, write_tags
 from byoi.store.paging import fetch_page
 from byoi.store.schema_domains import domains, user_profiles
@@ -275,47 +281,16 @@ class UserProfileService:
 
     async def settle(self, pk: int) -> None:
         """Pending / Updating -> InService, in its own transaction (as `DomainService.settle`)."""
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(user_profiles)
-                .where(user_profiles.c.id == pk, user_profiles.c.status.in_(("Pending", "Updating")))
-                .values(status="InService", failure_reason=None)
-            )
+        await settle_rows(self.ctx, user_profiles, user_profiles.c.id == pk)
 
     async def _settle(self, claim: Claim) -> None:
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(user_profiles)
-                .where(claim.owns(), user_profiles.c.status.in_(("Pending", "Updating")))
-                .values(status="InService", failure_reason=None)
-            )
+        await settle_rows(self.ctx, user_profiles, claim.owns())
 
     async def _give_up_settling(self, claim: Claim, reason: str) -> None:
-        """Pending -> Failed, Updating -> Update_Failed (the DescribeUserProfile statuses), naming the error."""
-        t = user_profiles
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(t)
-                .where(claim.owns(), t.c.status.in_(("Pending", "Updating")))
-                .values(
-                    status=sa.case((t.c.status == "Pending", "Failed"), else_="Update_Failed"),
-                    failure_reason=f"Internal error while settling the user profile: {reason}"[:1024],
-                    modified_at=time.time(),
-                )
-            )
+        await give_up_settling(self.ctx, claim, user_profiles, "user profile", reason)
 
     async def _give_up_deleting(self, claim: Claim, reason: str) -> None:
-        t = user_profiles
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(t)
-                .where(claim.owns(), t.c.status == "Deleting")
-                .values(
-                    status="Delete_Failed",
-                    failure_reason=f"Internal error while deleting the user profile: {reason}"[:1024],
-                    modified_at=time.time(),
-                )
-            )
+        await give_up_deleting(self.ctx, claim, user_profiles, "user profile", reason)
 
     async def _finish_delete(self, claim: Claim) -> None:
         async with self.ctx.db.transaction() as conn:
