@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import ci_guard
 from tests.support.oci import Pusher
 from tests.support.processes import STARTED_REGISTRY_PORTS, ByoiServer, free_port, start_registry
 from tests.support.token_server import TokenIssuer, serve
@@ -21,6 +22,10 @@ REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pw"
 # pytest-timeout counts fixture setup, and a Docker test's setup may build the test images (debootstrap, apt)
 # on a machine that has none cached yet: those tests get more than the suite's default 300 s.
 DOCKER_TEST_TIMEOUT = 900
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ci_guard.pytest_configure(config)  # with CI=true, a skipped Docker or PostgreSQL test fails the run
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
