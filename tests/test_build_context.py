@@ -91,6 +91,49 @@ def test_links_are_followed_through_earlier_links(tmp_path: Path, members, messa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_hard_link_to_a_symbolic_link_is_refused(tmp_path: Path):
+    """`sub/up -> ..` is inside the context; hard-linked as `up`, an extractor makes a second `..` link at the
+    top, which points outside it."""
+    members = [_member("sub", tarfile.DIRTYPE), _member("sub/up", tarfile.SYMTYPE, ".."),
+               _member("up", tarfile.LNKTYPE, "sub/up")]  # fmt: skip
+    src = _tar([_member("Dockerfile"), *members], {"Dockerfile": b"FROM scratch\n"})
+    with pytest.raises(ContextError, match="hard link 'up' points to 'sub/up', a symbolic link"):
+        check_upload(src, tmp_path / "raw.tar", 10_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _pax_tar(pax: dict[str, str], name: str = "Dockerfile", data: bytes = b"FROM scratch\n") -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.pax_headers = len(data), pax
+        tar.addfile(info, io.BytesIO(data))
+    return io.BytesIO(gzip.compress(buf.getvalue()))
+
+
+def test_an_oversized_extended_header_is_refused_before_it_is_parsed(tmp_path: Path):
+    """A 64 MiB PAX record in a 65 KB upload took CPython's tar code 157 s and about 480 MB to parse."""
+    src = _pax_tar({"comment": "x" * (64 << 20)})
+    assert len(src.getvalue()) < 200_000
+    with pytest.raises(ContextError, match=r"extended tar header of \d+ bytes, over the limit of 65536"):
+        check_upload(src, tmp_path / "raw.tar", 10_000)
+    assert list(tmp_path.iterdir()) == []
+    # A long but real path still passes.
+    long_name = "/".join(["d" * 200] * 20) + "/Dockerfile"
+    summary = check_upload(_pax_tar({}, name=long_name), tmp_path / "ok.tar", 10_000)
+    assert summary.files == 1
+
+
+def test_pax_owner_fields_and_uncleaned_names_do_not_survive_the_rewrite(tmp_path: Path):
+    pax = {"uid": "4242", "gid": "4343", "uname": "mallory", "gname": "wheel", "path": "./sub//Dockerfile",
+           "SCHILY.xattr.security.capability": "caps"}  # fmt: skip
+    check_upload(_pax_tar(pax), tmp_path / "raw.tar", 10_000)
+    with tarfile.open(tmp_path / "raw.tar") as tar:
+        (info,) = tar.getmembers()
+    assert (info.name, info.uid, info.gid, info.uname, info.gname) == ("sub/Dockerfile", 0, 0, "", "")
+    assert info.pax_headers == {}
+
+
 def test_pack_checks_links_against_each_other(tmp_path: Path):
     root = tmp_path / "ctx"
     (root / "sub").mkdir(parents=True)
