@@ -141,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
             policy.is_allowed,
             metrics,
             settings.max_clock_skew_seconds,
+            region=settings.region,
         )
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
         state.update(ctx=ctx, endpoint=endpoint, services=services)

@@ -104,6 +104,9 @@ class Settings:
     master_key: str | None = None  # Fernet key for secrets at rest; None: <data-dir>/master.key
     # Image inspection (rules, levels, limits): byoi.inspect.config, from --inspection-config FILE
     inspection: InspectionConfig = field(default_factory=InspectionConfig)
+    # HTTPS: a PEM certificate (chain) and its private key; None serves plain HTTP
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -120,7 +123,7 @@ class Settings:
     @property
     def endpoint_url(self) -> str:
         host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
 
 
 # Settings tunable from the environment only: BYOI_<NAME>, its type, and the bound a value must respect

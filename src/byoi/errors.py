@@ -56,6 +56,12 @@ class ThrottlingException(ByoiError):
     pass
 
 
+class RequestEntityTooLargeException(ByoiError):
+    """A request body over the door's cap, refused while it is read (before the signature is checked)."""
+
+    status = 413
+
+
 # Authentication failures: AWS answers all of these with 403.
 class AuthError(ByoiError):
     status = 403

@@ -63,7 +63,14 @@ async def _authorize(request: Request, state: State, operation: str, streamed_bo
     # the other routes take no body.
     body = None if streamed_body else b""
     await verify(
-        request.method, request.url.path, request.url.query, request.headers, body, lookup, endpoint.max_skew_seconds
+        request.method,
+        request.url.path,
+        request.url.query,
+        request.headers,
+        body,
+        lookup,
+        endpoint.max_skew_seconds,
+        region=endpoint.region,
     )
     if not endpoint.is_allowed(role.get("role", ""), operation):
         raise AccessDeniedException(f"You are not authorized to perform {operation}")

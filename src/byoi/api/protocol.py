@@ -25,6 +25,7 @@ from byoi.errors import (
     AccessDeniedException,
     ByoiError,
     InternalFailure,
+    RequestEntityTooLargeException,
     SerializationException,
     UnknownOperationException,
 )
@@ -45,6 +46,25 @@ def snake(name: str) -> str:
     return _CAMEL_BOUNDARY.sub("_", name).lower()
 
 
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused as soon as it is known to be over `limit` bytes: by its Content-Length before
+    anything is read, or while it streams in. Called before the signature is checked, so an unsigned request
+    can never make the server hold more than `limit` bytes (one 256 MiB body once cost 503 MiB of RSS)."""
+    too_large = RequestEntityTooLargeException(f"Request body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isascii() or not declared.isdigit():
+            raise SerializationException(f"Content-Length {declared!r} is not a number of bytes")
+        if int(declared) > limit:
+            raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 def error_response(err: ByoiError, rid: str) -> Response:
     body = json.dumps({"__type": err.code, "Message": err.message})
     return Response(body, status_code=err.status, media_type=CONTENT_TYPE, headers={"x-amzn-RequestId": rid})
@@ -58,12 +78,14 @@ class AwsJsonEndpoint:
         is_allowed: Callable[[str, str], bool],
         metrics: Metrics,
         max_skew_seconds: int = 300,
+        region: str | None = None,
     ) -> None:
         self.operations = operations
         self.lookup_key = lookup_key
         self.is_allowed = is_allowed
         self.metrics = metrics
         self.max_skew_seconds = max_skew_seconds
+        self.region = region  # the only region a signature may be scoped to (None: any, for unit tests)
 
     async def __call__(self, request: Request) -> Response:
         rid = str(uuid.uuid4())
@@ -101,9 +123,7 @@ class AwsJsonEndpoint:
         return response
 
     async def _handle(self, request: Request, rid: str, target: Any) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise SerializationException(f"Request body is larger than {MAX_BODY_BYTES} bytes")
+        body = await read_body(request)
         secret_lookup_role: dict[str, str] = {}
 
         async def lookup_secret(key_id: str) -> str | None:
@@ -121,6 +141,7 @@ class AwsJsonEndpoint:
             body,
             lookup_secret,
             self.max_skew_seconds,
+            region=self.region,
         )
         if target is None:
             raise UnknownOperationException("The X-Amz-Target header must name an operation, e.g. SageMaker.ListImages")

@@ -57,11 +57,14 @@ async def verify(
     lookup_secret: SecretLookup,
     max_skew_seconds: int = 300,
     now: dt.datetime | None = None,
+    region: str | None = None,
 ) -> SignedIdentity:
     """Return who signed the request, or raise the AWS authentication error that fits.
 
     `body=None` means the caller streams the body and checks it against the signed `X-Amz-Content-SHA256`,
-    which must then be a real SHA-256.
+    which must then be a real SHA-256. `region`, when given, is the only region a signature may be scoped to.
+    `X-Amz-Target`, when present, must be signed: it names the operation, so an unsigned one would let a
+    signature captured from one call (DescribeApp) be replayed as another (DeleteApp).
     """
     header = headers.get("authorization")
     if not header:
@@ -75,6 +78,8 @@ async def verify(
     signed = m["headers"].split(";")
     if "host" not in signed:
         raise IncompleteSignatureException("The host header must be signed")
+    if "x-amz-target" in headers and "x-amz-target" not in signed:
+        raise IncompleteSignatureException("The X-Amz-Target header must be signed (it names the operation)")
     missing = [h for h in signed if h not in headers]
     if missing:
         raise IncompleteSignatureException(f"Signed header(s) missing from the request: {', '.join(missing)}")
@@ -89,6 +94,10 @@ async def verify(
         raise InvalidSignatureException("The credential scope date does not match X-Amz-Date")
     if m["service"] != SERVICE:
         raise InvalidSignatureException(f"Credential should be scoped to correct service: '{SERVICE}'")
+    if region is not None and m["region"] != region:
+        raise InvalidSignatureException(
+            f"Credential should be scoped to a valid region: this byoi serves '{region}', not '{m['region']}'"
+        )
     current = now or dt.datetime.now(dt.UTC)
     if abs((current - signed_at).total_seconds()) > max_skew_seconds:
         raise InvalidSignatureException(

@@ -100,6 +100,11 @@ Region = Annotated[str, typer.Option(envvar="BYOI_REGION")]
 Account = Annotated[str, typer.Option("--account-id", envvar="BYOI_ACCOUNT_ID")]
 Platform = Annotated[str, typer.Option(envvar="BYOI_PLATFORM", help="Platform image indexes resolve to.")]
 LogLevel = Annotated[str, typer.Option(envvar="BYOI_LOG_LEVEL")]
+TlsCert = Annotated[
+    Path | None,
+    typer.Option(envvar="BYOI_TLS_CERT", help="Serve HTTPS with this PEM certificate (chain); needs --tls-key."),
+]
+TlsKey = Annotated[Path | None, typer.Option(envvar="BYOI_TLS_KEY", help="The PEM private key of --tls-cert.")]
 
 
 def _settings(
@@ -165,14 +170,16 @@ def server(
     platform: Platform = "linux/amd64",
     log_level: LogLevel = "INFO",
     inspection_config: inspect_cli.InspectionConfigOpt = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Serve the SageMaker-compatible API."""
-    from byoi.cli.server import run_server
+    from byoi.cli.server import run_server, with_tls
 
     settings = _settings(
         data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform
     )
-    run_server(inspect_cli.with_inspection(settings, inspection_config), log_level)
+    run_server(with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key), log_level)
 
 
 @app.command()
@@ -190,9 +197,11 @@ def up(
     platform: Platform = "linux/amd64",
     log_level: LogLevel = "INFO",
     inspection_config: inspect_cli.InspectionConfigOpt = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Start a local registry and the server using it (one machine). Ctrl-C stops both."""
-    from byoi.cli.server import run_up
+    from byoi.cli.server import run_up, with_tls
 
     settings = _settings(
         data_dir,
@@ -206,7 +215,9 @@ def up(
         account_id,
         platform,
     )
-    run_up(inspect_cli.with_inspection(settings, inspection_config), registry_port, log_level)
+    run_up(
+        with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key), registry_port, log_level
+    )
 
 
 # -- client commands (catalog); other areas live in their own cli/<area>.py modules ------------
@@ -292,7 +303,8 @@ def versions_create(
     result = call(endpoint_url, profile, create)
     if result:
         status = result["ImageVersionStatus"]
-        console.print(f"{status}: {result.get('ContainerImage') or result.get('FailureReason', '')}")
+        # markup off: a FailureReason names each failed rule in [brackets], which rich would swallow.
+        console.print(f"{status}: {result.get('ContainerImage') or result.get('FailureReason', '')}", markup=False)
         if status != "CREATED":
             raise typer.Exit(1)
 

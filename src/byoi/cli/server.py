@@ -32,6 +32,26 @@ http:
 """
 
 
+def with_tls(settings: Settings, cert: Path | None, key: Path | None) -> Settings:
+    """Settings serving HTTPS with `cert` and `key` (both or neither), checked before the server starts so a
+    missing or unreadable file is a usage error naming it, not a traceback from uvicorn."""
+    import dataclasses
+    import ssl
+
+    import typer
+
+    if cert is None and key is None:
+        return settings
+    if cert is None or key is None:
+        raise typer.BadParameter("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+    cert, key = cert.expanduser().resolve(), key.expanduser().resolve()
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise typer.BadParameter(f"cannot serve HTTPS with --tls-cert {cert} and --tls-key {key}: {exc}") from None
+    return dataclasses.replace(settings, tls_cert=cert, tls_key=key)
+
+
 def run_server(settings: Settings, log_level: str = "INFO") -> None:
     logs.configure(log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +61,16 @@ def run_server(settings: Settings, log_level: str = "INFO") -> None:
     if first_start:
         print("An administrator access key is written on first start.", file=sys.stderr)
     print(credentials_hint(settings.data_dir, settings.endpoint_url), file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+    )
 
 
 def start_local_registry(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
