@@ -225,8 +225,12 @@ def test_deleted_domain_releases_its_references(sm, pusher, config):
     domain_id = new_domain(sm, DefaultUserSettings=rsession(entry(image, config)))
     sm.delete_domain(DomainId=domain_id)
     wait_for(lambda: gone(lambda: sm.describe_domain(DomainId=domain_id)))
+    # Nothing refers to the image or the config any more: both deletions are accepted and carried out.
     sm.delete_image(ImageName=image)
     sm.delete_app_image_config(AppImageConfigName=config)
+    wait_for(lambda: gone(lambda: sm.describe_image(ImageName=image)))
+    assert gone(lambda: sm.describe_app_image_config(AppImageConfigName=config))
+    assert [i["ImageName"] for i in sm.list_images(NameContains=image)["Images"]] == []
 
 
 # -- effective images and compare-and-swap -------------------------------------------------------

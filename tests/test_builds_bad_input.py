@@ -297,11 +297,8 @@ def test_links_through_earlier_links_are_refused_by_the_upload(server, members, 
     response = upload(server, tar_of([member("Dockerfile"), *members]))
     assert response.status_code == 400, response.text
     body = response.json()
-    assert (
-        body["__type"] == "ValidationException"
-        and body["Message"] == f"build context rejected: {says}"
-        or (says in body["Message"])
-    ), body
+    assert body["__type"] == "ValidationException", body
+    assert body["Message"].startswith("build context rejected: ") and says in body["Message"], body
     assert contexts_on_disk(server) == before
 
 

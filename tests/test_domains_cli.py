@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from byoi.cli.client import extension_client
 from byoi.cli.domains import compare_and_swap
@@ -265,6 +266,7 @@ def test_compare_and_swap_retries_a_forced_conflict(server, sm, pusher):
     server.session()
     barrier = threading.Barrier(2)
     conflicts: list[str] = []
+    unexpected: list[BaseException] = []
 
     class Racing:
         """The real extension client; the first read of each writer waits for the other writer's read."""
@@ -283,8 +285,16 @@ def test_compare_and_swap_retries_a_forced_conflict(server, sm, pusher):
         def update_attached_images(self, **kw):
             try:
                 return self.client.update_attached_images(**kw)
+            except ClientError as exc:
+                error = exc.response["Error"]
+                status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+                if error["Code"] == "ConcurrentModification" and status == 409 and "revision" in error["Message"]:
+                    conflicts.append(error["Code"])
+                else:
+                    unexpected.append(exc)
+                raise
             except Exception as exc:
-                conflicts.append(type(exc).__name__)
+                unexpected.append(exc)
                 raise
 
     results: list[object] = []
@@ -298,7 +308,8 @@ def test_compare_and_swap_retries_a_forced_conflict(server, sm, pusher):
         t.start()
     for t in threads:
         t.join(60)
+    assert unexpected == []
     assert results == [True, True]
-    assert len(conflicts) == 1  # exactly one writer lost the race and retried
+    assert conflicts == ["ConcurrentModification"]  # exactly one writer lost the race and retried
     attached = sm.describe_domain(DomainId=domain_id)["DefaultUserSettings"]["RSessionAppSettings"]["CustomImages"]
     assert sorted(e["ImageName"] for e in attached) == sorted([a, b])

@@ -109,8 +109,15 @@ def test_list_images_filters_sorting_and_paginator(sm):
 
 
 def test_waiter_fails_on_missing_image(sm, name):
-    with pytest.raises(WaiterError):
+    with pytest.raises(WaiterError) as e:
         sm.get_waiter("image_created").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 2})
+    # DescribeImage answers ResourceNotFound, which no acceptor of the waiter expects: it stops at once.
+    assert e.value.kwargs["reason"] == f"An error occurred (ResourceNotFound): No Image with the name {name} exists"
+    assert e.value.last_response["Error"] == {
+        "Code": "ResourceNotFound",
+        "Message": f"No Image with the name {name} exists",
+    }
+    assert e.value.last_response["ResponseMetadata"]["HTTPStatusCode"] == 400
 
 
 def test_tags_on_images_and_versions(sm, name, pusher):

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 
 from byoi.cli.client import extension_client
 from tests.support.layers import Layer, base_files, compatible_layer, push_image, r_install
@@ -75,8 +76,9 @@ def test_inspection_can_be_disabled(server_factory, registry, tmp_path, pusher):
     push_image(pusher, r, "v1", [Layer().file("hello.txt", "hi")])
     name, d = register(sm, f"{r}:v1")
     assert d["ImageVersionStatus"] == "CREATED"
-    with pytest.raises(Exception, match="has no compatibility report"):
+    with pytest.raises(ClientError, match="has no compatibility report") as e:
         ext.describe_image_version_report(ImageName=name)
+    assert e.value.response["Error"]["Code"] == "ResourceNotFound"
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import tarfile
 import zlib
 
@@ -208,7 +209,7 @@ def test_cache_round_trip_ignores_corrupt_files_and_refuses_odd_digests(tmp_path
     path = next(tmp_path.rglob("*.json.gz"))
     path.write_bytes(b"garbage")
     assert cache.get(index.digest) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("not a sha256 digest: 'sha256:../../etc/passwd'")):
         cache.get("sha256:../../etc/passwd")
 
 

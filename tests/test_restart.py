@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -16,14 +17,24 @@ def test_sigkill_while_creating_then_restart_finishes(server_factory, registry, 
     pushed = pusher.image("catalog/restart", "v1")
     gate = Gate(int(registry.rsplit(":", 1)[1]))
     try:
-        # Generous timeouts so the held requests are still in flight when the server is killed.
-        srv = server_factory([f"http://127.0.0.1:{gate.port}"], env={"BYOI_REGISTRY_TIMEOUT": "60"})
+        # Generous timeouts so the held requests are still in flight when the server is killed; a worker per
+        # version, so all five are claimed and waiting on the registry at once.
+        env = {"BYOI_REGISTRY_TIMEOUT": "60", "BYOI_WORKER_CONCURRENCY": "5"}
+        srv = server_factory([f"http://127.0.0.1:{gate.port}"], env=env)
         sm = srv.client()
         sm.create_image(ImageName="crash", RoleArn=ROLE)
         gate.pause()
         for _ in range(5):
             sm.create_image_version(ImageName="crash", BaseImage="catalog/restart:v1")
-        time.sleep(1.0)
+        # Work in flight: each version's registry request is held at the gate, and each row is leased.
+        gate.wait_held(5)
+        with sqlite3.connect(srv.data_dir / "byoi.db") as db:
+            rows = db.execute("SELECT version, status, lease_owner, lease_until FROM image_versions").fetchall()
+        assert [r[:2] for r in sorted(rows)] == [(v, "CREATING") for v in range(1, 6)], rows
+        # One server holds all five leases (a released row has neither owner nor expiry). Not compared with the
+        # clock: a loaded machine may renew a 3 s lease late.
+        assert len({r[2] for r in rows}) == 1 and None not in {r[2] for r in rows}, rows
+        assert None not in {r[3] for r in rows}, rows
         statuses = {v["ImageVersionStatus"] for v in sm.list_image_versions(ImageName="crash")["ImageVersions"]}
         assert statuses == {"CREATING"}
 

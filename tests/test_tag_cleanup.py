@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import pytest
+
 from tests.conftest import ROLE
 from tests.support.attach import new_domain, unique
 
@@ -34,13 +36,18 @@ def test_app_tags_go_with_the_domain(server, sm):
         if app["Status"] == "Deleted":
             break
         time.sleep(0.2)
+    else:
+        pytest.fail(f"the app is still {app['Status']} 20 s after DeleteApp")
     assert tag_rows(server, app_arn) == [app_arn]  # a Deleted app is still describable, and keeps its tags
 
     sm.delete_domain(DomainId=domain)
     for _ in range(100):
-        if not [d for d in sm.list_domains(MaxResults=100)["Domains"] if d["DomainId"] == domain]:
+        listed = [d for d in sm.list_domains(MaxResults=100)["Domains"] if d["DomainId"] == domain]
+        if not listed:
             break
         time.sleep(0.2)
+    else:
+        pytest.fail(f"the domain is still listed 20 s after DeleteDomain: {listed}")
     domain_arn = app_arn.split(":app/")[0] + f":domain/{domain}"
     assert tag_rows(server, domain_arn) == []
     assert tag_rows(server, app_arn.rsplit("/", 3)[0]) == []

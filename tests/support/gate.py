@@ -3,6 +3,9 @@
 While paused, connections are accepted and held without being forwarded; on resume, held and new
 connections are relayed to the target. Used to catch a server with versions still CREATING.
 
+`held` counts the connections the gate is holding right now (accepted while paused, or with data waiting for
+the resume): a test waits for it to know the work really is in flight, rather than sleeping and hoping.
+
 `cut_once_after(n)` drops the first connection whose answer passes n bytes: a registry connection lost in the
 middle of a blob.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from tests.support.processes import free_port
 
@@ -22,6 +26,7 @@ class Gate:
         self._open: asyncio.Event | None = None
         self._cut_after: int | None = None
         self.cuts = 0
+        self._held: set[int] = set()  # ids of the connections held at the gate (touched on the loop only)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -36,9 +41,34 @@ class Gate:
         self._ready.set()
         self._loop.run_forever()
 
+    async def _hold(self, conn: int) -> None:
+        """Wait for the gate to be open; count the connection as held meanwhile."""
+        assert self._open is not None
+        if self._open.is_set():
+            return
+        self._held.add(conn)
+        try:
+            await self._open.wait()
+        finally:
+            self._held.discard(conn)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def wait_held(self, n: int, timeout: float = 30.0) -> int:
+        """Wait until the gate holds at least n connections; fail with what it holds on time-out."""
+        deadline = time.monotonic() + timeout
+        while self.held < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gate holds {self.held} connection(s) after {timeout}s, not {n}")
+            time.sleep(0.05)
+        return self.held
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._open is not None
-        await self._open.wait()
+        conn = id(writer)
+        await self._hold(conn)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -52,7 +82,7 @@ class Gate:
             sent = 0
             try:
                 while data := await src.read(65536):
-                    await self._open.wait()  # also holds kept-alive connections while paused
+                    await self._hold(conn)  # also holds kept-alive connections while paused
                     sent += len(data)
                     if answers and self._cut_after is not None and sent > self._cut_after:
                         self._cut_after, self.cuts = None, self.cuts + 1
