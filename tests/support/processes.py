@@ -16,6 +16,8 @@ import httpx2 as httpx
 from botocore.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
+# Synthetic test images are not RStudio images: with this file the contract's required rules only warn.
+LENIENT_INSPECTION = REPO / "tests" / "support" / "inspection-lenient.toml"
 
 
 def free_port() -> int:
@@ -58,13 +60,19 @@ def start_registry(workdir: Path, port: int, auth_yaml: str = "") -> subprocess.
 
 @dataclass
 class ByoiServer:
-    """A real `byoi server` process. `kill()` is SIGKILL, as a crash would be."""
+    """A real `byoi server` process. `kill()` is SIGKILL, as a crash would be.
+
+    `inspection_config` is the file given as BYOI_INSPECTION_CONFIG: the lenient one unless told otherwise;
+    None starts the server with no inspection config at all (the variable unset, as a user's server runs),
+    so the contract's default rule levels apply. A BYOI_INSPECTION_CONFIG in `env` still wins.
+    """
 
     data_dir: Path
     registries: list[str]
     database_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    inspection_config: Path | None = LENIENT_INSPECTION
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -88,10 +96,11 @@ class ByoiServer:
             "BYOI_RESOLVE_ATTEMPTS": "2",
             "BYOI_RETRY_BASE_DELAY": "0.2",
             "BYOI_REGISTRY_TIMEOUT": "5",
-            # Synthetic test images are not RStudio images: required rules only warn (override per server).
-            "BYOI_INSPECTION_CONFIG": str(REPO / "tests" / "support" / "inspection-lenient.toml"),
-            **self.env,
         }
+        env.pop("BYOI_INSPECTION_CONFIG", None)
+        if self.inspection_config is not None:
+            env["BYOI_INSPECTION_CONFIG"] = str(self.inspection_config)
+        env.update(self.env)
         env.pop("BYOI_REGISTRY", None)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "server.log"
