@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from byoi.api import builds_http
+from byoi.api.dispatch import Dispatcher, Operation, snake
 from byoi.api.model import all_operation_names
-from byoi.api.protocol import AwsJsonEndpoint, Operation, snake
-from byoi.auth import policy
+from byoi.api.protocol import AwsJsonEndpoint
 from byoi.auth.secrets import SecretBox
 from byoi.build.docker import DockerBuilder
 from byoi.build.settings import BuildSettings
@@ -30,10 +30,12 @@ from byoi.registry.errors import RegistryError
 from byoi.runtime.docker import DockerRuntime
 from byoi.runtime.instance_types import InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
+from byoi.services.access import AccessService
 from byoi.services.access_keys import AccessKeyService
 from byoi.services.app_image_configs import AppImageConfigService
 from byoi.services.apps import AppService
 from byoi.services.attachments import AttachmentService
+from byoi.services.audit import AuditLog
 from byoi.services.builds import BuildService
 from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService
@@ -135,16 +137,16 @@ def create_app(settings: Settings) -> FastAPI:
         key_id, created = await services.access_keys.ensure_admin_key()
         if created:
             log.info("created administrator access key %s in %s", key_id, services.access_keys.credentials_path)
+        dispatcher = Dispatcher(services.operations(), AccessService(ctx), AuditLog(ctx))
         endpoint = AwsJsonEndpoint(
-            services.operations(),
+            dispatcher,
             services.access_keys.lookup,
-            policy.is_allowed,
             metrics,
             settings.max_clock_skew_seconds,
             region=settings.region,
         )
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
-        state.update(ctx=ctx, endpoint=endpoint, services=services)
+        state.update(ctx=ctx, endpoint=endpoint, services=services, dispatcher=dispatcher)
         ctx.worker.start()
         services.apps.start()  # the session reconciler
         try:

@@ -26,10 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from byoi.api.protocol import error_response
-from byoi.auth.sigv4 import verify
 from byoi.build.logstore import read_records, render_text
 from byoi.errors import (
-    AccessDeniedException,
     ByoiError,
     InternalFailure,
     ValidationException,
@@ -48,32 +46,11 @@ State = dict[str, Any]
 
 
 async def _authorize(request: Request, state: State, operation: str, streamed_body: bool = False) -> None:
-    """Verify the signature (the body's hash comes from its signed header) and the caller's role."""
+    """Verify the signature (for uploads the signed X-Amz-Content-SHA256 header stands for the body, checked
+    while it streams in; the other routes take no body), then the policy, as `dispatch` does for `POST /`."""
     endpoint = state["endpoint"]
-    role: dict[str, str] = {}
-
-    async def lookup(key_id: str) -> str | None:
-        found = await endpoint.lookup_key(key_id)
-        if found is None:
-            return None
-        role["role"] = found[1]
-        return str(found[0])
-
-    # For uploads the signed X-Amz-Content-SHA256 header stands for the body (checked while it streams in);
-    # the other routes take no body.
-    body = None if streamed_body else b""
-    await verify(
-        request.method,
-        request.url.path,
-        request.url.query,
-        request.headers,
-        body,
-        lookup,
-        endpoint.max_skew_seconds,
-        region=endpoint.region,
-    )
-    if not endpoint.is_allowed(role.get("role", ""), operation):
-        raise AccessDeniedException(f"You are not authorized to perform {operation}")
+    principal = await endpoint.authenticate(request, None if streamed_body else b"")
+    await endpoint.dispatcher.authorize(principal, operation, {})
 
 
 async def _guarded(handler: Callable[[], Any]) -> Response:

@@ -1,11 +1,13 @@
 """The awsJson1_1 endpoint: `POST /` with `X-Amz-Target: <prefix>.<Operation>`.
 
-This is the one place an exception becomes a response. Order of checks, as AWS does: signature,
-then operation, then body, then validation against the model, then the service.
+This is the one place an exception becomes a response. The door only parses and renders: it reads the body
+(capped while reading), verifies the signature and turns the signing key into a `Principal`, decodes the JSON
+and hands the rest to `byoi.api.dispatch` (policy, validation, the service call, output shaping, audit).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,12 +19,11 @@ import regex
 from starlette.requests import Request
 from starlette.responses import Response
 
+from byoi.api.dispatch import Dispatcher, Operation, snake
 from byoi.api.model import operation
-from byoi.api.shaping import shape_output
-from byoi.api.validation import validate_request
+from byoi.auth.principal import Principal
 from byoi.auth.sigv4 import verify
 from byoi.errors import (
-    AccessDeniedException,
     ByoiError,
     InternalFailure,
     RequestEntityTooLargeException,
@@ -36,14 +37,9 @@ log = logging.getLogger("byoi.api")
 CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_BODY_BYTES = 1 << 20
 _TARGET = regex.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9]*)\.(?P<op>[A-Za-z][A-Za-z0-9]*)")
-_CAMEL_BOUNDARY = regex.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+KeyLookup = Callable[[str], Awaitable[tuple[str, Principal] | None]]
 
-Operation = Callable[..., Awaitable[dict[str, Any]]]
-
-
-def snake(name: str) -> str:
-    """`CreateImageVersion` -> `create_image_version`, `MLFramework` -> `ml_framework`."""
-    return _CAMEL_BOUNDARY.sub("_", name).lower()
+__all__ = ["AwsJsonEndpoint", "Operation", "error_response", "read_body", "snake"]
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -73,16 +69,14 @@ def error_response(err: ByoiError, rid: str) -> Response:
 class AwsJsonEndpoint:
     def __init__(
         self,
-        operations: dict[str, Operation],
-        lookup_key: Callable[[str], Awaitable[tuple[str, str] | None]],
-        is_allowed: Callable[[str, str], bool],
+        dispatcher: Dispatcher,
+        lookup_key: KeyLookup,
         metrics: Metrics,
         max_skew_seconds: int = 300,
         region: str | None = None,
     ) -> None:
-        self.operations = operations
+        self.dispatcher = dispatcher
         self.lookup_key = lookup_key
-        self.is_allowed = is_allowed
         self.metrics = metrics
         self.max_skew_seconds = max_skew_seconds
         self.region = region  # the only region a signature may be scoped to (None: any, for unit tests)
@@ -122,16 +116,17 @@ class AwsJsonEndpoint:
         )
         return response
 
-    async def _handle(self, request: Request, rid: str, target: Any) -> Response:
-        body = await read_body(request)
-        secret_lookup_role: dict[str, str] = {}
+    async def authenticate(self, request: Request, body: bytes | None) -> Principal:
+        """The principal whose key signed the request (the signature checked over `body`; None: the body is
+        streamed and checked against its signed hash by the caller), or the AWS authentication error."""
+        found: dict[str, Principal] = {}
 
         async def lookup_secret(key_id: str) -> str | None:
-            found = await self.lookup_key(key_id)
-            if found is None:
+            entry = await self.lookup_key(key_id)
+            if entry is None:
                 return None
-            secret_lookup_role["role"] = found[1]
-            return found[0]
+            found["principal"] = entry[1]
+            return entry[0]
 
         await verify(
             request.method,
@@ -143,19 +138,19 @@ class AwsJsonEndpoint:
             self.max_skew_seconds,
             region=self.region,
         )
+        source = request.client.host if request.client else None
+        return dataclasses.replace(found["principal"], door="api", source=source)
+
+    async def _handle(self, request: Request, rid: str, target: Any) -> Response:
+        body = await read_body(request)
+        principal = await self.authenticate(request, body)
         if target is None:
             raise UnknownOperationException("The X-Amz-Target header must name an operation, e.g. SageMaker.ListImages")
-        op_model = operation(target["prefix"], target["op"])
-        handler = self.operations.get(snake(target["op"])) if op_model else None
-        if op_model is None or handler is None:
-            raise UnknownOperationException(f"Operation {target.group(0)} is not supported by byoi")
-        if not self.is_allowed(secret_lookup_role.get("role", ""), target["op"]):
-            raise AccessDeniedException(f"You are not authorized to perform {target['op']}")
         try:
             decoded = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise SerializationException("The request body is not valid JSON") from None
-        params = validate_request(op_model.input_shape, decoded)
-        result = await handler(**{snake(k): v for k, v in params.items()})
-        payload = json.dumps(shape_output(op_model.output_shape, result))
-        return Response(payload, media_type=CONTENT_TYPE, headers={"x-amzn-RequestId": rid})
+        if not isinstance(decoded, dict):
+            raise SerializationException("The request body must be a JSON object")
+        result = await self.dispatcher.dispatch(principal, target["prefix"], target["op"], decoded)
+        return Response(json.dumps(result), media_type=CONTENT_TYPE, headers={"x-amzn-RequestId": rid})

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from byoi.auth.principal import Principal
 from byoi.config import CREDENTIALS_PROFILE as PROFILE
 from byoi.services.context import ServiceContext
 from byoi.store.schema import access_keys
+from byoi.store.schema_identity import principals
 
 ADMIN_ROLE = "admin"
+FIRST_ADMIN = "admin"  # the administrator created on first start
+SECRET_CACHE_SIZE = 10_000
 
 
 def new_key_pair() -> tuple[str, str]:
@@ -37,7 +41,7 @@ def write_credentials_file(path: Path, key_id: str, secret: str, region: str) ->
 class AccessKeyService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self._cache: dict[str, tuple[str, str]] = {}  # key id -> (secret, role)
+        self._secrets: dict[str, str] = {}  # sealed secret -> secret (a bounded cache of decryptions)
 
     @property
     def credentials_path(self) -> Path:
@@ -60,11 +64,16 @@ class AccessKeyService:
                     write_credentials_file(self.credentials_path, row.access_key_id, secret, self.ctx.settings.region)
                 return row.access_key_id, False
             key_id, secret = new_key_pair()
+            exists = await conn.execute(sa.select(principals.c.name).where(principals.c.name == FIRST_ADMIN))
+            if exists.first() is None:
+                await conn.execute(
+                    sa.insert(principals).values(name=FIRST_ADMIN, role=ADMIN_ROLE, created_at=time.time())
+                )
             await conn.execute(
                 sa.insert(access_keys).values(
                     access_key_id=key_id,
                     secret_ciphertext=self.ctx.secrets.seal(secret),
-                    principal="admin",
+                    principal=FIRST_ADMIN,
                     role=ADMIN_ROLE,
                     active=True,
                     created_at=time.time(),
@@ -73,21 +82,38 @@ class AccessKeyService:
         write_credentials_file(self.credentials_path, key_id, secret, self.ctx.settings.region)
         return key_id, True
 
-    async def lookup(self, key_id: str) -> tuple[str, str] | None:
-        """(secret, role) for an active key, or None."""
-        cached = self._cache.get(key_id)
-        if cached:
-            return cached
+    async def lookup(self, key_id: str) -> tuple[str, Principal] | None:
+        """(secret, principal) for an active key of an existing principal, or None.
+
+        Read from the store on every request, so a key deactivated or deleted (or a principal deleted) is
+        refused on the very next request, on every replica. Only the decryption of a secret is cached, by its
+        ciphertext, which never changes for a key."""
+        query = (
+            sa.select(
+                access_keys.c.secret_ciphertext,
+                principals.c.name,
+                principals.c.role,
+                principals.c.domain_id,
+                principals.c.user_profile_name,
+            )
+            .join(principals, principals.c.name == access_keys.c.principal)
+            .where(access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True))
+        )
         async with self.ctx.db.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(access_keys.c.secret_ciphertext, access_keys.c.role).where(
-                        access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True)
-                    )
-                )
-            ).first()
+            row = (await conn.execute(query)).first()
         if row is None:
             return None
-        entry = (self.ctx.secrets.open(row.secret_ciphertext), row.role)
-        self._cache[key_id] = entry
-        return entry
+        secret = self._secrets.get(row.secret_ciphertext)
+        if secret is None:
+            secret = self.ctx.secrets.open(row.secret_ciphertext)
+            if len(self._secrets) >= SECRET_CACHE_SIZE:
+                self._secrets.clear()
+            self._secrets[row.secret_ciphertext] = secret
+        principal = Principal(
+            name=row.name,
+            role=row.role,
+            domain_id=row.domain_id,
+            user_profile_name=row.user_profile_name,
+            access_key_id=key_id,
+        )
+        return secret, principal

@@ -25,6 +25,7 @@ from byoi.runtime.instance_types import DEFAULT_TYPE, InstanceType, InstanceType
 from byoi.runtime.settings import RuntimeSettings
 from byoi.services import app_resources
 from byoi.services import session_files as files
+from byoi.services.access import visibility
 from byoi.services.app_launch import RSESSION_GATEWAY, Launcher
 from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService, load_domain, require_usable
@@ -439,6 +440,12 @@ class AppService:
             "sort": sort_order,
         }
         query = sa.select(apps, domains.c.domain_id).join(domains, domains.c.id == apps.c.domain_pk)
+        seen = await visibility(self.ctx)
+        filters["scope"] = seen.fingerprint()
+        if seen.domain_id is not None:  # a user: their own apps
+            query = query.where(
+                domains.c.domain_id == seen.domain_id, apps.c.profile_key == (seen.user_profile_name or "").lower()
+            )
         if domain_id_equals:
             query = query.where(domains.c.domain_id == domain_id_equals)
         if user_profile_name_equals:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from byoi.errors import ResourceInUse, ResourceNotFound
 from byoi.jobs.worker import Claim, Task
 from byoi.services import custom_images
+from byoi.services.access import visibility
 from byoi.services.context import ServiceContext
 from byoi.services.tags import delete_all_tags, write_tags
 from byoi.store.paging import fetch_page
@@ -294,16 +295,20 @@ class DomainService:
         return {}
 
     async def list_domains(self, max_results: int | None = None, next_token: str | None = None) -> dict[str, Any]:
+        seen = await visibility(self.ctx)
+        query = sa.select(domains)
+        if seen.domain_id is not None:  # a user: their own domain
+            query = query.where(domains.c.domain_id == seen.domain_id)
         async with self.ctx.db.read() as conn:
             page = await fetch_page(
                 conn,
-                sa.select(domains),
+                query,
                 domains.c.created_at,
                 domains.c.id,
                 False,
                 max_results or DEFAULT_PAGE,
                 next_token,
-                {"op": "ListDomains"},
+                {"op": "ListDomains", "scope": seen.fingerprint()},
                 "created_at",
             )
         return {"Domains": [self._summary(r) for r in page.rows], "NextToken": page.next_token}

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Claim, Task
+from byoi.services.access import visibility
 from byoi.services.context import ServiceContext
 from byoi.services.tags import delete_all_tags, write_tags
 from byoi.store.paging import fetch_page, time_filters
@@ -187,6 +188,10 @@ class ImageService:
         sort_by = sort_by or "CREATION_TIME"
         sort_column = images.c[SORT_COLUMNS[sort_by]]
         conds = time_filters(images.c.created_at, images.c.modified_at, filters)
+        seen = await visibility(self.ctx)
+        filters["scope"] = seen.fingerprint()
+        if seen.image_names is not None:  # a user: only what is attached to their domain or profile
+            conds.append(images.c.name_key.in_(sorted(seen.image_names)))
         if name_contains:
             conds.append(images.c.name_key.contains(name_contains.lower(), autoescape=True))
         query = sa.select(images).where(*conds)

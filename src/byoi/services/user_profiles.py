@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Claim, Task
 from byoi.services import custom_images
+from byoi.services.access import visibility
 from byoi.services.context import ServiceContext
 from byoi.services.domains import (
     give_up_deleting,
@@ -259,6 +260,13 @@ class UserProfileService:
         }
         column = SORT_COLUMNS[sort_by or "CreationTime"]
         query = sa.select(user_profiles, domains.c.domain_id).join(domains, domains.c.id == user_profiles.c.domain_pk)
+        seen = await visibility(self.ctx)
+        filters["scope"] = seen.fingerprint()
+        if seen.domain_id is not None:  # a user: their own profile
+            query = query.where(
+                domains.c.domain_id == seen.domain_id,
+                user_profiles.c.name_key == (seen.user_profile_name or "").lower(),
+            )
         if domain_id_equals:
             query = query.where(domains.c.domain_id == domain_id_equals)
         if user_profile_name_contains:

@@ -1,0 +1,125 @@
+"""Authorization with the resource: what `byoi.auth.policy`'s rules mean for one request, and what a user may
+see (for the services that scope their lists). Called only by `byoi.api.dispatch`; never by a door.
+
+A user sees the images attached to their domain (its default user settings) or to their own profile, their
+domain, their own profile and their own apps. Each check costs at most one indexed query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from byoi.auth.policy import Rule, user_rule
+from byoi.auth.principal import Principal, current
+from byoi.errors import AccessDeniedException
+from byoi.services import custom_images
+from byoi.services.context import ServiceContext
+from byoi.store.schema_domains import domains, user_profiles
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What a list may show the caller: None for a member means no limit (administrators)."""
+
+    image_names: frozenset[str] | None = None  # lower-cased
+    domain_id: str | None = None
+    user_profile_name: str | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.image_names is None and self.domain_id is None
+
+    def fingerprint(self) -> str:
+        """Goes into a list's NextToken filters, so a token is only valid for the caller's own view."""
+        if self.unlimited:
+            return "*"
+        return f"{self.domain_id}/{self.user_profile_name}"
+
+
+UNLIMITED = Visibility()
+
+
+def resource_arn(ctx: ServiceContext, params: dict[str, Any]) -> str | None:
+    """The ARN of the resource a request names, for refusals and the audit log (None when it names none)."""
+    arns = ctx.arns
+    domain, profile = params.get("DomainId"), params.get("UserProfileName")
+    if isinstance(params.get("ResourceArn"), str):
+        return str(params["ResourceArn"])
+    if isinstance(domain, str) and isinstance(profile, str):
+        if isinstance(params.get("AppName"), str):
+            return arns.app(domain, profile, str(params.get("AppType") or "RSessionGateway"), params["AppName"])
+        return arns.user_profile(domain, profile)
+    if isinstance(domain, str):
+        return arns.domain(domain)
+    if isinstance(params.get("ImageName"), str):
+        return arns.image(params["ImageName"])
+    if isinstance(params.get("AppImageConfigName"), str):
+        return arns.app_image_config(params["AppImageConfigName"])
+    return None
+
+
+class AccessService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    async def check(self, principal: Principal, operation: str, params: dict[str, Any]) -> None:
+        """Refuse with AccessDeniedException naming the operation and the resource, or return."""
+        if principal.is_admin:
+            return
+        rule = user_rule(operation)
+        allowed = rule is not None and await self._satisfies(principal, rule, params)
+        if not allowed:
+            arn = resource_arn(self.ctx, params)
+            on = f" on {arn}" if arn else ""
+            raise AccessDeniedException(
+                f"User {principal.name} is not authorized to perform {operation}{on}"
+                + ("" if rule is None else f": {rule.value}")
+            )
+
+    async def _satisfies(self, principal: Principal, rule: Rule, params: dict[str, Any]) -> bool:
+        if rule in (Rule.ANYONE, Rule.SCOPED):
+            return True
+        domain, profile = params.get("DomainId"), params.get("UserProfileName")
+        if rule is Rule.OWN_PROFILE:
+            return principal.owns_profile(domain, profile)
+        if rule is Rule.OWN_DOMAIN:
+            return domain == principal.domain_id and (profile is None or principal.owns_profile(domain, profile))
+        if rule is Rule.ATTACHED_IMAGE:
+            name = params.get("ImageName")
+            visible = (await visibility(self.ctx, principal)).image_names
+            return isinstance(name, str) and visible is not None and name.lower() in visible
+        return False
+
+
+async def visibility(ctx: ServiceContext, principal: Principal | None = None) -> Visibility:
+    """What lists may show `principal` (the current caller when not given)."""
+    principal = principal or current()
+    if principal.is_admin:
+        return UNLIMITED
+    if principal.domain_id is None or principal.user_profile_name is None:
+        return Visibility(image_names=frozenset(), domain_id="", user_profile_name="")
+    query = (
+        sa.select(domains.c.spec.label("domain_spec"), user_profiles.c.spec.label("profile_spec"))
+        .select_from(domains)
+        .outerjoin(
+            user_profiles,
+            sa.and_(
+                user_profiles.c.domain_pk == domains.c.id,
+                user_profiles.c.name_key == principal.user_profile_name.lower(),
+            ),
+        )
+        .where(domains.c.domain_id == principal.domain_id)
+    )
+    async with ctx.db.read() as conn:
+        row = (await conn.execute(query)).first()
+    names: set[str] = set()
+    if row is not None:
+        for settings in (
+            (row.domain_spec or {}).get("DefaultUserSettings"),
+            (row.profile_spec or {}).get("UserSettings"),
+        ):
+            names.update(str(e["ImageName"]).lower() for e in custom_images.rsession_images(settings))
+    return Visibility(frozenset(names), principal.domain_id, principal.user_profile_name)
