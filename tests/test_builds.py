@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import select
 import signal
 import subprocess
@@ -337,6 +338,47 @@ def test_live_log_stream_is_seen_during_the_build(server, ext, name, tmp_path):
     assert all("tick-1-" not in str(r.get("m")) for r in rest) and any("tick-2-" in str(r.get("m")) for r in rest)
 
 
+def test_builds_logs_follow_prints_lines_while_the_build_runs(server, ext, name, tmp_path):
+    steps = f"RUN for i in 1 2 3 4 5 6 7 8; do echo tick-$i-{name}; sleep 1; done"
+    build_id = start(server, ext, context(tmp_path, steps), Repository=name)
+    env = {**server.aws_env(), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "byoi", "builds", "logs", build_id, "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        lines: list[str] = []
+        status_at_first_tick = None
+        while line := proc.stdout.readline():  # each line as the CLI writes it
+            lines.append(line.rstrip("\n"))
+            if status_at_first_tick is None and lines[-1] == f"tick-1-{name}":
+                status_at_first_tick = ext.describe_image_build(BuildId=build_id)["BuildStatus"]
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status_at_first_tick == "BUILDING"  # the first tick came while the build still ran
+    ticks = [ln for ln in lines if ln.startswith("tick-")]
+    assert ticks == [f"tick-{i}-{name}" for i in range(1, 9)]
+    assert lines[-1] == "--> SUCCEEDED" and lines.index(f"tick-8-{name}") < len(lines) - 1
+    assert ext.describe_image_build(BuildId=build_id)["BuildStatus"] == "SUCCEEDED"
+
+
+def test_output_lines_the_engine_sends_in_pieces_are_logged_whole(server, ext, name, tmp_path):
+    # The Engine cuts a RUN's output into stream messages anywhere, also inside a line (about every 20 kB here).
+    lines = f'RUN i=0; while [ $i -lt 10000 ]; do i=$((i+1)); echo "line-$i-{name}"; done'
+    build_id = start(server, ext, context(tmp_path, lines), Repository=name)
+    assert wait(ext, build_id)["BuildStatus"] == "SUCCEEDED"
+    logged = [r["m"] for e, r in all_events(server, build_id) if e == "log" and r["m"].endswith(f"-{name}")]
+    expected = [f"line-{i}-{name}" for i in range(1, 10001)]
+    assert logged == expected, [m for m in logged if m not in set(expected)][:5]
+
+
 # -- stages, private registries, push progress, log cap, Ctrl-C -------------------------------------------
 
 
@@ -459,9 +501,20 @@ class Terminal:
         os.close(self.master)
 
 
+def _blocked_writing_to_the_terminal(pid: int) -> bool:
+    """The process sits in write(2) on its stdout or stderr (the terminal is full: nobody reads it)."""
+    write = {"x86_64": 1, "aarch64": 64}[platform.machine()]
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == str(write) and int(fields[1], 16) in (1, 2)
+
+
 def test_ctrl_c_in_byoi_build_asks_and_stops_the_build(server, ext, name, tmp_path):
     marker = f"sleep 120 # {name}"
-    root = context(tmp_path, f'RUN echo "wo""rking-{name}" && {marker}')
+    lines = f'i=0; while [ $i -lt 10000 ]; do i=$((i+1)); echo "line-$i-{name}"; done'  # far more than a pty holds
+    root = context(tmp_path, f'RUN echo "wo""rking-{name}" && {lines} && {marker}')
     term = Terminal()
     env = {**server.aws_env(), "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
     proc = subprocess.Popen(
@@ -471,18 +524,25 @@ def test_ctrl_c_in_byoi_build_asks_and_stops_the_build(server, ext, name, tmp_pa
     try:
         build_id = term.wait_for(r"Build (b-[0-9a-f]{16}) started", 60)[1]
         term.wait_for(f"\nworking-{name}\n", 120)  # the RUN's output: the build is in its long step
-        # Let the CLI finish that print and wait for the next event. An interrupt inside rich's print (after its
-        # write, before it empties its buffer) makes the next print repeat the line, which is not what this
-        # test is about: it checks that the log goes on from where it stopped after the prompt.
-        time.sleep(1)
+        # Stop reading the terminal until the CLI is stuck inside a print (its write blocks), then Ctrl-C it there:
+        # the line being printed must come out once, and the log go on after the prompt from the next line.
+        deadline = time.monotonic() + 120
+        while not _blocked_writing_to_the_terminal(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, "the CLI never blocked on the full terminal"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         term.wait_for(rf"Stop build {build_id}\? \[Y/n\]", 30)
         assert ext.describe_image_build(BuildId=build_id)["BuildStatus"] == "BUILDING"  # asked, not yet stopped
+        interrupted_at = max(int(n) for n in regex.findall(rf"line-(\d+)-{name}\n", term.text))
         term.type("y\n")
         term.wait_for(f"stopping {build_id}", 30)
         term.wait_for("--> STOPPED", 60)
         assert proc.wait(timeout=30) == 1
         assert term.text.count(f"\nworking-{name}\n") == 1  # after the prompt it went on, not from the start
+        printed = [int(n) for n in regex.findall(rf"line-(\d+)-{name}", term.text)]
+        # Every line once, in order, none lost: the one being printed at the Ctrl-C included.
+        assert printed == list(range(1, len(printed) + 1)), [n for i, n in enumerate(printed, 1) if n != i][:5]
+        assert len(printed) > interrupted_at
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,6 +15,8 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support import sessions as s
+from tests.support.docker_images import containers, docker_available, push_test_image
 from tests.support.oci import Pusher
 from tests.support.processes import free_port, wait_http
 
@@ -82,6 +84,80 @@ def test_aws_cli_follows_the_rstudio_byoi_create_steps(server, pusher, registry,
             break
         time.sleep(0.5)
     assert "ResourceNotFound" in gone.stderr
+
+
+def _aws_until(server, *args: str, field: str, until: tuple[str, ...], timeout: float = 180) -> dict:
+    """Describe with the AWS CLI until `field` is one of `until` (as a user polls: awscli has no app waiter)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described: dict = json.loads(aws(server, *args).stdout)
+        if described[field] in until:
+            return described
+        assert time.monotonic() < deadline, f"{field} is still {described[field]}: {described}"
+        time.sleep(0.5)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.skipif(not docker_available(), reason="Docker Engine is not running (scripts/services.sh)")
+def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(server_factory, registry, name):
+    """The rest of the create steps: the image attached to an RStudio domain, then `aws sagemaker create-app`.
+    The image is the RStudio Server STAND-IN (tests/images/rstudio-standin), a TEST DOUBLE for the IDE binary."""
+    srv = server_factory([f"http://{registry}"], env={"BYOI_SESSION_STOP_TIMEOUT": "2"})
+    try:
+        digest = push_test_image("rstudio-standin", registry, f"cli/{name}", "v1")
+        image_arn = json.loads(aws(srv, "create-image", "--image-name", name, "--role-arn", s.ROLE).stdout)["ImageArn"]
+        aws(srv, "create-image-version", "--image-name", name, "--base-image", f"{registry}/cli/{name}:v1")
+        aws(srv, "wait", "image-version-created", "--image-name", name, "--version", "1")
+        version_arn = json.loads(
+            aws(srv, "describe-image-version", "--image-name", name, "--version-number", "1").stdout
+        )["ImageVersionArn"]
+        aws(srv, "create-app-image-config", "--app-image-config-name", f"{name}-config")
+        user_settings = {
+            "ExecutionRole": s.ROLE,
+            "RSessionAppSettings": {"CustomImages": [{"ImageName": name, "AppImageConfigName": f"{name}-config"}]},
+        }
+        domain_settings = {"RStudioServerProDomainSettings": {"DomainExecutionRoleArn": s.ROLE}}
+        domain = json.loads(
+            aws(
+                srv,
+                "create-domain",
+                "--domain-name",
+                name,
+                "--auth-mode",
+                "IAM",
+                "--default-user-settings",
+                json.dumps(user_settings),
+                "--domain-settings",
+                json.dumps(domain_settings),
+            ).stdout  # fmt: skip
+        )["DomainId"]
+        _aws_until(srv, "describe-domain", "--domain-id", domain, field="Status", until=("InService",))
+        aws(srv, "create-user-profile", "--domain-id", domain, "--user-profile-name", "ana")
+        app = ["--domain-id", domain, "--user-profile-name", "ana", "--app-type", "RSessionGateway"]
+        spec = {"SageMakerImageArn": image_arn, "SageMakerImageVersionArn": version_arn, "InstanceType": "ml.t3.medium"}
+        created = json.loads(
+            aws(srv, "create-app", *app, "--app-name", "analysis", "--resource-spec", json.dumps(spec)).stdout
+        )
+        assert created["AppArn"].endswith(f":app/{domain}/ana/RSessionGateway/analysis")
+
+        described = _aws_until(
+            srv, "describe-app", *app, "--app-name", "analysis", field="Status", until=("InService", "Failed")
+        )
+        assert described["Status"] == "InService", described
+        assert described["ResourceSpec"] == spec and described["AppArn"] == created["AppArn"]
+        [container] = containers(label=f"byoi.app-arn={created['AppArn']}")
+        assert container.attrs["Config"]["Image"] == f"{registry}/cli/{name}@{digest}"  # the pushed stand-in
+        listed = json.loads(aws(srv, "list-apps", "--domain-id-equals", domain).stdout)["Apps"]
+        assert [(a["AppName"], a["Status"]) for a in listed] == [("analysis", "InService")]
+
+        aws(srv, "delete-app", *app, "--app-name", "analysis")
+        gone = _aws_until(srv, "describe-app", *app, "--app-name", "analysis", field="Status", until=("Deleted",))
+        assert gone["AppArn"] == created["AppArn"]
+        assert not containers(label=f"byoi.app-arn={created['AppArn']}")
+    finally:
+        srv.stop()
+        s.remove_sessions_of(srv.data_dir)
 
 
 def test_byoi_cli_catalog_commands(server, pusher, name):

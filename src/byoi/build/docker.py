@@ -110,25 +110,37 @@ class DockerBuilder:
                 headers={"content-type": "application/x-tar"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
             ) as response:
+                pending = ""  # the Engine cuts output anywhere: a line can come in two stream messages
+
+                def lines(text: str) -> None:
+                    nonlocal step
+                    for line in text.splitlines():
+                        if not line.strip():
+                            continue
+                        m = _STEP.match(line)
+                        if m:
+                            step = line
+                            emit({"k": "step", "n": int(m[1]), "of": int(m[2]), "m": line})
+                        else:
+                            emit({"k": "log", "m": line})
+
                 try:
                     async for item in _json_lines(response):
                         if "error" in item or "errorDetail" in item:
+                            lines(pending)
                             detail = item.get("errorDetail") or {}
                             raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), step)
                         text = item.get("stream") or (item.get("status") and f"{item['status']}\n")
                         if text:
-                            for line in text.splitlines():
-                                if not line.strip():
-                                    continue
-                                m = _STEP.match(line)
-                                if m:
-                                    step = line
-                                    emit({"k": "step", "n": int(m[1]), "of": int(m[2]), "m": line})
-                                else:
-                                    emit({"k": "log", "m": line})
+                            whole, newline, pending = (pending + text).rpartition("\n")
+                            lines(whole + newline)
+                            if len(pending) > _CHUNK:
+                                lines(pending)
+                                pending = ""
                         aux = item.get("aux")
                         if isinstance(aux, dict) and aux.get("ID"):
                             image_id = aux["ID"]
+                    lines(pending)
                 finally:
                     # Closing the connection is what tells the Engine to stop a build that is cancelled.
                     response.close()

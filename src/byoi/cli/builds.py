@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -24,6 +27,7 @@ import regex
 import typer
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT
@@ -216,6 +220,27 @@ class StreamPosition:
     offset: int = 0
 
 
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt once the block is done.
+
+    Raised in the middle of rich's print (after its write, before it empties its buffer), KeyboardInterrupt
+    leaves the line in the console's buffer and the next print writes it again; raised between showing an event
+    and recording its offset, the log goes on with that event again after the prompt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def follow(signed: Signed, build_id: str, view: LogView, position: StreamPosition | None = None) -> None:
     """Read the build's event stream until its `end` event, reconnecting from the last event id."""
     position = position or StreamPosition()
@@ -230,20 +255,23 @@ def follow(signed: Signed, build_id: str, view: LogView, position: StreamPositio
                 if response.status_code != 200:
                     response.read()
                     raise _fail(f"cannot follow build {build_id}: {_error_text(response)}", 1)
-                event, data = "message", ""
+                event, data, event_id = "message", "", None
                 for line in response.iter_lines():
                     if line.startswith("event:"):
                         event = line[6:].strip()
                     elif line.startswith("data:"):
                         data = line[5:].strip()
                     elif line.startswith("id:"):
-                        position.offset = int(line[3:].strip())
+                        event_id = int(line[3:].strip())
                     elif line == "" and data:
                         if event == "end":
                             view.close()
                             return
-                        view.show(event, json.loads(data))
-                        event, data = "message", ""
+                        with _interrupt_after():  # the event is shown and counted as shown, or neither
+                            view.show(event, json.loads(data))
+                            if event_id is not None:
+                                position.offset = event_id
+                        event, data, event_id = "message", "", None
         except httpx.TransportError:
             failures += 1
             if failures > 5:
@@ -366,7 +394,8 @@ def _report(result: dict[str, Any], endpoint_url: str | None, profile: str | Non
         version = call(endpoint_url, profile, lambda _c: _wait_for_version(endpoint_url, profile, arn))
         console.print(f"{arn} {version['ImageVersionStatus']}")
         if version["ImageVersionStatus"] != "CREATED":
-            err.print(f"[red]error[/red]: {version.get('FailureReason')}")
+            # markup off for the reason: it names each failed rule in [brackets], which rich would swallow.
+            err.print(f"[red]error[/red]: {escape(str(version.get('FailureReason')))}")
             raise typer.Exit(1)
 
 
