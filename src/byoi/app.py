@@ -42,6 +42,7 @@ from byoi.services.domains import DomainService
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
 from byoi.services.inspection import InspectionService
+from byoi.services.principals import PrincipalService
 from byoi.services.server_info import ServerInfoService
 from byoi.services.tags import TagService
 from byoi.services.user_profiles import UserProfileService
@@ -60,11 +61,12 @@ class Services:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.access_keys = AccessKeyService(ctx)
+        self.principals = PrincipalService(ctx)
         self.server_info = ServerInfoService(ctx)
         self.images = ImageService(ctx)
         self.image_versions = ImageVersionService(ctx)
         self.tags = TagService(ctx)
-        self.all: list[Any] = [self.server_info, self.images, self.image_versions, self.tags]
+        self.all: list[Any] = [self.server_info, self.principals, self.images, self.image_versions, self.tags]
         self.tags.register_kind("image", self.images.image_exists)
         self.tags.register_kind("image-version", self.image_versions.version_exists)
         # Domains, user profiles, app image configs (and the attach extension operations).

@@ -58,11 +58,25 @@ def validate_request(shape: StructureShape | None, body: Any) -> dict[str, Any]:
     return value  # type: ignore[no-any-return]
 
 
+class _Redacting(_Collector):
+    """For shapes marked `sensitive` in the model (passwords, secrets): the error names the member and the
+    constraint, never the value, so a mistyped password cannot reach a response, a log line or the audit log."""
+
+    def __init__(self, inner: _Collector) -> None:
+        self.inner = inner
+        self.errors = inner.errors
+
+    def fail(self, path: str, value: Any, constraint: str) -> None:
+        self.inner.fail(path, "*** (sensitive)", constraint)
+
+
 def _check(shape: Shape, value: Any, path: str, errors: _Collector) -> Any:
     kind = shape.type_name
     checker = _CHECKERS.get(kind)
     if checker is None:
         return value
+    if shape.metadata.get("sensitive") and not isinstance(errors, _Redacting):
+        errors = _Redacting(errors)
     return checker(shape, value, path, errors)
 
 

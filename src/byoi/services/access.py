@@ -42,12 +42,21 @@ class Visibility:
 UNLIMITED = Visibility()
 
 
+def principal_arn(account_id: str, name: str) -> str:
+    return f"arn:aws:iam::{account_id}:user/byoi/{name}"
+
+
 def resource_arn(ctx: ServiceContext, params: dict[str, Any]) -> str | None:
     """The ARN of the resource a request names, for refusals and the audit log (None when it names none)."""
     arns = ctx.arns
     domain, profile = params.get("DomainId"), params.get("UserProfileName")
     if isinstance(params.get("ResourceArn"), str):
         return str(params["ResourceArn"])
+    for member in ("PrincipalName", "Name"):  # only the identity operations have a bare Name
+        if isinstance(params.get(member), str):
+            return principal_arn(ctx.settings.account_id, params[member])
+    if isinstance(params.get("AccessKeyId"), str):
+        return f"arn:aws:iam::{ctx.settings.account_id}:access-key/{params['AccessKeyId']}"
     if isinstance(domain, str) and isinstance(profile, str):
         if isinstance(params.get("AppName"), str):
             return arns.app(domain, profile, str(params.get("AppType") or "RSessionGateway"), params["AppName"])
