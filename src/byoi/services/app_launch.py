@@ -26,6 +26,7 @@ import httpx2 as httpx
 import sqlalchemy as sa
 
 from byoi.jobs.worker import Claim, RetryLater, Task
+from byoi.registry.engine_auth import engine_auth
 from byoi.runtime.docker import DockerRuntime, RuntimeFailure
 from byoi.runtime.settings import RuntimeSettings
 from byoi.runtime.spec import SESSION_PORT, PullProgress, SessionSpec
@@ -70,20 +71,7 @@ def failure_with_logs(head: str, lines: list[str]) -> str:
 
 def registry_auth(ctx: ServiceContext, host: str) -> dict[str, str] | None:
     """The credentials byoi has for a registry, in the form the engine's X-Registry-Auth wants."""
-    from byoi.registry.client import docker_config_credentials
-
-    for reg in ctx.settings.registries:
-        if reg.host == host:
-            if reg.token:
-                return {"identitytoken": reg.token}
-            if reg.username:
-                return {"username": reg.username, "password": reg.password or ""}
-    creds = docker_config_credentials(ctx.settings.docker_config).get(host)
-    if creds is not None and creds.token:
-        return {"identitytoken": creds.token}
-    if creds is not None and creds.username:
-        return {"username": creds.username, "password": creds.password or ""}
-    return None
+    return engine_auth(ctx.settings.registries, ctx.settings.docker_config, host)
 
 
 class Launcher:

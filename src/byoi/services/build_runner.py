@@ -20,7 +20,7 @@ from byoi.build.logstore import BuildLog
 from byoi.build.settings import BuildSettings
 from byoi.errors import ByoiError, ResourceInUse
 from byoi.jobs.worker import Claim, RetryLater
-from byoi.registry.client import docker_config_credentials
+from byoi.registry.engine_auth import engine_auth
 from byoi.services.context import ServiceContext
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
@@ -220,18 +220,7 @@ class BuildRunner:
         return "SUCCEEDED", values
 
     def _auth(self, host: str) -> dict[str, str] | None:
-        for reg in self.ctx.settings.registries:
-            if reg.host == host:
-                if reg.token:
-                    return {"identitytoken": reg.token}
-                if reg.username:
-                    return {"username": reg.username, "password": reg.password or ""}
-        creds = docker_config_credentials(self.ctx.settings.docker_config).get(host)
-        if creds is not None and creds.token:
-            return {"identitytoken": creds.token}
-        if creds is not None and creds.username:
-            return {"username": creds.username, "password": creds.password or ""}
-        return None
+        return engine_auth(self.ctx.settings.registries, self.ctx.settings.docker_config, host)
 
     async def _register(self, row: Any, digest: str) -> str:
         """Create the image if missing, then a version pinned to the pushed digest (idempotent on restart)."""
