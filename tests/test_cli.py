@@ -34,6 +34,16 @@ def aws(server, *args: str, check: bool = True) -> subprocess.CompletedProcess[s
     return run([str(BIN / "aws"), "sagemaker", *args, "--output", "json"], server.aws_env(), check)
 
 
+def wait_version_created(server, name: str, version: int) -> None:
+    """`aws sagemaker wait image-version-created` for one version. The waiter's `--version` is the AWS CLI's
+    global `--version` (it prints `aws-cli/1.x ...`, exits 0 and never waits) and the waiter has no
+    `--version-number`, so the version goes in as JSON. A real wait prints nothing and exits 0 once the version
+    is CREATED (255 on CREATE_FAILED); it polls every 60 s."""
+    request = json.dumps({"ImageName": name, "Version": version})
+    waited = aws(server, "wait", "image-version-created", "--cli-input-json", request, check=False)
+    assert (waited.returncode, waited.stdout, waited.stderr) == (0, "", ""), waited
+
+
 def test_aws_cli_follows_the_rstudio_byoi_create_steps(server, pusher, registry, name):
     """The AWS documentation's create steps (reference §2.4), unchanged but for the endpoint."""
     pushed = pusher.image("rstudio-custom", "v1")
@@ -54,8 +64,7 @@ def test_aws_cli_follows_the_rstudio_byoi_create_steps(server, pusher, registry,
         ).stdout
     )  # the CLI fills ClientToken itself
     assert out["ImageVersionArn"].endswith(f"/{name}/1")
-    # The waiter keeps the model name `--version` (describe-image-version renames it --version-number).
-    aws(server, "wait", "image-version-created", "--image-name", name, "--version", "1")
+    wait_version_created(server, name, 1)
     d = json.loads(aws(server, "describe-image-version", "--image-name", name, "--version-number", "1").stdout)
     assert d["ImageVersionStatus"] == "CREATED"
     assert d["ContainerImage"] == f"{registry}/rstudio-custom@{pushed.digest}"
@@ -108,10 +117,11 @@ def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(server_factory, re
         digest = push_test_image("rstudio-standin", registry, f"cli/{name}", "v1")
         image_arn = json.loads(aws(srv, "create-image", "--image-name", name, "--role-arn", s.ROLE).stdout)["ImageArn"]
         aws(srv, "create-image-version", "--image-name", name, "--base-image", f"{registry}/cli/{name}:v1")
-        aws(srv, "wait", "image-version-created", "--image-name", name, "--version", "1")
-        version_arn = json.loads(
-            aws(srv, "describe-image-version", "--image-name", name, "--version-number", "1").stdout
-        )["ImageVersionArn"]
+        # The waiter polls every 60 s: let the stand-in's inspection finish first, so it answers on its first poll.
+        version_args = ("describe-image-version", "--image-name", name, "--version-number", "1")
+        _aws_until(srv, *version_args, field="ImageVersionStatus", until=("CREATED", "CREATE_FAILED"))
+        wait_version_created(srv, name, 1)
+        version_arn = json.loads(aws(srv, *version_args).stdout)["ImageVersionArn"]
         aws(srv, "create-app-image-config", "--app-image-config-name", f"{name}-config")
         user_settings = {
             "ExecutionRole": s.ROLE,

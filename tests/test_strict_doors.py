@@ -21,6 +21,7 @@ import pytest
 
 from byoi.cli.client import extension_client
 from tests.conftest import ROLE
+from tests.support import sessions as s
 from tests.support.docker_images import (
     BASE_IMAGE,
     build_test_image,
@@ -201,3 +202,67 @@ def test_byoi_build_register_creates_the_standin_and_fails_plain_debian(defaults
     assert_not_compatible(error.removeprefix("error: "))
     d = sm.describe_image_version(ImageName=plain, Version=1)
     assert d["ImageVersionStatus"] == "CREATE_FAILED" and d["FailureReason"] == error.removeprefix("error: ")
+
+
+# -- server text printed by the byoi CLI as the server wrote it -----------------------------------------------
+# Rich reads "[r-present]" as a markup tag and drops it unless the CLI escapes server-provided text.
+
+
+def wide(server: ByoiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`byoi` on a terminal wide enough that no table cell wraps (a wrapped cell could split a [tag])."""
+    env = {**server.aws_env(), "COLUMNS": "1000"}
+    return subprocess.run([sys.executable, "-m", "byoi", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_byoi_tables_and_report_keep_the_rule_tags_of_a_failure_reason(defaults, images):
+    name, d = register(defaults.client(), images["debian"])
+    reason = d["FailureReason"]
+    assert_not_compatible(reason)  # "... no R on PATH [r-present]; ... [rstudio-server]"
+    outputs = {
+        command: wide(defaults, "versions", command, name, *extra)
+        for command, extra in (("describe", ("--version", "1", "--output", "table")), ("list", ()), ("report", ()))
+    }
+    assert {c: out.returncode for c, out in outputs.items()} == {"describe": 0, "list": 0, "report": 0}, outputs
+    assert [c for c, out in outputs.items() if reason not in out.stdout] == [], outputs
+
+
+def test_byoi_build_prints_a_failed_steps_reason_with_its_brackets(defaults, name, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f'FROM {BASE_IMAGE}\nRUN echo "[doors-tag] about to fail" && exit 3\n')
+    failed = wide(defaults, "build", str(ctx), "--image", name)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    [build_id] = [line.split()[1] for line in failed.stdout.splitlines() if line.endswith(" started")]
+    defaults.session()
+    d = extension_client(defaults.endpoint, "byoi").describe_image_build(BuildId=build_id)
+    assert d["BuildStatus"] == "FAILED" and "[doors-tag] about to fail" in d["FailureReason"], d
+    assert failed.stderr.strip() == f"FAILED: {d['FailureReason']}".strip(), failed.stderr
+    described = wide(defaults, "builds", "describe", build_id, "--output", "table")
+    assert described.returncode == 0, described.stdout + described.stderr
+    assert "[doors-tag] about to fail" in described.stdout, described.stdout
+
+
+def test_byoi_launch_prints_a_failed_sessions_reason_with_its_brackets(defaults, registry, name, tmp_path):
+    """The stand-in, but its rserver prints a [tag] and exits 3: inspection passes, the launch fails."""
+    ctx = tmp_path / "exits"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {local_tag('rstudio-standin')}\n"
+        "RUN printf '#!/bin/sh\\necho \"[doors-tag] rserver gives up\"\\nexit 3\\n' "
+        "> /usr/lib/rstudio-server/bin/rserver\n"
+    )
+    build_test_image("rstudio-standin")  # cached; the build starts FROM it
+    built = byoi(defaults, "build", str(ctx), "--image", name, "--tag", "v1", "--register")
+    assert built.returncode == 0, built.stdout + built.stderr
+    sm = defaults.client()
+    s.ensure_config(sm)
+    domain = s.rstudio_domain(sm, [{"ImageName": name, "AppImageConfigName": s.CONFIG}])
+    sm.create_user_profile(DomainId=domain, UserProfileName="ana")
+    try:
+        launched = wide(defaults, "launch", "-d", domain, "-u", "ana", "--image", name, "--name", "exits")
+        assert launched.returncode == 1, launched.stdout + launched.stderr
+        d = sm.describe_app(DomainId=domain, UserProfileName="ana", AppType="RSessionGateway", AppName="exits")
+        assert d["Status"] == "Failed" and "[doors-tag] rserver gives up" in d["FailureReason"], d
+        assert launched.stderr.strip() == f"session exits Failed: {d['FailureReason']}", launched.stderr
+    finally:
+        s.remove_sessions_of(defaults.data_dir)

@@ -27,13 +27,12 @@ import regex
 import typer
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT
 from byoi.build.context import ContextError, pack_directory
 from byoi.cli.client import _session_and_endpoint, sagemaker_client
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, print_result
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, literal, print_result
 from byoi.registry import reference
 
 builds_app = typer.Typer(help="Image builds: from a Dockerfile to a pushed image.", no_args_is_help=True)
@@ -50,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error[/red]: {message}", soft_wrap=True)
+    err.print(f"[red]error[/red]: {literal(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -384,7 +383,8 @@ def _has_host(image: str) -> bool:
 def _report(result: dict[str, Any], endpoint_url: str | None, profile: str | None) -> None:
     status = result["BuildStatus"]
     if status != "SUCCEEDED":
-        err.print(f"[red]{status}[/red]: {result.get('FailureReason') or ''}")
+        # the reason may quote the failed step's output, [brackets] and all: shown as is, not as markup.
+        err.print(f"[red]{status}[/red]: {literal(result.get('FailureReason') or '')}")
         if result.get("ImageDigest"):
             console.print(f"pushed {result['ImageUri']}@{result['ImageDigest']}")
         raise typer.Exit(1)
@@ -394,8 +394,8 @@ def _report(result: dict[str, Any], endpoint_url: str | None, profile: str | Non
         version = call(endpoint_url, profile, lambda _c: _wait_for_version(endpoint_url, profile, arn))
         console.print(f"{arn} {version['ImageVersionStatus']}")
         if version["ImageVersionStatus"] != "CREATED":
-            # markup off for the reason: it names each failed rule in [brackets], which rich would swallow.
-            err.print(f"[red]error[/red]: {escape(str(version.get('FailureReason')))}")
+            # the reason names each failed rule in [brackets]: shown as is, not as markup.
+            err.print(f"[red]error[/red]: {literal(version.get('FailureReason'))}")
             raise typer.Exit(1)
 
 

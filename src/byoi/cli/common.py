@@ -15,6 +15,7 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from byoi.cli.client import ClientSetupError, extension_client, sagemaker_client
@@ -75,6 +76,12 @@ def fail(exc: ClientError | ClientSetupError | BotoCoreError) -> typer.Exit:
     return typer.Exit(1)
 
 
+def literal(value: Any) -> str:
+    """`value` as text for a rich markup string, shown as is: server- and user-provided text (a FailureReason
+    names each failed rule in [brackets], "[r-present]") would otherwise be taken for markup tags and dropped."""
+    return escape(str(value))
+
+
 def _line(message: str) -> None:
     # markup off for the message itself: botocore's texts may hold [brackets] that rich would swallow.
     err.print("[red]error[/red]: ", end="")
@@ -90,5 +97,5 @@ def print_result(data: Any, output: str, columns: list[str], rows: list[dict[str
         return
     table = Table(*columns)
     for row in rows if rows is not None else [data]:
-        table.add_row(*[str(row.get(c, "")) for c in columns])
+        table.add_row(*[literal(row.get(c, "")) for c in columns])
     console.print(table)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, print_result, version_args
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, literal, print_result, version_args
 from byoi.config import Settings
 
 InspectionConfigOpt = Annotated[
@@ -56,65 +56,83 @@ def _size(n: int | None) -> str:
 
 
 def _print_report(result: dict[str, Any]) -> None:
+    """The report as text. Everything the server says goes through `literal`: a FailureReason names each failed
+    rule in [brackets], and names, paths and messages come from the image."""
     r = result.get("Report", {})
     verdict = "[green]compatible[/green]" if r.get("Compatible") else "[red]not compatible[/red]"
     console.print(
-        f"[bold]{result['ImageName']}[/bold] version {result['Version']} ({result['ImageVersionStatus']}): {verdict}"
+        f"[bold]{literal(result['ImageName'])}[/bold] version {result['Version']} "
+        f"({literal(result['ImageVersionStatus'])}): {verdict}"
     )
     if r.get("FailureReason"):
-        console.print(f"  {r['FailureReason']}")
+        console.print(f"  {literal(r['FailureReason'])}")
     if r.get("Status") != "COMPLETED":
         return
     os_name = (r.get("Os") or {}).get("PrettyName") or "unknown OS"
-    console.print(f"  image     {r.get('ContainerImage')}")
+    console.print(f"  image     {literal(r.get('ContainerImage'))}")
     console.print(
-        f"  platform  {r.get('Platform')}, {os_name}, {r.get('LayerCount')} layers, "
+        f"  platform  {literal(r.get('Platform'))}, {literal(os_name)}, {r.get('LayerCount')} layers, "
         f"{_size(r.get('CompressedSize'))} compressed, {_size(r.get('UncompressedSize'))} uncompressed"
     )
     for install in r.get("RInstallations") or []:
-        console.print(f"  R         {install.get('Version') or '?'} at {install.get('Home') or install.get('Binary')}")
+        where = install.get("Home") or install.get("Binary")
+        console.print(f"  R         {literal(install.get('Version') or '?')} at {literal(where)}")
     server = r.get("RStudioServer")
     if server:
-        console.print(f"  RStudio   {server.get('Version') or 'version unknown'} at {server.get('Path')}")
+        console.print(
+            f"  RStudio   {literal(server.get('Version') or 'version unknown')} at {literal(server.get('Path'))}"
+        )
     users = [u["Name"] for u in r.get("Users") or [] if 1000 <= u.get("Uid", 0) < 65534]
-    console.print(f"  users     {', '.join(users) or '(no non-root user)'}")
+    console.print(f"  users     {literal(', '.join(users) or '(no non-root user)')}")
     rules = Table("rule", "level", "outcome", "message")
     for o in r.get("Rules") or []:
         style = {"PASSED": "green", "FAILED": "red" if o["Level"] == "required" else "yellow"}.get(o["Outcome"], "dim")
-        rules.add_row(o["Name"], o["Level"], f"[{style}]{o['Outcome']}[/{style}]", o["Message"])
+        rules.add_row(
+            literal(o["Name"]),
+            literal(o["Level"]),
+            f"[{style}]{literal(o['Outcome'])}[/{style}]",
+            literal(o["Message"]),
+        )
     console.print(rules)
     packages = Table("package", "version", "library", title=f"{len(r.get('RPackages') or [])} R packages")
     for p in r.get("RPackages") or []:
-        packages.add_row(p["Name"], p["Version"], p["Library"])
+        packages.add_row(literal(p["Name"]), literal(p["Version"]), literal(p["Library"]))
     console.print(packages)
 
 
 def _print_diff(d: dict[str, Any]) -> None:
-    console.print(f"[bold]{d['ImageName']}[/bold]: version {d['From']['Version']} -> {d['To']['Version']}")
+    """The diff as text; names and values come from the images (ENV X=[a] is one), so all go through `literal`."""
+    name, a, b = literal(d["ImageName"]), d["From"]["Version"], d["To"]["Version"]
+    console.print(f"[bold]{name}[/bold]: version {a} -> {b}")
     rv = d.get("RVersion") or {}
-    console.print(f"  R         {rv.get('From')} -> {rv.get('To')}" + ("" if rv.get("Changed") else " (unchanged)"))
+    changed = "" if rv.get("Changed") else " (unchanged)"
+    console.print(f"  R         {literal(rv.get('From'))} -> {literal(rv.get('To'))}{changed}")
     size = d.get("UncompressedSize") or {}
     console.print(f"  size      {_size(size.get('From'))} -> {_size(size.get('To'))} ({size.get('Delta', 0):+,} bytes)")
     table = Table("change", "package / name", "from", "to")
+
+    def row(change: str, *cells: Any) -> None:
+        table.add_row(change, *[literal(c) for c in cells])
+
     for p in d.get("PackagesAdded") or []:
-        table.add_row("[green]added[/green]", p["Name"], "", p["Version"])
+        row("[green]added[/green]", p["Name"], "", p["Version"])
     for p in d.get("PackagesRemoved") or []:
-        table.add_row("[red]removed[/red]", p["Name"], p["Version"], "")
+        row("[red]removed[/red]", p["Name"], p["Version"], "")
     for kind in ("Upgraded", "Downgraded"):
         for p in d.get(f"Packages{kind}") or []:
-            table.add_row(kind.lower(), p["Name"], p["From"], p["To"])
+            row(kind.lower(), p["Name"], p["From"], p["To"])
     for e in d.get("EnvAdded") or []:
-        table.add_row("env added", e.split("=", 1)[0], "", e.split("=", 1)[1])
+        row("env added", e.split("=", 1)[0], "", e.split("=", 1)[1])
     for e in d.get("EnvRemoved") or []:
-        table.add_row("env removed", e.split("=", 1)[0], e.split("=", 1)[1], "")
+        row("env removed", e.split("=", 1)[0], e.split("=", 1)[1], "")
     for e in d.get("EnvChanged") or []:
-        table.add_row("env changed", e["Name"], e["From"], e["To"])
+        row("env changed", e["Name"], e["From"], e["To"])
     for u in d.get("UsersAdded") or []:
-        table.add_row("user added", u, "", "")
+        row("user added", u, "", "")
     for u in d.get("UsersRemoved") or []:
-        table.add_row("user removed", u, "", "")
+        row("user removed", u, "", "")
     for r in d.get("RulesChanged") or []:
-        table.add_row("rule", r["Name"], r.get("From") or "", r["To"])
+        row("rule", r["Name"], r.get("From") or "", r["To"])
     console.print(table if table.row_count else "  no package, environment, user or rule changes")
 
 

@@ -16,7 +16,7 @@ import typer
 from botocore.exceptions import ClientError
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, print_result
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, literal, print_result
 from byoi.cli.domains import Domain, Failed, resolve_domain
 
 sessions_app = typer.Typer(help="RStudio sessions (apps of type RSessionGateway).", no_args_is_help=True)
@@ -42,7 +42,7 @@ def _run(endpoint_url: str | None, profile: str | None, action: Any, extension: 
         try:
             return action(client)
         except Failed as exc:
-            err.print(f"[red]error[/red]: {exc}")
+            err.print(f"[red]error[/red]: {literal(exc)}")
             raise typer.Exit(1) from None
 
     return call(endpoint_url, profile, wrapped, extension=extension)
@@ -86,7 +86,7 @@ def _follow(ext: Any, domain: str, user: str, name: str, timeout: float) -> dict
                 if pull is None:
                     pull = bar.add_task("pulling image", total=p["BytesTotal"])
                 bar.update(pull, total=p["BytesTotal"], completed=p.get("BytesDone") or 0)
-            bar.update(status, description=f"{phase}: {p.get('Message') or ''}")
+            bar.update(status, description=literal(f"{phase}: {p.get('Message') or ''}"))  # a markup column
             if p["Status"] in ("InService", "Failed", "Deleted", "Deleting"):
                 return dict(p)
             if time.monotonic() > deadline:
@@ -117,12 +117,14 @@ def launch(
         return domain_id, arn
 
     domain_id, arn = _run(endpoint_url, profile, create)
-    console.print(f"launching {arn}")
+    console.print(f"launching {literal(arn)}")
     if not wait:
         return
     p = _run(endpoint_url, profile, lambda ext: _follow(ext, domain_id, user, app_name, timeout), extension=True)
     if p["Status"] != "InService":
-        err.print(f"[red]session {app_name} {p['Status']}[/red]: {p.get('FailureReason') or p.get('Message')}")
+        # the reason quotes the container's or the Engine's words, [brackets] and all: shown as is.
+        reason = p.get("FailureReason") or p.get("Message")
+        err.print(f"[red]session {literal(app_name)} {literal(p['Status'])}[/red]: {literal(reason)}")
         raise typer.Exit(1)
     console.print(f"RStudio is answering at {p['Endpoint']}")
     console.print(LOCAL_ONLY)
@@ -201,7 +203,7 @@ def sessions_logs(
     for line in result.get("Lines") or []:
         console.print(line, markup=False, highlight=False)
     if result.get("Source") == "saved":
-        err.print(f"(lines kept when the session ended; it is {result.get('Status')})")
+        err.print(f"(lines kept when the session ended; it is {literal(result.get('Status'))})")
 
 
 @sessions_app.command("stop")
@@ -231,4 +233,4 @@ def sessions_stop(
             time.sleep(0.3)
         raise Failed(f"session {name} is still stopping")
 
-    console.print(f"{name}: {_run(endpoint_url, profile, stop)}")
+    console.print(f"{literal(name)}: {literal(_run(endpoint_url, profile, stop))}")
