@@ -214,6 +214,8 @@ def test_byoi_cli_domains_users_attach_detach(server, sm, pusher):
     assert "Traceback" not in missing.stderr
     nodom = byoi(server, "attach", image, "--domain", "no-such-domain", ok=False)
     assert nodom.returncode == 1 and "no domain with the id or name no-such-domain" in nodom.stderr
+    bracketed = byoi(server, "attach", image, "--domain", "[team]", ok=False)  # the name as typed, not markup
+    assert bracketed.returncode == 1 and "no domain with the id or name [team]" in bracketed.stderr
     bad = byoi(server, "attach", "bad:ref:x", "--domain", dom, ok=False)
     assert bad.returncode == 2 and "IMAGE:VERSION" in bad.stderr
     blocked = byoi(server, "domains", "delete", dom, ok=False)

@@ -16,7 +16,7 @@ import typer
 from botocore.exceptions import ClientError
 
 from byoi.cli.client import extension_client
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, print_result
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, literal, print_result
 
 domains_app = typer.Typer(help="Domains: a team's workspace and the images attached to it.", no_args_is_help=True)
 users_app = typer.Typer(help="User profiles: people in a domain.", no_args_is_help=True)
@@ -63,7 +63,7 @@ def _run(endpoint_url: str | None, profile: str | None, action: Any) -> Any:
         try:
             return action(client)
         except Failed as exc:
-            err.print(f"[red]error[/red]: {exc}")
+            err.print(f"[red]error[/red]: {literal(exc)}")
             raise typer.Exit(1) from None
 
     return call(endpoint_url, profile, wrapped)
