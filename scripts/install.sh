@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(docker.io docker-registry debootstrap postgresql apache2-utils skopeo python3-venv)
+PACKAGES=(docker.io docker-registry debootstrap postgresql apache2-utils skopeo python3-venv chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

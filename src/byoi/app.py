@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,8 @@ from byoi.api import builds_http
 from byoi.api.dispatch import Dispatcher, Operation, snake
 from byoi.api.model import all_operation_names
 from byoi.api.protocol import AwsJsonEndpoint
+from byoi.auth.browser import BrowserSettings
+from byoi.auth.oidc import OidcClient, OidcSettings
 from byoi.auth.secrets import SecretBox
 from byoi.build.docker import DockerBuilder
 from byoi.build.settings import BuildSettings
@@ -36,17 +39,21 @@ from byoi.services.app_image_configs import AppImageConfigService
 from byoi.services.apps import AppService
 from byoi.services.attachments import AttachmentService
 from byoi.services.audit import AuditLog
+from byoi.services.browser_sessions import BrowserSessions
 from byoi.services.builds import BuildService
 from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
 from byoi.services.inspection import InspectionService
+from byoi.services.presigned import PresignedUrlService
 from byoi.services.principals import PrincipalService
 from byoi.services.server_info import ServerInfoService
 from byoi.services.tags import TagService
 from byoi.services.user_profiles import UserProfileService
 from byoi.store.db import Database, migrate
+from byoi.web import auth as auth_http
+from byoi.web import oidc as oidc_http
 
 log = logging.getLogger("byoi")
 
@@ -96,6 +103,12 @@ class Services:
         self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles)
         self.all.append(self.apps)
         self.tags.register_kind("app", self.apps.app_exists)
+
+        # Browser sign-in: presigned domain URLs (an operation) and the sessions the /auth/ routes start.
+        self.browser_settings = BrowserSettings.from_env()
+        self.browser_sessions = BrowserSessions(ctx)
+        self.presigned = PresignedUrlService(ctx, self.browser_settings)
+        self.all.append(self.presigned)
 
     def register_tasks(self) -> None:
         for service in self.all:
@@ -148,12 +161,16 @@ def create_app(settings: Settings) -> FastAPI:
             region=settings.region,
         )
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
-        state.update(ctx=ctx, endpoint=endpoint, services=services, dispatcher=dispatcher)
+        oidc_settings = OidcSettings.from_env(os.environ)  # checked by the CLI before start too
+        oidc = OidcClient(oidc_settings) if oidc_settings else None
+        state.update(ctx=ctx, endpoint=endpoint, services=services, dispatcher=dispatcher, oidc=oidc)
         ctx.worker.start()
         services.apps.start()  # the session reconciler
         try:
             yield
         finally:
+            if oidc is not None:
+                await oidc.close()
             await services.apps.stop()
             await ctx.worker.stop()
             await services.builds.builder.close()
@@ -162,6 +179,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     builds_http.install(app, state)  # context upload and build log routes (signed, outside POST /)
+    auth_http.install(app, state)  # browser sign-in under /auth/ (session cookies)
+    oidc_http.install(app, state)  # OIDC sign-in for SSO domains under /auth/oidc/
 
     @app.post("/")
     async def aws_json(request: Request) -> Response:

@@ -41,6 +41,9 @@ class Principal:
     access_key_id: str | None = None
     door: Door = "api"
     source: str | None = None
+    # For users: the (lower-cased) names of the images attached to their domain or profile, when the door read
+    # them with the credentials (one query per request instead of two); None: not read yet.
+    attached_images: frozenset[str] | None = None
 
     @property
     def is_admin(self) -> bool:

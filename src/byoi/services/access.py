@@ -17,7 +17,7 @@ from byoi.auth.principal import Principal, current
 from byoi.errors import AccessDeniedException
 from byoi.services import custom_images
 from byoi.services.context import ServiceContext
-from byoi.store.schema_domains import domains, user_profiles
+from byoi.store.schema_domains import custom_image_refs, domains, user_profiles
 
 
 @dataclass(frozen=True)
@@ -103,32 +103,47 @@ class AccessService:
         return False
 
 
+DOMAIN_IMAGES = f"DefaultUserSettings.{custom_images.RSESSION}.CustomImages"
+PROFILE_IMAGES = f"UserSettings.{custom_images.RSESSION}.CustomImages"
+
+
+def attached_images_query(domain_id: str, user_profile_name: str) -> sa.Select[Any]:
+    """The (lower-cased) names of the images attached to a domain's default user settings or to one of its
+    profiles, from the index of references the settings writes keep (`custom_image_refs`), so no settings
+    document is read or parsed."""
+    refs = custom_image_refs
+    return (
+        sa.select(refs.c.image_name)
+        .select_from(refs)
+        .join(domains, domains.c.id == refs.c.domain_pk)
+        .outerjoin(user_profiles, user_profiles.c.id == refs.c.profile_pk)
+        .where(
+            domains.c.domain_id == domain_id,
+            sa.or_(
+                sa.and_(refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES),
+                sa.and_(user_profiles.c.name_key == user_profile_name.lower(), refs.c.path == PROFILE_IMAGES),
+            ),
+        )
+    )
+
+
+async def read_attached_images(conn: Any, domain_id: str, user_profile_name: str) -> frozenset[str]:
+    return frozenset(r.image_name for r in await conn.execute(attached_images_query(domain_id, user_profile_name)))
+
+
 async def visibility(ctx: ServiceContext, principal: Principal | None = None) -> Visibility:
-    """What lists may show `principal` (the current caller when not given)."""
+    """What lists may show `principal` (the current caller when not given).
+
+    A principal authenticated by an access key carries the attached image names read in the same query as its
+    key (`AccessKeyService.lookup`), a snapshot taken at the start of the request; otherwise they are read here.
+    """
     principal = principal or current()
     if principal.is_admin:
         return UNLIMITED
     if principal.domain_id is None or principal.user_profile_name is None:
         return Visibility(image_names=frozenset(), domain_id="", user_profile_name="")
-    query = (
-        sa.select(domains.c.spec.label("domain_spec"), user_profiles.c.spec.label("profile_spec"))
-        .select_from(domains)
-        .outerjoin(
-            user_profiles,
-            sa.and_(
-                user_profiles.c.domain_pk == domains.c.id,
-                user_profiles.c.name_key == principal.user_profile_name.lower(),
-            ),
-        )
-        .where(domains.c.domain_id == principal.domain_id)
-    )
-    async with ctx.db.read() as conn:
-        row = (await conn.execute(query)).first()
-    names: set[str] = set()
-    if row is not None:
-        for settings in (
-            (row.domain_spec or {}).get("DefaultUserSettings"),
-            (row.profile_spec or {}).get("UserSettings"),
-        ):
-            names.update(str(e["ImageName"]).lower() for e in custom_images.rsession_images(settings))
-    return Visibility(frozenset(names), principal.domain_id, principal.user_profile_name)
+    names = principal.attached_images
+    if names is None:
+        async with ctx.db.read() as conn:
+            names = await read_attached_images(conn, principal.domain_id, principal.user_profile_name)
+    return Visibility(names, principal.domain_id, principal.user_profile_name)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from byoi.auth.principal import Principal
+from byoi.auth.principal import USER, Principal
 from byoi.config import CREDENTIALS_PROFILE as PROFILE
+from byoi.services.access import DOMAIN_IMAGES, PROFILE_IMAGES
 from byoi.services.context import ServiceContext
 from byoi.store.schema import access_keys
+from byoi.store.schema_domains import custom_image_refs, domains, user_profiles
 from byoi.store.schema_identity import principals
 
 ADMIN_ROLE = "admin"
@@ -88,6 +90,30 @@ class AccessKeyService:
         Read from the store on every request, so a key deactivated or deleted (or a principal deleted) is
         refused on the very next request, on every replica. Only the decryption of a secret is cached, by its
         ciphertext, which never changes for a key."""
+        # One statement and one row: the key, its principal and, for a user, the names of the images attached to
+        # their domain or profile (aggregated, for the policy's check and the list scoping of this request:
+        # services.access.visibility). A second statement, or a row per image, cost more than the check itself.
+        refs = custom_image_refs
+        profile = (
+            sa.select(user_profiles.c.id)
+            .join(domains, domains.c.id == user_profiles.c.domain_pk)
+            .where(
+                domains.c.domain_id == principals.c.domain_id,
+                user_profiles.c.name_key == sa.func.lower(principals.c.user_profile_name),
+            )
+            .scalar_subquery()
+        )
+        domain = sa.select(domains.c.id).where(domains.c.domain_id == principals.c.domain_id).scalar_subquery()
+        attached = (
+            sa.select(sa.func.aggregate_strings(refs.c.image_name, "\n"))
+            .where(
+                sa.or_(
+                    sa.and_(refs.c.domain_pk == domain, refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES),
+                    sa.and_(refs.c.profile_pk == profile, refs.c.path == PROFILE_IMAGES),
+                )
+            )
+            .scalar_subquery()
+        )
         query = (
             sa.select(
                 access_keys.c.secret_ciphertext,
@@ -95,6 +121,7 @@ class AccessKeyService:
                 principals.c.role,
                 principals.c.domain_id,
                 principals.c.user_profile_name,
+                attached.label("attached"),
             )
             .join(principals, principals.c.name == access_keys.c.principal)
             .where(access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True))
@@ -103,6 +130,9 @@ class AccessKeyService:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
+        images = None
+        if row.role == USER and row.domain_id and row.user_profile_name:
+            images = frozenset(row.attached.split("\n")) if row.attached else frozenset()
         secret = self._secrets.get(row.secret_ciphertext)
         if secret is None:
             secret = self.ctx.secrets.open(row.secret_ciphertext)
@@ -115,5 +145,6 @@ class AccessKeyService:
             domain_id=row.domain_id,
             user_profile_name=row.user_profile_name,
             access_key_id=key_id,
+            attached_images=images,
         )
         return secret, principal
