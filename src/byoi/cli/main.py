@@ -14,6 +14,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from byoi.build.settings import BuildSettings
+from byoi.cli import admin as admin_cli
 from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
@@ -59,6 +60,7 @@ images_app.command("available")(domains_cli.domains_available)  # the issue's na
 builds_cli.register(app)  # byoi build, byoi builds list|describe|logs|stop
 inspect_cli.register(versions_app)  # byoi versions report|diff
 sessions_cli.register(app)  # byoi launch, byoi sessions list|describe|logs|stop
+admin_cli.register(app)  # byoi admin users|keys|password|sessions|audit, byoi whoami
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 
@@ -138,6 +140,9 @@ def _settings(
         # Read here too (the server reads them again on start) so a bad value stops `byoi server` with a
         # usage error naming it, rather than failing the app's startup with a traceback.
         BuildSettings.from_env()
+        from byoi.auth.oidc import OidcSettings  # here: client commands need not load authlib
+
+        OidcSettings.from_env(os.environ)
         InstanceTypes.load(RuntimeSettings.from_env().instance_types)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
