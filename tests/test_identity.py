@@ -188,6 +188,34 @@ def test_principals_create_describe_delete(sm, admin, domain):
     admin.create_principal(Name=unique("next"), Role="user", DomainId=domain["id"], UserProfileName=user)
 
 
+def test_a_deleted_profile_takes_its_principal_keys_and_sessions_with_it(server, sm, admin, domain):
+    """Re-creating a profile under the same name must not give the old principal (perhaps another person) the new
+    profile's access: deleting the profile deletes its principal, its keys and its sessions."""
+    user = new_user(sm, admin, domain)
+    _, _, as_user = new_key(server, admin, user)
+    assert as_user.get_caller_identity()["UserProfileName"] == user
+    sm.delete_user_profile(DomainId=domain["id"], UserProfileName=user)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sm.describe_user_profile(DomainId=domain["id"], UserProfileName=user)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ResourceNotFound"
+            break
+        assert time.monotonic() < deadline, "the user profile was not deleted within 30 s"
+        time.sleep(0.2)
+    sm.create_user_profile(DomainId=domain["id"], UserProfileName=user)  # the same name again
+    with pytest.raises(ClientError) as exc:
+        admin.describe_principal(Name=user)
+    assert code(exc) == "ResourceNotFound"
+    with pytest.raises(ClientError) as exc:
+        as_user.get_caller_identity()
+    assert code(exc) == "UnrecognizedClientException"
+    assert admin.list_access_keys()["AccessKeys"] == [
+        k for k in admin.list_access_keys()["AccessKeys"] if k["PrincipalName"] != user
+    ]
+
+
 def test_bad_names_and_passwords_refused_without_echoing_the_password(server, admin):
     raw = ext_client(server, *admin_pair(server), validate=False)  # botocore's own checks off: the server answers
     good_password, short, short2 = "Pw-" + uuid.uuid4().hex, "Qz9#k", "Hq4$w"

@@ -24,6 +24,7 @@ from byoi.errors import ResourceInUse, ResourceNotFound
 from byoi.jobs.worker import Claim, Task
 from byoi.services import custom_images
 from byoi.services.access import visibility
+from byoi.services.bound_principals import remove_bound_principals
 from byoi.services.context import ServiceContext
 from byoi.services.tags import delete_all_tags, write_tags
 from byoi.store.paging import fetch_page
@@ -340,5 +341,6 @@ class DomainService:
             await delete_all_tags(conn, self.ctx.arns.apps_of(row.domain_id))
             await delete_all_tags(conn, self.ctx.arns.user_profile(row.domain_id, "x").rsplit("/", 1)[0])
             await conn.execute(sa.delete(domains).where(domains.c.id == row.id))
+            await remove_bound_principals(conn, row.domain_id)
         for hook in self.deleted_hooks:
             await hook(row)

@@ -20,6 +20,7 @@ from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Claim, Task
 from byoi.services import custom_images
 from byoi.services.access import visibility
+from byoi.services.bound_principals import remove_bound_principals
 from byoi.services.context import ServiceContext
 from byoi.services.domains import (
     give_up_deleting,
@@ -314,3 +315,4 @@ class UserProfileService:
             await delete_all_tags(conn, self.ctx.arns.user_profile(row.domain_id, row.name))
             await delete_all_tags(conn, self.ctx.arns.apps_of(row.domain_id, row.name))  # its apps' tags too
             await conn.execute(sa.delete(user_profiles).where(user_profiles.c.id == row.id))
+            await remove_bound_principals(conn, row.domain_id, row.name)
