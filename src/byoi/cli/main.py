@@ -18,6 +18,7 @@ from byoi.cli import admin as admin_cli
 from byoi.cli import builds as builds_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
+from byoi.cli import master_key as master_key_cli
 from byoi.cli import sessions as sessions_cli
 from byoi.cli.client import ClientSetupError
 from byoi.cli.common import EndpointUrl, Output, Profile, call, console, fail, print_result, version_args
@@ -61,6 +62,7 @@ builds_cli.register(app)  # byoi build, byoi builds list|describe|logs|stop
 inspect_cli.register(versions_app)  # byoi versions report|diff
 sessions_cli.register(app)  # byoi launch, byoi sessions list|describe|logs|stop
 admin_cli.register(app)  # byoi admin users|keys|password|sessions|audit, byoi whoami
+master_key_cli.register(app)  # byoi rotate-master-key (offline)
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 
