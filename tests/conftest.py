@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ci_guard
+from tests.support.browser import chromium  # noqa: F401 - the one Chromium of the whole run
 from tests.support.oci import Pusher
 from tests.support.processes import STARTED_REGISTRY_PORTS, ByoiServer, free_port, start_registry
 from tests.support.token_server import TokenIssuer, serve
@@ -29,6 +30,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Modules that drive Chromium run last, whole: Playwright's sync API keeps an event loop running on the main
+    # thread while the session's browser is open, and asyncio.run() (the async tests, the inspector's units)
+    # refuses to start inside it.
+    browser_modules = {getattr(i, "module", None) for i in items if "chromium" in getattr(i, "fixturenames", ())}
+    last = [i for i in items if getattr(i, "module", None) in browser_modules]
+    items[:] = [i for i in items if getattr(i, "module", None) not in browser_modules] + last
     for item in items:
         # A test that takes the PostgreSQL fixture needs PostgreSQL, marked or not (the CI guard reads the mark).
         if "postgres_url" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("postgres"):

@@ -25,7 +25,6 @@ from byoi.cli.client import extension_client
 from byoi.errors import ValidationException
 from tests.conftest import fresh_postgres_database
 from tests.support.attach import new_domain, unique
-from tests.support.browser import chromium  # noqa: F401 - the session's one Chromium
 from tests.support.errors import code, message
 from tests.support.processes import free_port
 from tests.support.tls import make_ca_and_server_cert
@@ -36,7 +35,7 @@ TWELVE_HOURS = 12 * 3600
 
 
 @pytest.fixture
-def context(chromium):  # noqa: F811 - the fixture imported above
+def context(chromium):  # the run's one Chromium (tests/conftest.py)
     """A fresh browser profile (its own cookies) for each test."""
     ctx = chromium.new_context()
     yield ctx

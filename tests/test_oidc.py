@@ -11,7 +11,6 @@ import pytest
 
 from byoi.cli.client import extension_client
 from tests.support.attach import unique
-from tests.support.browser import chromium  # noqa: F401 - the session's one Chromium
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import ByoiServer
 
@@ -41,7 +40,7 @@ def sso(registry, tmp_path_factory) -> Iterator[tuple[ByoiServer, OidcProvider]]
 
 
 @pytest.fixture
-def context(chromium):  # noqa: F811 - the fixture imported above
+def context(chromium):  # the run's one Chromium (tests/conftest.py)
     ctx = chromium.new_context()
     yield ctx
     ctx.close()
