@@ -94,24 +94,17 @@ class AccessKeyService:
         # their domain or profile (aggregated, for the policy's check and the list scoping of this request:
         # services.access.visibility). A second statement, or a row per image, cost more than the check itself.
         refs = custom_image_refs
-        profile = (
-            sa.select(user_profiles.c.id)
-            .join(domains, domains.c.id == user_profiles.c.domain_pk)
-            .where(
-                domains.c.domain_id == principals.c.domain_id,
-                user_profiles.c.name_key == sa.func.lower(principals.c.user_profile_name),
-            )
-            .scalar_subquery()
-        )
-        domain = sa.select(domains.c.id).where(domains.c.domain_id == principals.c.domain_id).scalar_subquery()
-        attached = (
+        attached = (  # correlated with the outer query's domain and profile rows
             sa.select(sa.func.aggregate_strings(refs.c.image_name, "\n"))
             .where(
                 sa.or_(
-                    sa.and_(refs.c.domain_pk == domain, refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES),
-                    sa.and_(refs.c.profile_pk == profile, refs.c.path == PROFILE_IMAGES),
+                    sa.and_(
+                        refs.c.domain_pk == domains.c.id, refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES
+                    ),
+                    sa.and_(refs.c.profile_pk == user_profiles.c.id, refs.c.path == PROFILE_IMAGES),
                 )
             )
+            .correlate(domains, user_profiles)
             .scalar_subquery()
         )
         query = (
@@ -123,7 +116,16 @@ class AccessKeyService:
                 principals.c.user_profile_name,
                 attached.label("attached"),
             )
+            .select_from(access_keys)
             .join(principals, principals.c.name == access_keys.c.principal)
+            .outerjoin(domains, domains.c.domain_id == principals.c.domain_id)
+            .outerjoin(
+                user_profiles,
+                sa.and_(
+                    user_profiles.c.domain_pk == domains.c.id,
+                    user_profiles.c.name_key == sa.func.lower(principals.c.user_profile_name),
+                ),
+            )
             .where(access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True))
         )
         async with self.ctx.db.read() as conn:
