@@ -107,23 +107,31 @@ DOMAIN_IMAGES = f"DefaultUserSettings.{custom_images.RSESSION}.CustomImages"
 PROFILE_IMAGES = f"UserSettings.{custom_images.RSESSION}.CustomImages"
 
 
-def attached_images_query(domain_id: str, user_profile_name: str) -> sa.Select[Any]:
-    """The (lower-cased) names of the images attached to a domain's default user settings or to one of its
-    profiles, from the index of references the settings writes keep (`custom_image_refs`), so no settings
-    document is read or parsed."""
+def attached_to(domain_pk: Any, profile_pk: Any) -> sa.ColumnElement[bool]:
+    """The `custom_image_refs` rows (the index of references the settings writes keep, so no settings document
+    is read or parsed) of the images attached to a domain's default user settings or to one of its profiles."""
     refs = custom_image_refs
+    return sa.or_(
+        sa.and_(refs.c.domain_pk == domain_pk, refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES),
+        sa.and_(refs.c.profile_pk == profile_pk, refs.c.path == PROFILE_IMAGES),
+    )
+
+
+def profile_of(user_profile_name: Any) -> sa.ColumnElement[bool]:
+    """The join condition of the user profile named `user_profile_name` in `domains`' row (names ignore case)."""
+    return sa.and_(
+        user_profiles.c.domain_pk == domains.c.id, user_profiles.c.name_key == sa.func.lower(user_profile_name)
+    )
+
+
+def attached_images_query(domain_id: str, user_profile_name: str) -> sa.Select[Any]:
+    """The (lower-cased) names of the images attached to a domain or to one of its profiles."""
     return (
-        sa.select(refs.c.image_name)
-        .select_from(refs)
-        .join(domains, domains.c.id == refs.c.domain_pk)
-        .outerjoin(user_profiles, user_profiles.c.id == refs.c.profile_pk)
-        .where(
-            domains.c.domain_id == domain_id,
-            sa.or_(
-                sa.and_(refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES),
-                sa.and_(user_profiles.c.name_key == user_profile_name.lower(), refs.c.path == PROFILE_IMAGES),
-            ),
-        )
+        sa.select(custom_image_refs.c.image_name)
+        .select_from(domains)
+        .outerjoin(user_profiles, profile_of(user_profile_name))
+        .join(custom_image_refs, attached_to(domains.c.id, user_profiles.c.id))
+        .where(domains.c.domain_id == domain_id)
     )
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from byoi.auth.principal import USER, Principal
 from byoi.config import CREDENTIALS_PROFILE as PROFILE
-from byoi.services.access import DOMAIN_IMAGES, PROFILE_IMAGES
+from byoi.services.access import attached_to, profile_of
 from byoi.services.context import ServiceContext
 from byoi.store.schema import access_keys
 from byoi.store.schema_domains import custom_image_refs, domains, user_profiles
@@ -93,17 +93,9 @@ class AccessKeyService:
         # One statement and one row: the key, its principal and, for a user, the names of the images attached to
         # their domain or profile (aggregated, for the policy's check and the list scoping of this request:
         # services.access.visibility). A second statement, or a row per image, cost more than the check itself.
-        refs = custom_image_refs
         attached = (  # correlated with the outer query's domain and profile rows
-            sa.select(sa.func.aggregate_strings(refs.c.image_name, "\n"))
-            .where(
-                sa.or_(
-                    sa.and_(
-                        refs.c.domain_pk == domains.c.id, refs.c.profile_pk.is_(None), refs.c.path == DOMAIN_IMAGES
-                    ),
-                    sa.and_(refs.c.profile_pk == user_profiles.c.id, refs.c.path == PROFILE_IMAGES),
-                )
-            )
+            sa.select(sa.func.aggregate_strings(custom_image_refs.c.image_name, "\n"))
+            .where(attached_to(domains.c.id, user_profiles.c.id))
             .correlate(domains, user_profiles)
             .scalar_subquery()
         )
@@ -119,13 +111,7 @@ class AccessKeyService:
             .select_from(access_keys)
             .join(principals, principals.c.name == access_keys.c.principal)
             .outerjoin(domains, domains.c.domain_id == principals.c.domain_id)
-            .outerjoin(
-                user_profiles,
-                sa.and_(
-                    user_profiles.c.domain_pk == domains.c.id,
-                    user_profiles.c.name_key == sa.func.lower(principals.c.user_profile_name),
-                ),
-            )
+            .outerjoin(user_profiles, profile_of(principals.c.user_profile_name))
             .where(access_keys.c.access_key_id == key_id, access_keys.c.active.is_(True))
         )
         async with self.ctx.db.read() as conn:

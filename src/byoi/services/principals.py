@@ -23,12 +23,13 @@ from byoi.auth.principal import ADMIN, current
 from byoi.errors import ResourceInUse, ResourceLimitExceeded, ResourceNotFound, ValidationException
 from byoi.services.access import principal_arn
 from byoi.services.access_keys import new_key_pair
+from byoi.services.bound_principals import remove_principals, revoke_sessions
 from byoi.services.context import ServiceContext
 from byoi.services.domains import load_domain
 from byoi.services.user_profiles import load_profile
 from byoi.store.paging import fetch_page
 from byoi.store.schema import access_keys
-from byoi.store.schema_identity import audit_log, browser_sessions, principals
+from byoi.store.schema_identity import audit_log, principals
 
 MAX_KEYS_PER_PRINCIPAL = 5
 DEFAULT_PAGE = 50
@@ -165,13 +166,7 @@ class PrincipalService:
             row = await load_principal(conn, name, for_update=True)
             if row.role == ADMIN and await self._admins_left(conn, without=name) == 0:
                 raise ResourceInUse(f"{name} holds the last active administrator key: create another one first")
-            await conn.execute(sa.delete(access_keys).where(access_keys.c.principal == name))
-            await conn.execute(
-                sa.update(browser_sessions)
-                .where(browser_sessions.c.principal == name, browser_sessions.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
-            await conn.execute(sa.delete(principals).where(principals.c.name == name))
+            await remove_principals(conn, [name])
         return {}
 
     async def set_principal_password(self, name: str, password: str | None = None) -> dict[str, Any]:
@@ -190,11 +185,7 @@ class PrincipalService:
             await load_principal(conn, name, for_update=True)
             now = time.time()
             await conn.execute(sa.update(principals).where(principals.c.name == name).values(sessions_valid_after=now))
-            await conn.execute(
-                sa.update(browser_sessions)
-                .where(browser_sessions.c.principal == name, browser_sessions.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
+            await revoke_sessions(conn, [name], now)
         return {}
 
     async def create_access_key(self, principal_name: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from byoi.api.protocol import read_body
 from byoi.auth.browser import (
     LANDING_PAGE,
     SESSION_COOKIE,
@@ -44,7 +45,7 @@ from byoi.auth.browser import (
     well_formed,
 )
 from byoi.auth.principal import Principal
-from byoi.errors import ByoiError
+from byoi.errors import ByoiError, RequestEntityTooLargeException, SerializationException
 from byoi.logs import request_id
 from byoi.services.access import principal_arn
 from byoi.services.browser_sessions import (
@@ -174,11 +175,10 @@ async def read_form(request: Request) -> dict[str, str] | None:
     """A urlencoded form's fields (first value of each), or None when the body is not one or is too large."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return None
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)  # capped while reading, as the API door's bodies are
+    except (RequestEntityTooLargeException, SerializationException):
+        return None
     try:
         fields = parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):
