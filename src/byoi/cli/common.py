@@ -20,8 +20,8 @@ from rich.table import Table
 
 from byoi.cli.client import ClientSetupError, extension_client, sagemaker_client
 
-console = Console(soft_wrap=True)  # never wrap references and ARNs: people copy them
-err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
+console = Console(soft_wrap=True, highlight=False)  # never wrap or recolour names and ARNs: people copy them
+err = Console(stderr=True, soft_wrap=True, highlight=False)  # an error is one line, however long
 
 EndpointUrl = Annotated[
     str | None, typer.Option("--endpoint-url", help="byoi API URL (else AWS_ENDPOINT_URL_SAGEMAKER).")
