@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(docker.io docker-registry debootstrap postgresql apache2-utils skopeo python3-venv chromium)
+# nginx-light: the forward-auth gateway the tests run (docs/nginx-forward-auth.conf); wrk: bench/proxy.py.
+PACKAGES=(docker.io docker-registry debootstrap postgresql apache2-utils skopeo python3-venv chromium nginx-light wrk)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +18,14 @@ if ((${#missing[@]})); then
   fi
   echo "==> apt-get install ${missing[*]}"
   apt-get update -qq
+  # No package may start its service on install (nginx would listen on 0.0.0.0:80): the tests start what they
+  # need themselves, on 127.0.0.1. policy-rc.d answering 101 is Debian's way to say so.
+  added_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 PY=${PYTHON:-python3}

@@ -183,20 +183,20 @@ async def test_a_launch_that_keeps_failing_ends_failed_with_its_container_remove
     ctx = await new_context(tmp_path, registry)
     images, versions = ImageService(ctx), ImageVersionService(ctx)
     domains, profiles, configs = DomainService(ctx), UserProfileService(ctx), AppImageConfigService(ctx)
-    runtime = DockerRuntime()
+    runtime = DockerRuntime(socket_root=tmp_path / "sockets")
     apps = AppService(ctx, runtime, RuntimeSettings(launch_attempts=3), InstanceTypes.load(None), domains, profiles)
     failure: list[Exception] = [RuntimeError("inspect with a bug")]
     removed: list[str] = []
     real_remove = runtime.remove
 
-    async def broken_inspect(name: str) -> Any:
+    async def broken_state(name: str) -> Any:
         raise failure[0]
 
     async def watched_remove(name: str, stop_timeout: int = 10) -> None:
         removed.append(name)
         await real_remove(name, stop_timeout)
 
-    monkeypatch.setattr(runtime, "inspect", broken_inspect)
+    monkeypatch.setattr(runtime, "state", broken_state)
     monkeypatch.setattr(runtime, "remove", watched_remove)
     start(ctx, images, versions, domains, profiles, apps)
     try:

@@ -16,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from byoi.cli.client import extension_client
+from byoi.inspect.config import DEFAULT_LEVELS
 from tests.conftest import ROLE
 from tests.support.gate import Gate
 from tests.support.layers import (
@@ -94,6 +95,9 @@ def test_compatible_image_is_created_with_a_full_report(sm, ext, pusher, registr
     assert rep["Platform"] == "linux/amd64" and rep["LayerCount"] == 1
     assert rep["Os"] == {"Id": "debian", "VersionId": "12", "PrettyName": "Debian GNU/Linux 12 (bookworm)"}
     assert rep["RInstallations"] == [{"Home": "/usr/lib/R", "Version": "4.2.2", "Binary": "/usr/bin/R"}]
+    # SupportsSocket is in the stored report (False: 2024.04 predates --www-socket); the API shows it once its
+    # model lists the member.
+    assert rep["RStudioServer"].pop("SupportsSocket", False) is False
     assert rep["RStudioServer"] == {
         "Path": "/usr/lib/rstudio-server/bin/rserver",
         "Version": "2024.04.2+764",
@@ -109,7 +113,8 @@ def test_compatible_image_is_created_with_a_full_report(sm, ext, pusher, registr
     assert [u["Name"] for u in rep["Users"]] == ["root", "daemon", "ruser"]
     assert rep["ExposedPorts"] == ["8787/tcp"] and rep["Env"] == GOOD_ENV
     assert rep["UncompressedSize"] > rep["CompressedSize"] > 0
-    assert set(outcomes(rep).values()) == {"PASSED"}
+    # Every rule passes but the socket warning: RStudio Server 2024.04 predates --www-socket (2024.12).
+    assert outcomes(rep) == {**dict.fromkeys(DEFAULT_LEVELS, "PASSED"), "rstudio-socket": "FAILED"}
     # DescribeImageVersion's own response is exactly the SageMaker model's: no report members leak into it.
     model = sm.meta.service_model.operation_model("DescribeImageVersion").output_shape.members
     assert set(d) - {"ResponseMetadata"} <= set(model)
@@ -167,6 +172,62 @@ def test_rserver_that_is_not_executable_fails(sm, pusher):
     _, d = register(sm, f"{r}:v1")
     assert d["ImageVersionStatus"] == "CREATE_FAILED"
     assert "rserver is not executable [rstudio-server]" in d["FailureReason"]
+
+
+WORKBENCH_SESSION = (
+    "This is a Posit Workbench session image (/usr/lib/rstudio-server/bin/rsession without rserver, as "
+    "r-session-complete): byoi runs the open-source RStudio Server, which this image does not have. Build a "
+    "compatible image, for example FROM rocker/rstudio:4.4.2, or install rstudio-server from Posit's open-source .deb"
+)
+
+
+def test_a_workbench_session_image_fails_with_a_plain_message(sm, ext, pusher):
+    """As Posit's r-session-complete: R in /opt/R, Workbench's rsession, no rserver."""
+    layer = Layer().files(base_files([("rstudio-user", 1000)]))
+    for path, content in r_install("opt/R/4.4.2/lib/R", "4.4.2", None).items():
+        layer.file(path, content, 0o755)
+    layer.file("usr/lib/rstudio-server/bin/rsession", "#!/bin/sh\n", 0o755)
+    layer.file("usr/lib/rstudio-server/VERSION", "2024.12.1+563\n")
+    r = repo()
+    push_image(pusher, r, "v1", [layer])
+    name, d = register(sm, f"{r}:v1")
+    assert d["ImageVersionStatus"] == "CREATE_FAILED"
+    assert d["FailureReason"] == f"Not compatible with RStudio: {WORKBENCH_SESSION} [rstudio-server]"
+    rep = report(ext, name)
+    assert "RStudioServer" not in rep
+    rules = {x["Name"]: x for x in rep["Rules"]}
+    assert (rules["rstudio-server"]["Outcome"], rules["rstudio-server"]["Message"]) == ("FAILED", WORKBENCH_SESSION)
+    assert rules["rstudio-socket"]["Outcome"] == "PASSED"
+
+
+def test_rstudio_server_older_than_2024_12_warns_that_it_cannot_listen_on_a_socket(sm, ext, pusher):
+    r = repo()
+    name = "insp-" + uuid.uuid4().hex[:8]
+    for tag, version in (("old", "2023.06.0+421"), ("new", "2024.12.0+467")):
+        layer = compatible_layer().file("usr/lib/rstudio-server/VERSION", version + "\n")  # a later member wins
+        push_image(pusher, r, tag, [layer])
+        _, d = register(sm, f"{r}:{tag}", name)
+        assert d["ImageVersionStatus"] == "CREATED", d.get("FailureReason")  # a warning only
+    old = {x["Name"]: x for x in report(ext, name, Version=1)["Rules"]}["rstudio-socket"]
+    assert old == {
+        "Name": "rstudio-socket",
+        "Level": "warning",
+        "Outcome": "FAILED",
+        "Message": (
+            "RStudio Server 2023.06.0+421 cannot listen on a Unix socket (--www-socket needs 2024.12 or later): "
+            "byoi reaches it on a port published on the host's 127.0.0.1, where any local user of the Docker host "
+            "can connect to it without signing in. Rebuild on RStudio Server 2024.12 or later (for example FROM "
+            "rocker/rstudio:4.4.2)"
+        ),
+    }
+    new = {x["Name"]: x for x in report(ext, name, Version=2)["Rules"]}["rstudio-socket"]
+    assert (new["Outcome"], new["Message"]) == (
+        "PASSED",
+        "RStudio Server 2024.12.0+467 listens on a Unix socket (--www-socket): byoi publishes no port for it",
+    )
+    d = ext.diff_image_versions(ImageName=name, FromVersion=1, ToVersion=2)
+    assert d["RStudioServerVersion"] == {"From": "2023.06.0+421", "To": "2024.12.0+467"}
+    assert d["RulesChanged"] == [{"Name": "rstudio-socket", "From": "FAILED", "To": "PASSED"}]
 
 
 def test_r_found_in_opt_and_on_path_only(sm, ext, pusher):

@@ -284,6 +284,9 @@ def test_inspector_end_to_end_on_in_memory_blobs(tmp_path):
     report = asyncio.run(Inspector(InspectionConfig(), tmp_path).inspect(manifest, stream))
     assert report["Compatible"] is True and report["LayersFromCache"] == 0
     assert {p["Name"] for p in report["RPackages"]} == {"base", "stats", "reticulate", "jsonlite"}
+    # The stored report (what the launcher reads) has every fact, whether or not the API model lists it.
+    assert report["RStudioServer"]["SupportsSocket"] is False and report["RSession"] is None  # 2024.04.2+764
+    assert {r["Name"]: r["Outcome"] for r in report["Rules"]}["rstudio-socket"] == "FAILED"
     blobs[digest_of(blob)] = b"not used: the layer index is cached"
     assert asyncio.run(Inspector(InspectionConfig(), tmp_path).inspect(manifest, stream))["LayersFromCache"] == 1
 

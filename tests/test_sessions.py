@@ -95,8 +95,9 @@ def test_session_answers_and_describes_as_modeled(world: dict[str, Any], alice: 
     }
     assert d["LastHealthCheckTimestamp"] and "FailureReason" not in d
     p = alice["progress"]
-    assert p["Phase"] == "ready" and p["Endpoint"].startswith("http://127.0.0.1:")
-    assert p["Endpoint"].endswith(f"/sessions/{p['SessionId']}/")
+    # Reached on a Unix socket (rserver --www-socket), and opened by browsers through byoi's proxy.
+    assert p["Phase"] == "ready" and p["Endpoint"].startswith("unix:") and p["Endpoint"].endswith("/rserver.sock")
+    assert p["Url"].endswith(f"/sessions/{p['SessionId']}/") and p.get("HostPort") is None
     info = s.evaluate(
         p["Endpoint"], "jsonlite::toJSON(list(user = Sys.info()[['user']], uid = system('id -u', intern = TRUE)))"
     )
@@ -137,8 +138,9 @@ def test_docker_inspect_shows_a_locked_down_container(alice: dict[str, Any], wor
     assert c["Config"]["User"] == "1000:100"
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
     assert "no-new-privileges" in host["SecurityOpt"] and host["Privileged"] is False
-    bindings = c["NetworkSettings"]["Ports"]["8787/tcp"]
-    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"] and int(bindings[0]["HostPort"]) == p["HostPort"]
+    # No port is published: RStudio is reached only through its socket, in a directory only byoi can traverse.
+    assert not host["PortBindings"] and not c["NetworkSettings"]["Ports"]
+    assert not c["Config"].get("ExposedPorts")
     assert c["Config"]["Labels"]["byoi.app-arn"] == alice["described"]["AppArn"]
     assert c["Config"]["Labels"]["byoi.managed"] == "true"
     mounts = {m["Destination"]: m for m in c["Mounts"]}
@@ -205,11 +207,16 @@ def test_sessions_cannot_reach_each_other(alice: dict[str, Any], bob: dict[str, 
         "if (system2('timeout', c('3', 'bash', '-c', shQuote('exec 3<>/dev/tcp/{host}/{port}')), "
         "stdout = FALSE, stderr = FALSE) == 0) 'reached' else 'unreachable'"
     )
-    # From inside Alice's session: Bob's container address, and Bob's published port via the host.
-    assert s.evaluate(alice_p["Endpoint"], probe.format(host=bob_ip, port=8787)) == "unreachable"
-    assert (
-        s.evaluate(alice_p["Endpoint"], probe.format(host=gateway, port=bob["progress"]["HostPort"])) == "unreachable"
+    # Bob's session listens on TCP 8787 as well (an R server of its own, like a Shiny app a user starts): rserver
+    # itself listens only on its socket, so this gives Alice something to try to reach.
+    assert s.evaluate(
+        bob["progress"]["Endpoint"],
+        "exists('tcp_probe_server') || { tcp_probe_server <- httpuv::startServer('0.0.0.0', 8787, "
+        "list(call = function(req) list(status = 200L, headers = list(), body = 'bob'))); TRUE }",
     )
+    # From inside Alice's session: Bob's container address, and the host's side of the bridge.
+    assert s.evaluate(alice_p["Endpoint"], probe.format(host=bob_ip, port=8787)) == "unreachable"
+    assert s.evaluate(alice_p["Endpoint"], probe.format(host=gateway, port=8787)) == "unreachable"
     # ...while Bob's session answers itself on that address (the probe can succeed).
     assert s.evaluate(bob["progress"]["Endpoint"], probe.format(host=bob_ip, port=8787)) == "reached"
 
@@ -352,7 +359,8 @@ def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, re
     dom = world["domain"]
     run = byoi("launch", "-d", dom, "-u", "alice", "--image", f"{world['image']}:{world['v1']}", "--name", "from-cli")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "RStudio is answering at http://127.0.0.1:" in run.stdout and "local use only" in run.stdout
+    assert regex.search(r"RStudio is ready at http://127\.0\.0\.1:\d+/sessions/[0-9a-f]{16}/", run.stdout), run.stdout
+    assert "Only the session's owner gets in" in run.stdout
     assert client.images.get(pinned)  # pulled by digest
     listed = byoi("sessions", "list", "-d", dom, "-u", "alice", "-o", "json")
     assert '"AppName": "from-cli"' in listed.stdout and '"Status": "InService"' in listed.stdout
@@ -443,7 +451,7 @@ def test_a_cold_launch_records_pull_progress_and_the_cli_draws_the_bar(
     assert client.images.get(pinned)
     # The CLI drew the pull bar (rich, on a terminal): its label and "done/total MB", then the address.
     assert "pulling image" in out and regex.search(r"[0-9.]+/[0-9.]+ MB", out), out
-    assert "RStudio is answering at http://127.0.0.1:" in out and "local use only" in out
+    assert regex.search(r"RStudio is ready at http://127\.0\.0\.1:\d+/sessions/[0-9a-f]{16}/", out), out
 
 
 def test_a_container_removed_from_outside_ends_failed_as_gone(relayed: dict[str, Any]) -> None:

@@ -20,7 +20,9 @@ from byoi.runtime.instance_types import (
 from byoi.runtime.settings import RuntimeSettings, SessionConfigError
 from byoi.runtime.spec import SessionSpec
 from byoi.services import session_files as files
-from byoi.services.app_launch import container_gone, failure_with_logs
+from byoi.runtime.base import Endpoint, SessionState, StateKind
+from byoi.runtime.docker import container_state
+from byoi.services.app_launch import failure_with_logs
 
 SPEC = SessionSpec(
     name="byoi-abc-s1-1",
@@ -40,13 +42,12 @@ SPEC = SessionSpec(
 
 
 def test_container_args_are_exactly_the_locked_down_session() -> None:
-    assert container_args(SPEC) == {
+    assert container_args(SPEC, "/data/sockets/0123456789abcdef") == {
         "Image": SPEC.image,
         "Entrypoint": ["/usr/lib/rstudio-server/bin/rserver"],
         "Cmd": [
             "--server-daemonize=0",
-            "--www-address=0.0.0.0",
-            "--www-port=8787",
+            "--www-socket=/run/byoi-www/rserver.sock",
             "--auth-none=1",
             "--server-user=rstudio",
             "--www-root-path=/sessions/s1/",
@@ -54,6 +55,7 @@ def test_container_args_are_exactly_the_locked_down_session() -> None:
             "--www-verify-user-agent=0",
             "--server-data-dir=/run/byoi/rserver",
             "--database-config-file=/etc/byoi/database.conf",
+            "--secure-cookie-key-file=/run/byoi/secure-cookie-key",
         ],
         "User": "1000:100",
         "WorkingDir": "/home/sagemaker-user",
@@ -63,20 +65,26 @@ def test_container_args_are_exactly_the_locked_down_session() -> None:
             "RSTUDIO_CONNECT_URL=https://connect.example",
             "USER=rstudio",
         ],
-        "Labels": SPEC.labels,
-        "ExposedPorts": {"8787/tcp": {}},
+        "Labels": {**SPEC.labels, "byoi.listen": "socket"},
+        "ExposedPorts": {},
         "StopSignal": "SIGTERM",
         "HostConfig": {
             "Init": True,
             "NetworkMode": "byoi-sessions",
-            "PortBindings": {"8787/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+            "PortBindings": {},  # no port: only the socket, in a directory only byoi can traverse
             "Mounts": [
                 {
                     "Type": "bind",
                     "Source": "/data/homes/d-x/alice-200001",
                     "Target": "/home/sagemaker-user",
                     "ReadOnly": False,
-                }
+                },
+                {
+                    "Type": "bind",
+                    "Source": "/data/sockets/0123456789abcdef",
+                    "Target": "/run/byoi-www",
+                    "ReadOnly": False,
+                },
             ],
             "Tmpfs": {"/run/byoi": "rw,nosuid,nodev,size=268435456,uid=1000,gid=100,mode=0700"},
             "NanoCpus": 2_000_000_000,
@@ -93,9 +101,33 @@ def test_container_args_are_exactly_the_locked_down_session() -> None:
     }
 
 
+def test_old_rstudio_falls_back_to_a_loopback_port_and_nothing_else() -> None:
+    """For an RStudio older than 2024.12 (no --www-socket): port 8787 on the host's 127.0.0.1 only, no socket."""
+    args = container_args(SessionSpec(**{**SPEC.__dict__, "listen_socket": False}))
+    assert args["Cmd"][:3] == ["--server-daemonize=0", "--www-address=0.0.0.0", "--www-port=8787"]
+    assert not any(a.startswith("--www-socket") for a in args["Cmd"])
+    assert args["HostConfig"]["PortBindings"] == {"8787/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+    assert args["ExposedPorts"] == {"8787/tcp": {}} and args["Labels"]["byoi.listen"] == "tcp"
+    assert [m["Target"] for m in args["HostConfig"]["Mounts"]] == ["/home/sagemaker-user"]
+    with pytest.raises(ValueError, match="socket directory"):
+        container_args(SPEC)  # a socket session without its directory is a bug, not a silent TCP session
+
+
+def test_endpoints_round_trip_and_are_one_kind() -> None:
+    for endpoint in (Endpoint(socket="/d/s/rserver.sock"), Endpoint(host="127.0.0.1", port=40001)):
+        assert Endpoint.from_json(endpoint.to_json()) == endpoint
+    assert Endpoint(socket="/x").display() == "unix:/x" and Endpoint(host="h", port=1).display() == "h:1"
+    assert Endpoint.from_json(None) is None and Endpoint.from_json({"Host": "h"}) is None
+    with pytest.raises(ValueError):
+        Endpoint(socket="/x", host="h", port=1)
+    with pytest.raises(ValueError):
+        Endpoint()
+
+
 def test_the_session_env_cannot_override_home_or_user() -> None:
     spec = SessionSpec(**{**SPEC.__dict__, "env": {"HOME": "/root", "USER": "root"}})
-    assert "HOME=/home/sagemaker-user" in container_args(spec)["Env"] and "USER=rstudio" in container_args(spec)["Env"]
+    args = container_args(spec, "/s")
+    assert "HOME=/home/sagemaker-user" in args["Env"] and "USER=rstudio" in args["Env"]
 
 
 def test_network_turns_inter_container_traffic_off() -> None:
@@ -284,7 +316,11 @@ def test_failure_reason_keeps_the_last_lines_within_1024() -> None:
 def test_a_container_being_removed_reads_as_gone() -> None:
     """`docker rm -f` marks the container "removing" before it kills it: its exit code is the kill's, so the
     session is reported gone, not "stopped with exit code 137"."""
-    assert container_gone(None)
-    assert container_gone({"State": {"Status": "removing", "Running": False, "ExitCode": 137}})
-    assert not container_gone({"State": {"Status": "exited", "Running": False, "ExitCode": 137}})
-    assert not container_gone({"State": {"Status": "running", "Running": True}})
+    assert container_state(None).gone
+    assert container_state({"State": {"Status": "removing", "Running": False, "ExitCode": 137}}).gone
+    exited = container_state({"State": {"Status": "exited", "Running": False, "ExitCode": 137}})
+    assert exited == SessionState(StateKind.EXITED, exit_code=137) and exited.describe() == "exit code 137 (killed)"
+    assert container_state({"State": {"Status": "running", "Running": True}}).running
+    assert container_state({"State": {"Status": "created", "Running": False}}).kind is StateKind.CREATED
+    oom = container_state({"State": {"Status": "exited", "ExitCode": 137, "OOMKilled": True, "FinishedAt": "t"}})
+    assert oom.kind is StateKind.OUT_OF_MEMORY and "out of memory" in oom.describe() and oom.finished_at == "t"

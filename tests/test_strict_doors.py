@@ -47,6 +47,7 @@ DOCUMENTED_DEFAULT_LEVELS = {
     "linux-platform": "required",
     "r-present": "required",
     "rstudio-server": "required",
+    "rstudio-socket": "warning",
     "non-root-user": "warning",
     "rstudio-urls": "warning",
     "image-size": "warning",

@@ -20,14 +20,16 @@ from byoi.api import builds_http
 from byoi.api.dispatch import Dispatcher, Operation, snake
 from byoi.api.model import all_operation_names
 from byoi.api.protocol import AwsJsonEndpoint
-from byoi.auth.browser import BrowserSettings
+from byoi.auth.browser import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, BrowserSettings
 from byoi.auth.oidc import OidcClient, OidcSettings
+from byoi.auth.principal import SYSTEM
 from byoi.auth.secrets import SecretBox
 from byoi.build.docker import DockerBuilder
 from byoi.build.settings import BuildSettings
 from byoi.config import Settings
 from byoi.jobs.worker import Worker
 from byoi.metrics import Metrics
+from byoi.proxy.core import SessionProxy
 from byoi.registry.client import RegistryClient
 from byoi.registry.errors import RegistryError
 from byoi.runtime.docker import DockerRuntime
@@ -35,6 +37,7 @@ from byoi.runtime.instance_types import InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
 from byoi.services.access import AccessService
 from byoi.services.access_keys import AccessKeyService
+from byoi.services.activity import ActivityTracker
 from byoi.services.app_image_configs import AppImageConfigService
 from byoi.services.apps import AppService
 from byoi.services.attachments import AttachmentService
@@ -49,11 +52,14 @@ from byoi.services.inspection import InspectionService
 from byoi.services.presigned import PresignedUrlService
 from byoi.services.principals import PrincipalService
 from byoi.services.server_info import ServerInfoService
+from byoi.services.session_access import SessionAccess
 from byoi.services.tags import TagService
 from byoi.services.user_profiles import UserProfileService
 from byoi.store.db import Database, migrate
 from byoi.web import auth as auth_http
+from byoi.web import launcher as launcher_http
 from byoi.web import oidc as oidc_http
+from byoi.web import session_gate
 
 log = logging.getLogger("byoi")
 
@@ -97,18 +103,23 @@ class Services:
         self.all.append(self.builds)
 
         # Sessions (CreateApp and friends) on Docker Engine; RStudioServerPro apps are records only.
+        self.browser_settings = BrowserSettings.from_env()
         rt = RuntimeSettings.from_env()
-        runtime = DockerRuntime(rt.docker_host)
+        runtime = DockerRuntime(rt.docker_host, rt.socket_dir or ctx.settings.data_dir / "sockets")
         types = InstanceTypes.load(rt.instance_types)
-        self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles)
+        public = self.browser_settings.base_url(ctx.settings)
+        self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles, public)
         self.all.append(self.apps)
         self.tags.register_kind("app", self.apps.app_exists)
 
         # Browser sign-in: presigned domain URLs (an operation) and the sessions the /auth/ routes start.
-        self.browser_settings = BrowserSettings.from_env()
         self.browser_sessions = BrowserSessions(ctx)
         self.presigned = PresignedUrlService(ctx, self.browser_settings)
         self.all.append(self.presigned)
+
+        # The session proxy: who may open a session (one decision), and the activity it records.
+        self.session_access = SessionAccess(ctx, self.browser_settings.admin_session_access)
+        self.activity = ActivityTracker(ctx, rt.activity_seconds, rt.idle_timeout_minutes)
 
     def register_tasks(self) -> None:
         for service in self.all:
@@ -163,14 +174,32 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.watch_work(lambda: dict(ctx.worker.waiting), lambda: ctx.worker.running)
         oidc_settings = OidcSettings.from_env(os.environ)  # checked by the CLI before start too
         oidc = OidcClient(oidc_settings) if oidc_settings else None
-        state.update(ctx=ctx, endpoint=endpoint, services=services, dispatcher=dispatcher, oidc=oidc)
+        gate = session_gate.SessionGate(state)
+        proxy = SessionProxy(
+            gate,
+            services.activity,
+            services.browser_settings.public_url,
+            frozenset({SESSION_COOKIE, SIGN_IN_CSRF_COOKIE}),
+        )
+
+        async def stop_idle(domain_id: str, profile: str, name: str) -> object:
+            params = {"DomainId": domain_id, "UserProfileName": profile, "AppType": "RSessionGateway", "AppName": name}
+            return await dispatcher.dispatch(SYSTEM, "SageMaker", "DeleteApp", params)
+
+        services.activity.stop_session = stop_idle
+        state.update(
+            ctx=ctx, endpoint=endpoint, services=services, dispatcher=dispatcher, oidc=oidc, gate=gate, proxy=proxy
+        )
         ctx.worker.start()
         services.apps.start()  # the session reconciler
+        services.activity.start()  # activity writes and idle shutdown
         try:
             yield
         finally:
             if oidc is not None:
                 await oidc.close()
+            await services.activity.stop()
+            await proxy.close()
             await services.apps.stop()
             await ctx.worker.stop()
             await services.builds.builder.close()
@@ -180,7 +209,14 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     builds_http.install(app, state)  # context upload and build log routes (signed, outside POST /)
     auth_http.install(app, state)  # browser sign-in under /auth/ (session cookies)
+    launcher_http.install(app, state)  # the RStudio launcher, /rstudio/default/ (and /console/domains/<id>)
     oidc_http.install(app, state)  # OIDC sign-in for SSO domains under /auth/oidc/
+    session_gate.install(app, state)  # GET /auth/session-check: forward-auth for a gateway in front
+
+    async def sessions(scope: Any, receive: Any, send: Any) -> None:
+        await state["proxy"](scope, receive, send)
+
+    app.mount("/sessions", sessions)  # the session proxy: /sessions/<id>/… (HTTP and WebSocket)
 
     @app.post("/")
     async def aws_json(request: Request) -> Response:

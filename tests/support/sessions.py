@@ -88,12 +88,22 @@ def progress(ext: Any, domain: str, user: str, name: str) -> dict[str, Any]:
     return ext.describe_app_progress(DomainId=domain, UserProfileName=user, AppName=name)  # type: ignore[no-any-return]
 
 
-def evaluate(endpoint: str, code: str, timeout: float = 30) -> Any:
-    """Evaluate R in a running stand-in through its WebSocket (its protocol: {"code"} -> {"result","error"})."""
-    from websockets.sync.client import connect
+def evaluate(endpoint: str, code: str, timeout: float = 30, headers: dict[str, str] | None = None) -> Any:
+    """Evaluate R in a running stand-in through its WebSocket (its protocol: {"code"} -> {"result","error"}).
 
-    url = endpoint.replace("http://", "ws://").rstrip("/") + "/websocket"
-    with connect(url, open_timeout=timeout, close_timeout=2) as ws:
+    `endpoint` is DescribeAppProgress's Endpoint, the runtime's own reach (the tests run as root, as byoi does):
+    `unix:<socket>` (rserver's --www-socket) or `host:port` (the loopback fallback for old RStudio); or an
+    http(s) URL, e.g. a session's Url through byoi's proxy (then `headers` carry the browser's cookie)."""
+    from websockets.sync.client import connect, unix_connect
+
+    if endpoint.startswith("unix:"):
+        opened = unix_connect(endpoint[5:], "ws://session/websocket", open_timeout=timeout, close_timeout=2)
+    elif endpoint.startswith(("http://", "https://")):
+        url = endpoint.replace("http", "ws", 1).rstrip("/") + "/websocket"
+        opened = connect(url, open_timeout=timeout, close_timeout=2, additional_headers=headers)
+    else:
+        opened = connect(f"ws://{endpoint}/websocket", open_timeout=timeout, close_timeout=2)
+    with opened as ws:
         ws.send(json.dumps({"code": code, "id": 1}))
         answer = json.loads(ws.recv(timeout=timeout))
     if answer.get("error"):

@@ -32,6 +32,7 @@ _SECRET = regex.compile(r"[A-Za-z0-9_-]{43}")
 _RELATIVE = regex.compile(r"/(?![/\\])[\x21-\x7e]*")
 RSTUDIO_LANDING = "app:RStudioServerPro:"
 LANDING_PAGE = "/auth/landing"
+LAUNCHER_PAGE = "/rstudio/default/"  # the domain's RStudio launcher (byoi.web.launcher)
 
 
 def new_secret() -> str:
@@ -77,11 +78,14 @@ def check_landing_uri(value: str | None) -> str | None:
 def landing_path(landing_uri: str | None) -> str:
     """Where a browser signed in by a presigned URL goes: the one place LandingUri becomes a path.
 
-    `app:RStudioServerPro:[<path>]` (and no LandingUri) land on the sign-in landing page, which names the user
-    and domain, until the session proxy brings the domain's RStudio launcher; a relative path lands there."""
-    if landing_uri is None or landing_uri.startswith(RSTUDIO_LANDING):
-        return LANDING_PAGE
-    return safe_relative_path(landing_uri) or LANDING_PAGE
+    No LandingUri and `app:RStudioServerPro:` land on the domain's RStudio launcher (`/rstudio/default/`, where
+    SageMaker serves RStudio); `app:RStudioServerPro:<path>` on that path when it is a safe path on this server,
+    else the launcher; a relative path lands there."""
+    if landing_uri is None:
+        return LAUNCHER_PAGE
+    if landing_uri.startswith(RSTUDIO_LANDING):
+        return safe_relative_path(landing_uri[len(RSTUDIO_LANDING) :]) or LAUNCHER_PAGE
+    return safe_relative_path(landing_uri) or LAUNCHER_PAGE
 
 
 @dataclass(frozen=True)
@@ -91,17 +95,24 @@ class BrowserSettings:
     URL marks cookies Secure even when a proxy in front terminates TLS."""
 
     public_url: str | None = None
+    # BYOI_PROXY_ADMIN_ACCESS=1: administrators may open users' sessions through the proxy (off by default).
+    admin_session_access: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BrowserSettings:
-        raw = (os.environ if env is None else env).get("BYOI_PUBLIC_URL", "").strip()
+        env = os.environ if env is None else env
+        flag = env.get("BYOI_PROXY_ADMIN_ACCESS", "").strip().lower()
+        if flag not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise ValueError(f"BYOI_PROXY_ADMIN_ACCESS must be 1 or 0, not {flag!r}")
+        admins = flag in ("1", "true", "yes")
+        raw = env.get("BYOI_PUBLIC_URL", "").strip()
         if not raw:
-            return cls()
+            return cls(admin_session_access=admins)
         if not regex.fullmatch(
             r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?|https?://\[[0-9a-fA-F:]+\](:[0-9]{1,5})?/?", raw
         ):
             raise ValueError(f"BYOI_PUBLIC_URL must look like https://host[:port], not {raw!r}")
-        return cls(raw.rstrip("/"))
+        return cls(raw.rstrip("/"), admins)
 
     def base_url(self, settings: Settings) -> str:
         return self.public_url or settings.endpoint_url

@@ -20,6 +20,16 @@ class Rule(Enum):
     OWN_DOMAIN = "the request's DomainId is the user's; a UserProfileName, when given, is their own"
     ATTACHED_IMAGE = "the request's ImageName is attached to the user's domain or profile"
     SCOPED = "allowed; the answer lists only what the user may see"
+    OWN_PROFILE_OR_SHARED_APP = (
+        "the request's DomainId and UserProfileName are the user's own, or it names their domain's shared "
+        "RStudioServerPro app (UserProfileName domain-shared, AppName default)"
+    )
+
+
+# The domain's own app (SageMaker's pseudo user profile `domain-shared`): users may read it, never change it.
+SHARED_APP_PROFILE = "domain-shared"
+SHARED_APP_TYPE = "RStudioServerPro"
+SHARED_APP_NAME = "default"
 
 
 USER_RULES: dict[str, Rule] = {
@@ -43,10 +53,12 @@ USER_RULES: dict[str, Rule] = {
     # Their own sessions.
     "ListApps": Rule.SCOPED,
     "CreateApp": Rule.OWN_PROFILE,
-    "DescribeApp": Rule.OWN_PROFILE,
+    "DescribeApp": Rule.OWN_PROFILE_OR_SHARED_APP,  # and their domain's RStudioServerPro app (read only)
     "DeleteApp": Rule.OWN_PROFILE,
     "DescribeAppProgress": Rule.OWN_PROFILE,
     "GetAppLogs": Rule.OWN_PROFILE,
+    # What they may launch on.
+    "ListInstanceTypes": Rule.OWN_DOMAIN,
     # Their own browser sign-in.
     "CreatePresignedDomainUrl": Rule.OWN_PROFILE,
     # Who they are.

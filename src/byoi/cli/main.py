@@ -145,7 +145,13 @@ def _settings(
         from byoi.auth.oidc import OidcSettings  # here: client commands need not load authlib
 
         OidcSettings.from_env(os.environ)
-        InstanceTypes.load(RuntimeSettings.from_env().instance_types)
+        runtime = RuntimeSettings.from_env()
+        InstanceTypes.load(runtime.instance_types)
+        from byoi.runtime.docker import socket_path_problem
+
+        problem = socket_path_problem(runtime.socket_dir or data_dir.expanduser().resolve() / "sockets")
+        if problem:
+            raise ValueError(problem)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     return Settings(

@@ -1,14 +1,17 @@
 """`byoi launch` and `byoi sessions list|describe|logs|stop`: RStudio sessions on custom images.
 
 `launch` is CreateApp (AppType RSessionGateway) followed by Byoi.DescribeAppProgress until the session is
-InService or Failed, with a progress bar while the image is pulled. The address it prints is the session's
-loopback port on the Docker host: for local use only (the authenticated browser proxy is a later feature).
+InService or Failed, with a progress bar while the image is pulled. The URL it prints is the session's place
+behind byoi's proxy (`/sessions/<id>/`): only the session's owner gets in, after signing in. `sessions url`
+prints a fresh presigned sign-in link that lands there (CreatePresignedDomainUrl); `sessions open` opens the
+session in a browser where one is available, and prints the link otherwise.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+import webbrowser
 from typing import Annotated, Any
 
 import regex
@@ -25,9 +28,9 @@ _IMAGE = regex.compile(r"(?P<name>[a-zA-Z0-9]([-.]?[a-zA-Z0-9]){0,62})(:(?P<vers
 APP_TYPE = "RSessionGateway"
 User = Annotated[str, typer.Option("--user", "-u", help="User profile name.")]
 AppName = Annotated[str, typer.Argument(help="The session's app name.")]
-LOCAL_ONLY = (
-    "This is the session's loopback address on the Docker host, for local use only; "
-    "the authenticated browser proxy is not part of byoi yet."
+SIGN_IN_NOTE = (
+    "Only the session's owner gets in, after signing in; `byoi sessions url NAME -d DOMAIN -u USER` prints a "
+    "presigned sign-in link for them."
 )
 
 
@@ -126,8 +129,8 @@ def launch(
         reason = p.get("FailureReason") or p.get("Message")
         err.print(f"[red]session {literal(app_name)} {literal(p['Status'])}[/red]: {literal(reason)}")
         raise typer.Exit(1)
-    console.print(f"RStudio is answering at {p['Endpoint']}")
-    console.print(LOCAL_ONLY)
+    console.print(f"RStudio is ready at {literal(p['Url'])}")
+    console.print(SIGN_IN_NOTE)
 
 
 @sessions_app.command("list")
@@ -149,9 +152,26 @@ def sessions_list(
         return [a for page in sm.get_paginator("list_apps").paginate(**args) for a in page["Apps"]]
 
     found = _run(endpoint_url, profile, fetch)
+
+    def urls(ext: Any) -> list[str]:
+        out = []
+        for a in found:
+            if a["AppType"] != APP_TYPE or a["Status"] not in ("Pending", "InService"):
+                out.append("")
+                continue
+            p = ext.describe_app_progress(
+                DomainId=a["DomainId"], UserProfileName=a["UserProfileName"], AppName=a["AppName"]
+            )
+            out.append(p.get("Url") or "")
+        return out
+
+    links = _run(endpoint_url, profile, urls, extension=True) if found else []
+    for a, link in zip(found, links, strict=True):
+        if link:
+            a["Url"] = link
     rows = [{**a, "Image": (a.get("ResourceSpec") or {}).get("SageMakerImageVersionArn", "")} for a in found]
     print_result(
-        {"Apps": found}, output, ["DomainId", "UserProfileName", "AppName", "AppType", "Status", "Image"], rows
+        {"Apps": found}, output, ["DomainId", "UserProfileName", "AppName", "AppType", "Status", "Image", "Url"], rows
     )
 
 
@@ -234,3 +254,59 @@ def sessions_stop(
         raise Failed(f"session {name} is still stopping")
 
     console.print(f"{literal(name)}: {literal(_run(endpoint_url, profile, stop))}")
+
+
+def _session_url(endpoint_url: str | None, profile: str | None, domain: str, user: str, name: str) -> tuple[str, str]:
+    domain_id = _run(endpoint_url, profile, lambda sm: resolve_domain(sm, domain))
+    p = _run(
+        endpoint_url,
+        profile,
+        lambda ext: ext.describe_app_progress(DomainId=domain_id, UserProfileName=user, AppName=name),
+        extension=True,
+    )
+    if p["Status"] not in ("Pending", "InService"):
+        err.print(f"[red]error[/red]: session {literal(name)} is {literal(p['Status'])}: there is nothing to open")
+        raise typer.Exit(1)
+    return domain_id, str(p["Url"])
+
+
+@sessions_app.command("url")
+def sessions_url(
+    name: AppName,
+    domain: Domain,
+    user: User,
+    expires: Annotated[int, typer.Option(help="Seconds the link may be used within (5-300).")] = 300,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Print a fresh presigned sign-in link for the user that lands on their session (used once)."""
+    domain_id, url = _session_url(endpoint_url, profile, domain, user, name)
+    path = "/" + url.split("://", 1)[-1].split("/", 1)[-1]
+    link = _run(
+        endpoint_url,
+        profile,
+        lambda sm: sm.create_presigned_domain_url(
+            DomainId=domain_id, UserProfileName=user, ExpiresInSeconds=expires, LandingUri=path
+        )["AuthorizedUrl"],
+    )
+    console.print(literal(link), soft_wrap=True)
+
+
+@sessions_app.command("open")
+def sessions_open(
+    name: AppName,
+    domain: Domain,
+    user: User,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Open the session in a browser (its owner signs in there); print the link when no browser is available."""
+    _, url = _session_url(endpoint_url, profile, domain, user, name)
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        browser = None
+    if browser is not None and browser.open(url):
+        console.print(f"opened {literal(url)}")
+        return
+    console.print(f"No browser is available here; open {literal(url)}")

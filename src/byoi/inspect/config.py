@@ -26,6 +26,7 @@ DEFAULT_LEVELS: dict[str, str] = {
     "linux-platform": "required",
     "r-present": "required",
     "rstudio-server": "required",
+    "rstudio-socket": "warning",
     "non-root-user": "warning",
     "rstudio-urls": "warning",
     "image-size": "warning",

@@ -1,5 +1,6 @@
-"""What an image holds, read from its config and its final file tree: OS, users, R, RStudio Server,
-R libraries and packages. Everything here is a pure function of the tree and the config JSON.
+"""What an image holds, read from its config and its final file tree: OS, users, R, RStudio Server (and
+whether it can listen on a Unix socket), RStudio's rsession, R libraries and packages. Everything here is
+a pure function of the tree and the config JSON.
 
 Paths in the result are absolute (`/usr/lib/R`), as a user would write them.
 """
@@ -7,6 +8,7 @@ Paths in the result are absolute (`/usr/lib/R`), as a user would write them.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any
 
 from byoi.inspect.shapes import check_image_config
@@ -15,8 +17,13 @@ from byoi.inspect.tree import Tree
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 R_HOMES = ("usr/lib/R", "usr/local/lib/R")
 RSERVER = "usr/lib/rstudio-server/bin/rserver"
+RSESSION = "usr/lib/rstudio-server/bin/rsession"
 RSTUDIO_VERSION_FILES = ("usr/lib/rstudio-server/VERSION", "usr/lib/rstudio-server/resources/VERSION")
 SITE_LIBRARIES = ("usr/local/lib/R/site-library", "usr/lib/R/site-library", "usr/lib/R/library")
+# rserver's --www-socket (listen on a Unix socket rather than a TCP port) first shipped in 2024.12.0+467.
+SOCKET_SINCE = (2024, 12)
+# RStudio's YYYY.MM.patch, then an optional build: 2024.12.0+467, 2024.12.0-daily+12, 2022.07.2+576.pro12.
+_RSTUDIO_VERSION = re.compile(r"(\d{1,9})\.(\d{1,9})\.(\d{1,9})(?:[-+.~]\S*)?")
 
 
 def parse_dcf(data: bytes) -> dict[str, str]:
@@ -141,17 +148,47 @@ def r_packages(tree: Tree, libraries: list[str]) -> list[dict[str, Any]]:
     return packages
 
 
+def _rstudio_version(tree: Tree) -> str | None:
+    """The first line of RStudio's VERSION file (`2024.12.0+467`); None when there is none or it is blank."""
+    for path in RSTUDIO_VERSION_FILES:
+        lines = (tree.read(path) or b"").decode("utf-8", "replace").strip().splitlines()
+        if lines:
+            return lines[0].strip()[:64]
+    return None
+
+
 def rstudio_server(tree: Tree) -> dict[str, Any] | None:
     node = tree.node(RSERVER)
     if node is None or node[0] != "f":
         return None
-    version = None
-    for path in RSTUDIO_VERSION_FILES:
-        data = tree.read(path)
-        if data:
-            version = data.decode("utf-8", "replace").strip().splitlines()[0][:64]
-            break
-    return {"Path": _abs(RSERVER), "Version": version, "Executable": bool(node[1] & 0o111)}
+    return {"Path": _abs(RSERVER), "Version": _rstudio_version(tree), "Executable": bool(node[1] & 0o111)}
+
+
+def rsession(tree: Tree) -> dict[str, Any] | None:
+    """RStudio's session binary. Open-source RStudio Server has it beside rserver; an image with rsession but
+    no rserver is a Posit Workbench session image (Posit's r-session-complete), which a Workbench server
+    outside the container drives."""
+    node = tree.node(RSESSION)
+    if node is None or node[0] != "f":
+        return None
+    return {"Path": _abs(RSESSION), "Version": _rstudio_version(tree), "Executable": bool(node[1] & 0o111)}
+
+
+def parse_rstudio_version(version: str | None) -> tuple[int, int, int] | None:
+    """RStudio's version as numbers: `2024.12.0+467` -> (2024, 12, 0); None when absent or not of the form
+    YYYY.MM.patch (RStudio 1.x numbers such as `1.4.1717` parse too, and order before every YYYY one)."""
+    match = _RSTUDIO_VERSION.fullmatch(version.strip()) if isinstance(version, str) else None
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def socket_support(facts: dict[str, Any]) -> bool | None:
+    """Whether the image's rserver can listen on a Unix socket (`--www-socket`, RStudio Server 2024.12 and
+    later): True or False from its version, None when unknown (no RStudio Server, no VERSION file, or a
+    version that does not parse). `facts` is image_facts' result or a stored report; the answer comes from
+    RStudioServer.Version alone, so reports stored before SupportsSocket existed get it too."""
+    server = facts.get("RStudioServer")
+    parsed = parse_rstudio_version(server.get("Version") if isinstance(server, dict) else None)
+    return None if parsed is None else parsed[:2] >= SOCKET_SINCE
 
 
 def _command(value: str | list[str] | None) -> list[str]:
@@ -187,7 +224,10 @@ def image_facts(tree: Tree, config: dict[str, Any]) -> dict[str, Any]:
         "WorkingDir": cfg.get("WorkingDir") or None,
         "RInstallations": installs,
         "RStudioServer": rstudio_server(tree),
+        "RSession": rsession(tree),
         "RLibraries": libraries,
         "RPackages": r_packages(tree, [lib.strip("/") for lib in libraries]),
     }
+    if facts["RStudioServer"] is not None:
+        facts["RStudioServer"]["SupportsSocket"] = socket_support(facts)
     return facts

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from byoi.inspect.config import DEFAULT_LEVELS, InspectionConfig
-from byoi.inspect.facts import DEFAULT_PATH, env_map
+from byoi.inspect.facts import DEFAULT_PATH, env_map, socket_support
 
 Rule = Callable[[dict[str, Any], "RuleContext"], tuple[bool, str]]
 
@@ -51,14 +51,52 @@ def r_present(facts: dict[str, Any], _ctx: RuleContext) -> tuple[bool, str]:
     return True, "; ".join(described)
 
 
+def _workbench_session(facts: dict[str, Any]) -> str:
+    """Posit's r-session-complete and images like it: rsession for a Workbench server, no rserver."""
+    r_version = next((i["Version"] for i in facts.get("RInstallations") or [] if i.get("Version")), "<R version>")
+    return (
+        f"This is a Posit Workbench session image ({facts['RSession']['Path']} without rserver, as "
+        "r-session-complete): byoi runs the open-source RStudio Server, which this image does not have. Build a "
+        f"compatible image, for example FROM rocker/rstudio:{r_version}, or install rstudio-server from Posit's "
+        "open-source .deb"
+    )
+
+
 def rstudio_server(facts: dict[str, Any], _ctx: RuleContext) -> tuple[bool, str]:
     server = facts.get("RStudioServer")
     if not server:
+        if facts.get("RSession"):
+            return False, _workbench_session(facts)
         return False, "RStudio Server is missing: /usr/lib/rstudio-server/bin/rserver does not exist"
     if not server.get("Executable"):
         return False, "RStudio Server cannot start: /usr/lib/rstudio-server/bin/rserver is not executable"
     version = server.get("Version")
     return True, f"RStudio Server {version} at {server['Path']}" if version else f"RStudio Server at {server['Path']}"
+
+
+def rstudio_socket(facts: dict[str, Any], _ctx: RuleContext) -> tuple[bool, str]:
+    server = facts.get("RStudioServer")
+    if not server:
+        return True, "no RStudio Server to start (see rstudio-server)"
+    version, supported = server.get("Version"), socket_support(facts)
+    if supported:
+        return True, f"RStudio Server {version} listens on a Unix socket (--www-socket): byoi publishes no port for it"
+    if supported is False:
+        return False, (
+            f"RStudio Server {version} cannot listen on a Unix socket (--www-socket needs 2024.12 or later): byoi "
+            "reaches it on a port published on the host's 127.0.0.1, where any local user of the Docker host can "
+            "connect to it without signing in. Rebuild on RStudio Server 2024.12 or later (for example FROM "
+            "rocker/rstudio:4.4.2)"
+        )
+    unknown = (
+        f"RStudio Server's version {version!r} is not YYYY.MM.patch"
+        if version
+        else "RStudio Server's version is unknown (no VERSION file in /usr/lib/rstudio-server)"
+    )
+    return True, (
+        f"{unknown}: byoi will start rserver with --www-socket, and RStudio Server older than 2024.12 will then "
+        "fail to start"
+    )
 
 
 def non_root_user(facts: dict[str, Any], _ctx: RuleContext) -> tuple[bool, str]:
@@ -101,6 +139,7 @@ RULES: dict[str, Rule] = {
     "linux-platform": linux_platform,
     "r-present": r_present,
     "rstudio-server": rstudio_server,
+    "rstudio-socket": rstudio_socket,
     "non-root-user": non_root_user,
     "rstudio-urls": rstudio_urls,
     "image-size": image_size,

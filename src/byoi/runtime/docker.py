@@ -1,33 +1,64 @@
-"""Session containers on Docker Engine, through aiodocker: I/O only (the arguments come from docker_args).
+"""The Docker Engine backend of the `SessionRuntime` seam (runtime/base.py), through aiodocker: I/O only
+(the container's arguments come from docker_args).
 
-Pull with progress, create, write files into a created container, start, inspect, tail logs, stop and
-remove, and list byoi's containers by label. Engine failures become `RuntimeFailure` with the engine's
-own message, so a service can put it in a FailureReason.
+Pull with progress, create, write files into a created container, start, read its state, tail logs, stop
+and remove, and list byoi's containers by label. Engine failures become `RuntimeFailure` with the engine's
+own message, so a service can put it in a FailureReason; the engine's inspect documents stay in here.
+
+Each session gets a socket directory on the host, `<socket_root>/<hash of the container name>/`, owned by
+the session's UID with mode 0700, inside `socket_root` (mode 0700, owned by byoi's user): rserver listens on
+`rserver.sock` in it (`--www-socket`), so nobody but byoi (and root) on the host can reach it, and no port
+is published. The fallback for an RStudio too old for `--www-socket` publishes port 8787 on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import json
+import os
 import posixpath
+import shutil
 import tarfile
 import time
-from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiodocker
+import httpx2 as httpx
 
-from byoi.runtime.docker_args import container_args, network_args
+from byoi.runtime.base import (
+    GONE,
+    Endpoint,
+    ManagedSession,
+    ProgressCallback,
+    RuntimeFailure,
+    SessionState,
+    StateKind,
+    Unreachable,
+)
+from byoi.runtime.docker_args import LISTEN_LABEL, container_args, network_args
 from byoi.runtime.instance_types import HostCapacity
-from byoi.runtime.spec import PullProgress, SessionSpec
+from byoi.runtime.spec import SESSION_PORT, SOCKET_NAME, PullProgress, SessionSpec
 
-ProgressCallback = Callable[[PullProgress], Awaitable[None]]
+__all__ = ["DockerRuntime", "RuntimeFailure", "PullTracker", "socket_path_problem"]
+
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks
 MAX_SYMLINKS = 8
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+SOCKET_DIR_NAME_LEN = 16
 
 
-class RuntimeFailure(Exception):
-    """The engine refused or failed an operation; the message is the engine's, fit for a FailureReason."""
+def socket_path_problem(socket_root: Path) -> str | None:
+    """Why sessions' sockets cannot live under `socket_root` (a Unix socket path is at most 107 bytes), or None."""
+    longest = len(os.fsencode(str(socket_root))) + 1 + SOCKET_DIR_NAME_LEN + 1 + len(SOCKET_NAME)
+    if longest > MAX_SOCKET_PATH:
+        return (
+            f"session sockets under {socket_root} would have paths of {longest} bytes, more than the "
+            f"{MAX_SOCKET_PATH} a Unix socket allows: set BYOI_SESSION_SOCKET_DIR to a shorter directory"
+        )
+    return None
 
 
 def _message(exc: aiodocker.DockerError) -> str:
@@ -68,10 +99,17 @@ class PullTracker:
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, docker_host: str | None = None) -> None:
+    def __init__(self, docker_host: str | None = None, socket_root: Path | None = None) -> None:
         self._host = docker_host
         self._docker: aiodocker.Docker | None = None
         self._capacity: HostCapacity | None = None
+        self.socket_root = socket_root
+
+    def socket_dir(self, name: str) -> Path:
+        """The host directory holding the session's socket (bind-mounted at spec.SOCKET_DIR)."""
+        if self.socket_root is None:
+            raise RuntimeFailure("no socket directory is configured for sessions (BYOI_SESSION_SOCKET_DIR)")
+        return self.socket_root / hashlib.sha256(name.encode()).hexdigest()[:SOCKET_DIR_NAME_LEN]
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -90,7 +128,7 @@ class DockerRuntime:
             try:
                 info = await self.docker.system.info()
             except (aiodocker.DockerError, OSError) as exc:
-                raise RuntimeFailure(f"Docker Engine is not reachable: {exc}") from None
+                raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
             self._capacity = HostCapacity(int(info.get("NCPU") or 1), int(info.get("MemTotal") or 0))
         return self._capacity
 
@@ -119,10 +157,16 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
         except OSError as exc:
-            raise RuntimeFailure(f"Docker Engine is not reachable: {exc}") from None
+            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
         final = tracker.progress()
         await on_progress(final)
         return final
+
+    async def ensure_image(self, ref: str, auth: dict[str, str] | None, on_progress: ProgressCallback) -> bool:
+        if await self.image_present(ref):
+            return False
+        await self.pull(ref, auth, on_progress)
+        return True
 
     # -- networks -------------------------------------------------------------------------------
 
@@ -141,12 +185,20 @@ class DockerRuntime:
 
     # -- containers -----------------------------------------------------------------------------
 
-    async def create(self, spec: SessionSpec) -> str:
+    async def create(self, spec: SessionSpec) -> None:
+        await self.ensure_network(spec.network, {"byoi.managed": "true"})
+        socket_dir = None
+        if spec.listen_socket:
+            socket_dir = self.socket_dir(spec.name)
+            await asyncio.to_thread(_fresh_socket_dir, socket_dir, spec.uid, spec.gid)
         try:
-            container = await self.docker.containers.create(container_args(spec), name=spec.name)
+            await self.docker.containers.create(
+                container_args(spec, str(socket_dir) if socket_dir else None), name=spec.name
+            )
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
-        return str(container.id)
+        except OSError as exc:
+            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
 
     async def read_file(self, container: str, path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """A file's content in a (created) container, following symlinks; None when it does not exist."""
@@ -198,23 +250,48 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
 
-    async def inspect(self, container: str) -> dict[str, Any] | None:
-        """The engine's inspect document, or None when the container does not exist."""
+    async def _inspect(self, container: str) -> dict[str, Any] | None:
+        """The engine's inspect document (kept inside this module), or None when the container does not exist."""
         try:
             c = await self.docker.containers.get(container)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return None
             raise RuntimeFailure(_message(exc)) from None
+        except OSError as exc:
+            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
         return dict(c._container)
 
-    @staticmethod
-    def host_port(info: dict[str, Any], port: int) -> int | None:
-        bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
-        for b in bindings:
-            if b.get("HostIp") in ("127.0.0.1", "") and b.get("HostPort"):
-                return int(b["HostPort"])
-        return None
+    async def state(self, name: str) -> SessionState:
+        return container_state(await self._inspect(name))
+
+    async def endpoint(self, name: str) -> Endpoint | None:
+        info = await self._inspect(name)
+        if info is None:
+            return None
+        if ((info.get("Config") or {}).get("Labels") or {}).get(LISTEN_LABEL) == "socket":
+            return Endpoint(socket=str(self.socket_dir(name) / SOCKET_NAME))
+        port = host_port(info, SESSION_PORT)
+        return Endpoint(host="127.0.0.1", port=port) if port else None
+
+    async def answers(self, name: str, root_path: str, timeout: float = 2.0) -> bool:
+        """Whether the session's RStudio answers HTTP at its endpoint (any status: rserver serves)."""
+        endpoint = await self.endpoint(name)
+        if endpoint is None:
+            return False
+        if endpoint.socket:
+            transport = httpx.AsyncHTTPTransport(uds=endpoint.socket)
+            url = "http://session/"
+        else:
+            transport = httpx.AsyncHTTPTransport()
+            url = f"http://{endpoint.host}:{endpoint.port}/"
+        headers = {"X-RStudio-Root-Path": root_path.rstrip("/") or "/"}
+        async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+            try:
+                await http.get(url, headers=headers)
+                return True
+            except httpx.TransportError:
+                return False
 
     async def logs_tail(self, container: str, lines: int = 50) -> list[str]:
         try:
@@ -228,23 +305,32 @@ class DockerRuntime:
         text = "".join(chunks)
         return [line for line in text.splitlines() if line.strip()][-lines:]
 
-    async def remove(self, container: str, stop_timeout: int = 10) -> None:
-        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove; a missing container is fine."""
-        c = self.docker.containers.container(container)
+    async def remove(self, name: str, stop_timeout: int = 10) -> None:
+        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove, with its socket directory; a missing
+        container is fine."""
+        c = self.docker.containers.container(name)
         try:
             await c.stop(t=stop_timeout)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
+                await self._remove_socket_dir(name)
                 return
             # 304 (already stopped) and other states: removal below forces it
+        except OSError as exc:
+            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
         try:
             await c.delete(force=True, v=True)
         except aiodocker.DockerError as exc:
             if exc.status not in (404, 409):  # 409: removal already in progress
                 raise RuntimeFailure(_message(exc)) from None
+        await self._remove_socket_dir(name)
 
-    async def list_labelled(self, labels: dict[str, str]) -> list[dict[str, Any]]:
-        """Containers (running or not) carrying all these labels: Id, Names, Labels, State, Status."""
+    async def _remove_socket_dir(self, name: str) -> None:
+        if self.socket_root is not None:
+            await asyncio.to_thread(shutil.rmtree, self.socket_dir(name), True)
+
+    async def list_managed(self, labels: dict[str, str]) -> list[ManagedSession]:
+        """Containers (running or not) carrying all these labels."""
         filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
         try:
             data = await self.docker._query_json(
@@ -253,5 +339,56 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
         except OSError as exc:
-            raise RuntimeFailure(f"Docker Engine is not reachable: {exc}") from None
-        return list(data)
+            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+        return [
+            ManagedSession(
+                name=(c.get("Names") or ["/"])[0].lstrip("/"),
+                labels=dict(c.get("Labels") or {}),
+                running=c.get("State") == "running",
+                created_at=float(c.get("Created") or 0),
+            )
+            for c in data
+        ]
+
+
+def container_state(info: dict[str, Any] | None) -> SessionState:
+    """The typed state of an inspected container. Being removed counts as gone: `docker rm -f` marks it
+    "removing" before it kills it, so its exit code is the kill's, not RStudio's."""
+    if info is None:
+        return GONE
+    state = info.get("State") or {}
+    status = state.get("Status")
+    if status == "removing":
+        return GONE
+    if state.get("Running"):
+        return SessionState(StateKind.RUNNING)
+    if status == "created":
+        return SessionState(StateKind.CREATED)
+    code = state.get("ExitCode")
+    kind = StateKind.OUT_OF_MEMORY if state.get("OOMKilled") else StateKind.EXITED
+    return SessionState(
+        kind,
+        exit_code=int(code) if code is not None else None,
+        error=state.get("Error") or None,
+        finished_at=state.get("FinishedAt") or None,
+    )
+
+
+def host_port(info: dict[str, Any], port: int) -> int | None:
+    bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+    for b in bindings:
+        if b.get("HostIp") in ("127.0.0.1", "") and b.get("HostPort"):
+            return int(b["HostPort"])
+    return None
+
+
+def _fresh_socket_dir(path: Path, uid: int, gid: int) -> None:
+    """An empty directory for the session's socket, owned by the session user (rserver creates the socket)
+    and closed to everyone else; its parent (socket_root) is byoi's, mode 0700, so nobody else can traverse."""
+    root = path.parent
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o700)

@@ -2,20 +2,36 @@
 
 Everything that makes a session safe is here, in one place a unit test compares as a dict: the pinned
 image, rserver as the entrypoint, a non-root user, every capability dropped, no privilege escalation,
-CPU / memory / pids limits, the port published on 127.0.0.1 only (random host port), and the session
-network (byoi's bridge with inter-container traffic off, so sessions cannot reach one another).
+CPU / memory / pids limits, the session network (byoi's bridge with inter-container traffic off, so sessions
+cannot reach one another), and how rserver is reached: its socket directory bind-mounted from the host, with
+no port published at all; only for an RStudio too old for `--www-socket`, port 8787 published on 127.0.0.1
+(a random host port), which any local user of the host can reach (the compatibility report warns).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from byoi.runtime.spec import RUN_DIR, SessionSpec
+from byoi.runtime.spec import RUN_DIR, SOCKET_DIR, SessionSpec
+
+LISTEN_LABEL = "byoi.listen"  # "socket" or "tcp": how the runtime finds the endpoint of an adopted container
 
 
-def container_args(spec: SessionSpec) -> dict[str, Any]:
+def container_args(spec: SessionSpec, socket_host_dir: str | None = None) -> dict[str, Any]:
     port = f"{spec.port}/tcp"
     env = {**spec.env, "HOME": spec.home_mount_path, "USER": spec.user_name}
+    mounts: list[dict[str, Any]] = [
+        {"Type": "bind", "Source": spec.home_host_path, "Target": spec.home_mount_path, "ReadOnly": False}
+    ]
+    if spec.listen_socket:
+        if not socket_host_dir:
+            raise ValueError("a session listening on a socket needs its socket directory")
+        mounts.append({"Type": "bind", "Source": socket_host_dir, "Target": SOCKET_DIR, "ReadOnly": False})
+        exposed: dict[str, Any] = {}
+        bindings: dict[str, Any] = {}
+    else:
+        exposed = {port: {}}
+        bindings = {port: [{"HostIp": "127.0.0.1", "HostPort": ""}]}
     return {
         "Image": spec.image,
         "Entrypoint": spec.rserver_command()[:1],
@@ -23,16 +39,14 @@ def container_args(spec: SessionSpec) -> dict[str, Any]:
         "User": f"{spec.uid}:{spec.gid}",
         "WorkingDir": spec.home_mount_path,
         "Env": [f"{k}={v}" for k, v in sorted(env.items())],
-        "Labels": dict(spec.labels),
-        "ExposedPorts": {port: {}},
+        "Labels": {**spec.labels, LISTEN_LABEL: "socket" if spec.listen_socket else "tcp"},
+        "ExposedPorts": exposed,
         "StopSignal": "SIGTERM",
         "HostConfig": {
             "Init": True,  # rserver (or R, in the stand-in) must not be PID 1, so SIGTERM stops it
             "NetworkMode": spec.network,
-            "PortBindings": {port: [{"HostIp": "127.0.0.1", "HostPort": ""}]},
-            "Mounts": [
-                {"Type": "bind", "Source": spec.home_host_path, "Target": spec.home_mount_path, "ReadOnly": False}
-            ],
+            "PortBindings": bindings,
+            "Mounts": mounts,
             "Tmpfs": {RUN_DIR: f"rw,nosuid,nodev,size={spec.run_dir_bytes},uid={spec.uid},gid={spec.gid},mode=0700"},
             "NanoCpus": spec.nano_cpus,
             "Memory": spec.memory_bytes,

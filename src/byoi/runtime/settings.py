@@ -38,6 +38,9 @@ class RuntimeSettings:
     launch_concurrency: int = 4  # launches (pull to first answer) at once; more wait Pending ("queued")
     instance_types: Path | None = None  # TOML file of [types."ml.*"] vcpu, memory_gib
     docker_host: str | None = None  # Docker Engine URL; None: DOCKER_HOST or the local socket
+    idle_timeout_minutes: float = 0.0  # stop sessions unused this long (0: off); a domain tag overrides it
+    activity_seconds: float = 15.0  # how often the proxy's activity is written and idle sessions are stopped
+    socket_dir: Path | None = None  # where sessions' socket directories live; None: <data dir>/sockets
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> RuntimeSettings:
@@ -48,6 +51,8 @@ class RuntimeSettings:
             key = f"BYOI_SESSION_{f.name.upper()}"
             if f.name == "docker_host":
                 values[f.name] = env.get(key) or env.get("DOCKER_HOST") or None
+            elif f.name == "socket_dir":
+                values[f.name] = Path(env[key]) if env.get(key) else None
             elif f.name == "instance_types":
                 values[f.name] = Path(env["BYOI_INSTANCE_TYPES"]) if env.get("BYOI_INSTANCE_TYPES") else None
             elif key in env:
@@ -68,6 +73,8 @@ class RuntimeSettings:
             ("stop_timeout", 0, True),
             ("pids_limit", 1, True),
             ("launch_concurrency", 1, True),
+            ("idle_timeout_minutes", 0, True),
+            ("activity_seconds", 0, False),
         ]
         for name, low, inclusive in bounds:
             value = getattr(self, name)

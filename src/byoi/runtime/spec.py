@@ -13,6 +13,11 @@ DATABASE_DIR = f"{RUN_DIR}/db"
 # Files byoi writes into the container before it starts (root-owned, so the session user cannot change them).
 DATABASE_CONFIG = "/etc/byoi/database.conf"
 FILE_LOCKS = "/etc/rstudio/file-locks"
+# rserver's HMAC key for its signed cookies: per session, in the session's writable tmpfs (rserver creates it).
+SECURE_COOKIE_KEY = f"{RUN_DIR}/secure-cookie-key"
+# Where the session's socket directory (a host directory only byoi can traverse) appears in the container.
+SOCKET_DIR = "/run/byoi-www"
+SOCKET_NAME = "rserver.sock"
 
 
 @dataclass(frozen=True)
@@ -31,15 +36,21 @@ class SessionSpec:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     port: int = SESSION_PORT
+    # True: rserver listens on a Unix socket (--www-socket, RStudio 2024.12 and later), reached only through
+    # byoi's proxy. False: the fallback for older RStudio, a port published on the host's loopback.
+    listen_socket: bool = True
     pids_limit: int = 4096
     run_dir_bytes: int = 256 * 1024 * 1024
 
     def rserver_command(self) -> list[str]:
+        if self.listen_socket:
+            listen = [f"--www-socket={SOCKET_DIR}/{SOCKET_NAME}"]
+        else:
+            listen = ["--www-address=0.0.0.0", f"--www-port={self.port}"]
         return [
             RSERVER,
             "--server-daemonize=0",
-            "--www-address=0.0.0.0",
-            f"--www-port={self.port}",
+            *listen,
             "--auth-none=1",
             f"--server-user={self.user_name}",
             f"--www-root-path={self.root_path}",
@@ -47,6 +58,7 @@ class SessionSpec:
             "--www-verify-user-agent=0",
             f"--server-data-dir={SERVER_DATA_DIR}",
             f"--database-config-file={DATABASE_CONFIG}",
+            f"--secure-cookie-key-file={SECURE_COOKIE_KEY}",
         ]
 
 

@@ -2,7 +2,8 @@
 see (for the services that scope their lists). Called only by `byoi.api.dispatch`; never by a door.
 
 A user sees the images attached to their domain (its default user settings) or to their own profile, their
-domain, their own profile and their own apps. Each check costs at most one indexed query.
+domain, their own profile, their own apps and their domain's shared RStudioServerPro app (read only). Each check
+costs at most one indexed query.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from byoi.auth.policy import Rule, user_rule
-from byoi.auth.principal import Principal, current
+from byoi.auth.policy import SHARED_APP_NAME, SHARED_APP_PROFILE, SHARED_APP_TYPE, Rule, user_rule
+from byoi.auth.principal import USER, Principal, current
 from byoi.errors import AccessDeniedException
 from byoi.services import custom_images
 from byoi.services.context import ServiceContext
@@ -88,12 +89,37 @@ class AccessService:
                 + ("" if rule is None else f": {rule.value}")
             )
 
+    @staticmethod
+    def may_open_session(principal: Principal, domain_id: str, user_profile_name: str, admins: bool) -> bool:
+        """Whether `principal` may use the session of that user profile through the proxy: only its owner, and
+        administrators only when the server allows it (`BYOI_PROXY_ADMIN_ACCESS=1`). The one place the proxy,
+        the forward-auth endpoint and the launcher ask."""
+        if principal.role == "system":
+            return False
+        if principal.is_admin:
+            return admins
+        # Profile names are unique regardless of case within a domain (the store keys them lower-cased).
+        return (
+            principal.role == USER
+            and principal.domain_id == domain_id
+            and (principal.user_profile_name or "").lower() == user_profile_name.lower()
+        )
+
     async def _satisfies(self, principal: Principal, rule: Rule, params: dict[str, Any]) -> bool:
         if rule in (Rule.ANYONE, Rule.SCOPED):
             return True
         domain, profile = params.get("DomainId"), params.get("UserProfileName")
         if rule is Rule.OWN_PROFILE:
             return principal.owns_profile(domain, profile)
+        if rule is Rule.OWN_PROFILE_OR_SHARED_APP:
+            shared = (params.get("UserProfileName"), params.get("AppType"), params.get("AppName")) == (
+                SHARED_APP_PROFILE,
+                SHARED_APP_TYPE,
+                SHARED_APP_NAME,
+            )
+            return principal.owns_profile(domain, profile) or (
+                shared and principal.domain_id is not None and domain == principal.domain_id
+            )
         if rule is Rule.OWN_DOMAIN:
             return domain == principal.domain_id and (profile is None or principal.owns_profile(domain, profile))
         if rule is Rule.ATTACHED_IMAGE:

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 
 from byoi.jobs.worker import Claim, RetryLater, Task
 from byoi.registry.engine_auth import engine_auth
-from byoi.runtime.docker import DockerRuntime, RuntimeFailure
+from byoi.runtime.base import GONE, RuntimeFailure, SessionRuntime, SessionState
 from byoi.runtime.settings import RuntimeSettings
-from byoi.runtime.spec import SESSION_PORT, PullProgress, SessionSpec
+from byoi.runtime.spec import PullProgress, SessionSpec
 from byoi.services import session_files as files
 from byoi.services.context import ServiceContext
 from byoi.store.schema_apps import apps
@@ -40,12 +40,6 @@ RSESSION_GATEWAY = "RSessionGateway"
 LOG_LINES = 30
 POLL = 0.25  # seconds between "does RStudio answer" probes
 MAX_REASON = 1024
-
-
-def container_gone(info: dict[str, Any] | None) -> bool:
-    """Whether an inspected container is gone: not there, or being removed (`docker rm -f` marks it "removing"
-    before it kills it, so its exit code is the kill's, not RStudio's)."""
-    return info is None or (info.get("State") or {}).get("Status") == "removing"
 
 
 class LaunchFailed(Exception):
@@ -75,7 +69,7 @@ def registry_auth(ctx: ServiceContext, host: str) -> dict[str, str] | None:
 
 
 class Launcher:
-    def __init__(self, ctx: ServiceContext, runtime: DockerRuntime, settings: RuntimeSettings) -> None:
+    def __init__(self, ctx: ServiceContext, runtime: SessionRuntime, settings: RuntimeSettings) -> None:
         self.ctx = ctx
         self.runtime = runtime
         self.settings = settings
@@ -163,22 +157,24 @@ class Launcher:
             return
         name = self.name_of(row)
         try:
-            info = await self.runtime.inspect(name)
-            if info is not None and (info.get("State") or {}).get("Running"):
+            state = await self.runtime.state(name)
+            if state.running:
                 await self._progress(claim, row, "waiting", "Adopted the running container after a restart")
             else:
-                if info is not None:  # created or exited by an interrupted launch: start over
+                if not state.gone:  # created or exited by an interrupted launch: start over
                     await self.runtime.remove(name, 0)
-                info = await self._create_and_start(claim, row, name)
-            port = self.runtime.host_port(info, SESSION_PORT)
-            if port is None:
-                if not (info.get("State") or {}).get("Running"):
-                    raise LaunchFailed(await self._exited(name, info))
-                raise LaunchFailed("The container has no port published on 127.0.0.1")
-            backend = {"Backend": "docker", "Container": info["Id"], "Name": name, "HostPort": port}
-            await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=self._url(port, row))
+                await self._create_and_start(claim, row, name)
+            endpoint = await self.runtime.endpoint(name)
+            if endpoint is None:
+                state = await self.runtime.state(name)
+                if not state.running:
+                    raise LaunchFailed(await self._exited(name, state))
+                raise LaunchFailed(f"The {self.runtime.name} runtime reports no endpoint for the session")
+            backend = {"Backend": self.runtime.name, "Name": name, "Endpoint": endpoint.to_json()}
+            shown = endpoint.display()
+            await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=shown)
             await self._update(claim, row, backend=backend)
-            await self._wait_until_answering(claim, row, name, port)
+            await self._wait_until_answering(claim, row, name)
         except Aborted:
             return
         except (LaunchFailed, RuntimeFailure, PermissionError) as exc:
@@ -198,28 +194,22 @@ class Launcher:
                 "Phase": "ready",
                 "Message": "RStudio answers",
                 "UpdatedAt": now,
-                "Endpoint": self._url(port, row),
+                "Endpoint": shown,
                 **self._pulled.get(row.id, {}),
             },
         )
         if done:
-            log.info("session %s is InService on 127.0.0.1:%s", row.session_id, port)
+            log.info("session %s is InService at %s", row.session_id, shown)
 
-    @staticmethod
-    def _url(port: int, row: Any) -> str:
-        return f"http://127.0.0.1:{port}{files.root_path(row.session_id)}"
-
-    async def _create_and_start(self, claim: Claim, row: Any, name: str) -> dict[str, Any]:
+    async def _create_and_start(self, claim: Claim, row: Any, name: str) -> None:
         launch = row.spec["Launch"]
-        image = launch["ContainerImage"]
-        if not await self.runtime.image_present(image):
-            await self._pull(claim, row, image)
+        await self._pull(claim, row, launch["ContainerImage"])
         await self._progress(claim, row, "creating", "Creating the container")
-        await self.runtime.ensure_network(self.settings.network, {files.MANAGED: "true"})
         home = files.home_dir(self.ctx.settings.data_dir, row.domain_id, row.profile_name, row.home_uid)
         await asyncio.to_thread(files.ensure_home, home, self.settings.uid, self.settings.gid)
         spec = self.session_spec(row, name, str(home))
-        container = await self.runtime.create(spec)
+        await self.runtime.create(spec)
+        container = name
         original = await self.runtime.read_file(container, f"{launch['RHome'].rstrip('/')}/etc/Renviron.site")
         metadata = {
             "AppType": row.app_type,
@@ -234,10 +224,8 @@ class Launcher:
         )
         await self._progress(claim, row, "starting", "Starting RStudio Server")
         await self.runtime.start(container)
-        info = await self.runtime.inspect(container)
-        if info is None:
+        if (await self.runtime.state(container)).gone:
             raise LaunchFailed("The container disappeared right after it started")
-        return info
 
     def session_spec(self, row: Any, name: str, home: str) -> SessionSpec:
         launch = row.spec["Launch"]
@@ -259,10 +247,11 @@ class Launcher:
                 self.installation, arn, row.session_id, row.generation, row.domain_id, row.profile_name
             ),
             pids_limit=self.settings.pids_limit,
+            listen_socket=bool(launch.get("ListenSocket", True)),
         )
 
     async def _pull(self, claim: Claim, row: Any, image: str) -> None:
-        await self._progress(claim, row, "pulling", f"Pulling {image}", BytesDone=0, BytesTotal=0)
+        """Fetch the image unless the runtime has it, with the bytes pulled in the progress record."""
 
         async def report(p: PullProgress) -> None:
             await self._progress(
@@ -275,55 +264,47 @@ class Launcher:
                 Layers=p.layers,
                 LayersDone=p.layers_done,
             )
+            self._pulled[row.id] = {
+                "BytesDone": p.done,
+                "BytesTotal": p.total,
+                "Layers": p.layers,
+                "LayersDone": p.layers_done,
+            }
 
         registry = image.split("/", 1)[0]
         try:
-            final = await self.runtime.pull(image, registry_auth(self.ctx, registry), report)
+            pulled = await self.runtime.ensure_image(image, registry_auth(self.ctx, registry), report)
         except RuntimeFailure as exc:
             raise LaunchFailed(f"Cannot pull {image}: {exc}") from None
-        self._pulled[row.id] = {
-            "BytesDone": final.done,
-            "BytesTotal": final.total,
-            "Layers": final.layers,
-            "LayersDone": final.layers_done,
-        }
+        if not pulled:
+            self._pulled.pop(row.id, None)  # nothing was fetched: no bytes to report
 
-    async def _wait_until_answering(self, claim: Claim, row: Any, name: str, port: int) -> None:
-        url = self._url(port, row)
+    async def _wait_until_answering(self, claim: Claim, row: Any, name: str) -> None:
+        root = files.root_path(row.session_id)
         deadline = time.monotonic() + self.settings.start_timeout
         next_check = 0.0
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            while True:
-                try:
-                    await http.get(url)
-                    return  # any HTTP answer means rserver serves its port
-                except httpx.TransportError:
-                    pass
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + 1.0
-                    info = await self.runtime.inspect(name)
-                    state = (info or {}).get("State") or {}
-                    if not state.get("Running"):
-                        raise LaunchFailed(await self._exited(name, info))
-                    await self._progress(claim, row, "waiting", "Waiting for RStudio to answer", Endpoint=url)
-                if now >= deadline:
-                    raise LaunchFailed(
-                        failure_with_logs(
-                            f"RStudio Server did not answer on port {SESSION_PORT} within "
-                            f"{self.settings.start_timeout:g} seconds.",
-                            await self.runtime.logs_tail(name, LOG_LINES),
-                        )
+        while True:
+            if await self.runtime.answers(name, root):
+                return  # any HTTP answer means rserver serves
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                state = await self.runtime.state(name)
+                if not state.running:
+                    raise LaunchFailed(await self._exited(name, state))
+                await self._progress(claim, row, "waiting", "Waiting for RStudio to answer")
+            if now >= deadline:
+                raise LaunchFailed(
+                    failure_with_logs(
+                        f"RStudio Server did not answer within {self.settings.start_timeout:g} seconds.",
+                        await self.runtime.logs_tail(name, LOG_LINES),
                     )
-                await asyncio.sleep(POLL)
+                )
+            await asyncio.sleep(POLL)
 
-    async def _exited(self, name: str, info: dict[str, Any] | None) -> str:
-        state = (info or {}).get("State") or {}
-        head = f"RStudio Server exited with code {state.get('ExitCode', 'unknown')} before it answered on port"
-        if state.get("Error"):
-            head += f" {SESSION_PORT} ({state['Error']})."
-        else:
-            head += f" {SESSION_PORT}."
+    async def _exited(self, name: str, state: SessionState) -> str:
+        head = f"RStudio Server exited with code {state.exit_code if state.exit_code is not None else 'unknown'}"
+        head += f" before it answered ({state.error})." if state.error else " before it answered."
         return failure_with_logs(head, await self.runtime.logs_tail(name, LOG_LINES))
 
     async def _fail(self, claim: Claim, row: Any, reason: str) -> None:
@@ -418,15 +399,15 @@ class Launcher:
                 )
             )
         # Rows first, then containers: a container created after the rows were read is never an orphan here.
-        containers = await self.runtime.list_labelled({files.INSTALLATION: self.installation})
-        by_name = {(c.get("Names") or ["/"])[0].lstrip("/"): c for c in containers}
+        managed = await self.runtime.list_managed({files.INSTALLATION: self.installation})
+        by_name = {m.name: m for m in managed}
         claimed = {self.name_of(r) for r in rows}
         healthy: list[int] = []
         for row in rows:
             if row.status != "InService":
                 continue
             found = by_name.get(self.name_of(row))
-            if found is not None and found.get("State") == "running":
+            if found is not None and found.running:
                 healthy.append(row.id)
             else:
                 await self._lost(row, found)
@@ -437,27 +418,22 @@ class Launcher:
                     .where(apps.c.id.in_(healthy), apps.c.status == "InService")
                     .values(last_health_check=time.time())
                 )
-        for name, c in by_name.items():
-            if name not in claimed and float(c.get("Created") or 0) < started - 2:
+        for name, m in by_name.items():
+            if name not in claimed and m.created_at < started - 2:
                 log.warning("removing orphan session container %s (no live app claims it)", name)
                 with contextlib.suppress(RuntimeFailure, OSError):
                     await self.runtime.remove(name, self.settings.stop_timeout)
 
-    async def _lost(self, row: Any, found: dict[str, Any] | None) -> None:
+    async def _lost(self, row: Any, found: Any) -> None:
         name = self.name_of(row)
-        info = None if found is None else await self.runtime.inspect(name)
-        # Not listed, removed between the listing and the inspect, or being removed (docker rm -f): gone.
-        if info is None or container_gone(info):
+        state = GONE if found is None else await self.runtime.state(name)
+        # Not listed, removed between the listing and the state read, or being removed (docker rm -f): gone.
+        if state.gone:
             reason, lines = "The session's container is gone: it was removed outside byoi.", []
         else:
-            state = info.get("State") or {}
-            how = " (killed)" if state.get("ExitCode") in (137, 143) or state.get("OOMKilled") else ""
-            if state.get("OOMKilled"):
-                how = " (out of memory: the instance type's memory limit was reached)"
             lines = await self.runtime.logs_tail(name, LOG_LINES)
             reason = failure_with_logs(
-                f"RStudio Server stopped with exit code {state.get('ExitCode', 'unknown')}{how} "
-                f"at {state.get('FinishedAt', 'an unknown time')}.",
+                f"RStudio Server stopped with {state.describe()} at {state.finished_at or 'an unknown time'}.",
                 lines,
             )
             # Removed before the app is marked Failed, so Failed always means the container is gone (as after

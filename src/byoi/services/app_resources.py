@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from byoi import arns
 from byoi.errors import ResourceNotFound, ValidationException
+from byoi.inspect.facts import socket_support
 from byoi.services.attachments import effective_entries
 from byoi.services.context import ServiceContext
 from byoi.services.custom_images import RSESSION
@@ -38,6 +39,8 @@ class ResolvedImage:
     container_image: str  # registry/repository@sha256:...
     r_home: str
     image_user: str | None  # the image's user with the session UID, if it has one
+    # rserver listens on a Unix socket unless the report says its RStudio predates --www-socket (2024.12)
+    listen_socket: bool = True
 
 
 def _default_spec(domain: Any, profile: Any) -> dict[str, Any]:
@@ -176,6 +179,7 @@ async def resolve(
         container_image=version.container_image,
         r_home=_r_home(report),
         image_user=_image_user(report, uid),
+        listen_socket=socket_support(report or {}) is not False,
     )
 
 

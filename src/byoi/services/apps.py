@@ -6,21 +6,25 @@ CreateApp checks everything a launch needs up front (the domain has RStudio, the
 is attached for the user and its version is CREATED, the instance type fits this host), records the app
 `Pending` with what the launch will run, and leaves the launch to a background task (`app_launch`).
 `RStudioServerPro` is a record that goes `InService` without a container: in byoi it is the launcher page
-(served by the console and the session proxy), so the AWS documentation's delete-and-recreate steps work.
+(`/rstudio/default/`), so the AWS documentation's delete-and-recreate steps work. A domain with RStudio settings
+gets it when it settles (`_provision_shared`); users of the domain may read it, only administrators change it;
+it does not stop DeleteDomain and goes with the domain.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from byoi.auth.policy import SHARED_APP_NAME, SHARED_APP_PROFILE, SHARED_APP_TYPE
 from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Task
-from byoi.runtime.docker import DockerRuntime, RuntimeFailure
+from byoi.runtime.base import Endpoint, RuntimeFailure, SessionRuntime
 from byoi.runtime.instance_types import DEFAULT_TYPE, InstanceType, InstanceTypeError, InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
 from byoi.services import app_resources
@@ -29,37 +33,42 @@ from byoi.services.access import visibility
 from byoi.services.app_launch import RSESSION_GATEWAY, Launcher
 from byoi.services.context import ServiceContext
 from byoi.services.domains import DomainService, load_domain, require_usable
+from byoi.services.instance_offers import offers
 from byoi.services.tags import write_tags
 from byoi.services.user_profiles import UserProfileService, load_profile
 from byoi.store.paging import fetch_page
 from byoi.store.schema_apps import apps
 from byoi.store.schema_domains import domains
 
-RSTUDIO_SERVER_PRO = "RStudioServerPro"
+RSTUDIO_SERVER_PRO = SHARED_APP_TYPE  # "RStudioServerPro"
 SUPPORTED = (RSESSION_GATEWAY, RSTUDIO_SERVER_PRO)
-SHARED_PROFILE = "domain-shared"
-SHARED_APP = "default"
+SHARED_PROFILE = SHARED_APP_PROFILE  # "domain-shared"
+SHARED_APP = SHARED_APP_NAME  # "default"
 LIVE = ("Pending", "InService", "Deleting")
 DEFAULT_PAGE = 10
+_NO_PROFILE = SimpleNamespace(spec={})  # ListInstanceTypes for a domain: no profile settings over the domain's
 
 
 class AppService:
     def __init__(
         self,
         ctx: ServiceContext,
-        runtime: DockerRuntime,
+        runtime: SessionRuntime,
         settings: RuntimeSettings,
         instance_types: InstanceTypes,
         domains_service: DomainService,
         profiles: UserProfileService,
+        public_base: str | None = None,
     ) -> None:
         self.ctx = ctx
+        self.public_base = (public_base or ctx.settings.endpoint_url).rstrip("/")
         self.runtime = runtime
         self.settings = settings
         self.instance_types = instance_types
         self.launcher = Launcher(ctx, runtime, settings)
         profiles.delete_checks.append(self._profile_live_apps)
         domains_service.delete_checks.append(self._domain_live_apps)
+        domains_service.settle_hooks.append(self._provision_shared)
         domains_service.deleted_hooks.append(self.launcher.remove_domain_homes)
 
     def tasks(self) -> list[Task]:
@@ -105,9 +114,11 @@ class AppService:
         return [f"app {r.app_type}/{r.app_name} ({r.status})" for r in rows]
 
     async def _domain_live_apps(self, conn: AsyncConnection, domain: Any) -> list[str]:
+        """The live sessions that stop DeleteDomain. Not the RStudioServerPro app: it has no container and is
+        removed with the domain (SageMaker asks for it to be deleted first; byoi never makes that a dead end)."""
         rows = await conn.execute(
             sa.select(apps.c.profile_name, apps.c.app_type, apps.c.app_name, apps.c.status)
-            .where(apps.c.domain_pk == domain.id, apps.c.status.in_(LIVE))
+            .where(apps.c.domain_pk == domain.id, apps.c.status.in_(LIVE), apps.c.app_type != RSTUDIO_SERVER_PRO)
             .order_by(apps.c.id)
         )
         return [f"app {r.app_type}/{r.app_name} of {r.profile_name} ({r.status})" for r in rows]
@@ -147,6 +158,10 @@ class AppService:
             )
         return row
 
+    def session_url(self, session_id: str) -> str:
+        """Where a browser opens the session: byoi's proxy (the owner's sign-in is asked for there)."""
+        return f"{self.public_base}{files.root_path(session_id)}"
+
     def arn(self, domain_id: str, row: Any) -> str:
         return self.ctx.arns.app(domain_id, row.profile_name, row.app_type, row.app_name)
 
@@ -183,7 +198,7 @@ class AppService:
                     raise ValidationException(
                         f"An RStudioServerPro app belongs to user profile {SHARED_PROFILE} and is named {SHARED_APP}"
                     )
-                spec: dict[str, Any] = {"ResourceSpec": {"InstanceType": "system"}}
+                spec: dict[str, Any] = shared_spec()
                 profile, image = None, None
             else:
                 if profile_name.lower() == SHARED_PROFILE:
@@ -245,6 +260,7 @@ class AppService:
             "ContainerImage": image.container_image,
             "ImageVersionArn": image.version_arn,
             "RHome": image.r_home,
+            "ListenSocket": image.listen_socket,
             "UserName": image.image_user or self.settings.user_name,
             "Vcpu": itype.vcpu,
             "MemoryBytes": itype.memory_bytes,
@@ -345,15 +361,31 @@ class AppService:
         """RStudioServerPro has nothing to start: Pending -> InService at once (the launch task settles
         a row a crash left Pending)."""
         async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(apps)
-                .where(apps.c.id == row_id, apps.c.status == "Pending", apps.c.lease_owner.is_(None))
-                .values(
-                    status="InService",
-                    last_health_check=time.time(),
-                    progress={"Phase": "ready", "Message": "The launcher page", "UpdatedAt": time.time()},
-                )
+            await _shared_in_service(conn, row_id)
+
+    async def _provision_shared(self, conn: AsyncConnection, domain: Any) -> None:
+        """A domain settling with RStudio settings (CreateDomain, or the UpdateDomain that adds them) gets its
+        RStudioServerPro app InService, as on SageMaker, in the transaction that makes the domain InService.
+
+        Only when the domain has no record of it at all: a record that is Deleted was deleted by someone (the
+        documented delete-app / create-app steps), and settling the domain again must not bring it back behind
+        their back; their own CreateApp restores it (a new generation of the same record, see `_write`)."""
+        if not (domain.spec.get("DomainSettings") or {}).get("RStudioServerProDomainSettings"):
+            return
+        known = await conn.execute(
+            sa.select(apps.c.id).where(
+                apps.c.domain_pk == domain.id,
+                apps.c.profile_key == SHARED_PROFILE,
+                apps.c.app_type == RSTUDIO_SERVER_PRO,
+                apps.c.app_name == SHARED_APP,
             )
+        )
+        if known.first() is not None:
+            return
+        row_id = await self._write(
+            conn, domain, None, SHARED_PROFILE, RSTUDIO_SERVER_PRO, SHARED_APP, shared_spec(), None
+        )
+        await _shared_in_service(conn, row_id)
 
     # -- DescribeApp / DeleteApp / ListApps -----------------------------------------------------------
 
@@ -442,9 +474,11 @@ class AppService:
         query = sa.select(apps, domains.c.domain_id).join(domains, domains.c.id == apps.c.domain_pk)
         seen = await visibility(self.ctx)
         filters["scope"] = seen.fingerprint()
-        if seen.domain_id is not None:  # a user: their own apps
+        if seen.domain_id is not None:  # a user: their own apps, and their domain's RStudioServerPro app
+            shared = sa.and_(apps.c.profile_key == SHARED_PROFILE, apps.c.app_type == RSTUDIO_SERVER_PRO)
             query = query.where(
-                domains.c.domain_id == seen.domain_id, apps.c.profile_key == (seen.user_profile_name or "").lower()
+                domains.c.domain_id == seen.domain_id,
+                sa.or_(apps.c.profile_key == (seen.user_profile_name or "").lower(), shared),
             )
         if domain_id_equals:
             query = query.where(domains.c.domain_id == domain_id_equals)
@@ -476,7 +510,7 @@ class AppService:
             row = await self._load(conn, domain_id, user_profile_name, app_type, app_name)
         progress = dict(row.progress or {})
         launch = (row.spec or {}).get("Launch") or {}
-        backend = row.backend or {}
+        endpoint = Endpoint.from_json((row.backend or {}).get("Endpoint"))
         return {
             "AppArn": self.arn(domain_id, row),
             "Status": row.status,
@@ -487,11 +521,12 @@ class AppService:
             "BytesTotal": progress.get("BytesTotal"),
             "UpdatedAt": progress.get("UpdatedAt"),
             "Endpoint": progress.get("Endpoint") if row.status == "InService" else None,
+            "Url": self.session_url(row.session_id),
             "RootPath": files.root_path(row.session_id),
             "SessionId": row.session_id,
             "ContainerImage": launch.get("ContainerImage"),
             "ContainerName": self.launcher.name_of(row) if row.app_type == RSESSION_GATEWAY else None,
-            "HostPort": backend.get("HostPort") if row.status == "InService" else None,
+            "HostPort": endpoint.port if endpoint is not None and row.status == "InService" else None,
             "InstanceType": ((row.spec or {}).get("ResourceSpec") or {}).get("InstanceType"),
             "Vcpu": launch.get("Vcpu"),
             "MemoryMiB": int(launch["MemoryBytes"]) // (1 << 20) if launch.get("MemoryBytes") else None,
@@ -512,3 +547,36 @@ class AppService:
             row = await self._load(conn, domain_id, user_profile_name, app_type, app_name)
         found, source = await self.launcher.logs(row, lines or 100)
         return {"AppArn": self.arn(domain_id, row), "Status": row.status, "Lines": found, "Source": source}
+
+    async def list_instance_types(self, domain_id: str, user_profile_name: str | None = None) -> dict[str, Any]:
+        """Byoi.ListInstanceTypes: the table, what this host offers of it, and the default CreateApp applies."""
+        async with self.ctx.db.read() as conn:
+            domain = await load_domain(conn, domain_id)
+            profile = await load_profile(conn, domain, user_profile_name) if user_profile_name else None
+        default = app_resources.default_instance_type(domain, profile or _NO_PROFILE) or DEFAULT_TYPE
+        try:
+            capacity = await self.runtime.capacity()
+        except RuntimeFailure:
+            capacity = None
+        return {"InstanceTypes": offers(self.instance_types, capacity), "DefaultInstanceType": default}
+
+
+# -- the domain's RStudioServerPro app ---------------------------------------------------------------
+
+
+def shared_spec() -> dict[str, Any]:
+    """What the RStudioServerPro record holds: no image, no container (byoi's launcher page stands for it)."""
+    return {"ResourceSpec": {"InstanceType": "system"}}
+
+
+async def _shared_in_service(conn: AsyncConnection, row_id: int) -> None:
+    now = time.time()
+    await conn.execute(
+        sa.update(apps)
+        .where(apps.c.id == row_id, apps.c.status == "Pending", apps.c.lease_owner.is_(None))
+        .values(
+            status="InService",
+            last_health_check=now,
+            progress={"Phase": "ready", "Message": "The launcher page", "UpdatedAt": now},
+        )
+    )

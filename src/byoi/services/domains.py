@@ -3,17 +3,20 @@ CreateDomain, DescribeDomain, UpdateDomain, DeleteDomain, ListDomains.
 
 Members that configure AWS infrastructure (VPC, subnets, KMS, roles, security groups) are kept and echoed.
 `CreateDomain` writes the domain `Pending` and then makes it `InService` (`UpdateDomain` goes through
-`Updating` the same way; see `settle`). `DeleteDomain` is refused while the domain has user
-profiles (or anything a later service registers in `delete_checks`); then the domain is `Deleting` until
-the background task removes it.
+`Updating` the same way; see `settle`). Settling a domain with `DomainSettings.RStudioServerProDomainSettings`
+makes its RStudioServerPro app (`domain-shared`/`default`, see `byoi.services.apps`), as SageMaker does.
+`DeleteDomain` is refused while the domain has user profiles (or anything a later service registers in
+`delete_checks`: live sessions); then the domain is `Deleting` until the background task removes it, and its
+RStudioServerPro app with it.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +33,7 @@ from byoi.services.tags import delete_all_tags, write_tags
 from byoi.store.paging import fetch_page
 from byoi.store.schema_domains import domains, user_profiles
 
+log = logging.getLogger("byoi.domains")
 DEFAULT_PAGE = 10
 ID_ALPHABET = string.ascii_lowercase + string.digits
 # Request members that are stored as given and echoed by DescribeDomain.
@@ -51,8 +55,12 @@ ECHOED = {
 SETTINGS_ROOTS = ("DefaultUserSettings", "DomainSettings", "DefaultSpaceSettings")
 
 # (connection, domain row) -> descriptions of what still lives in the domain and stops its deletion.
-# The apps service (RStudioServerPro of `domain-shared`) appends to `DomainService.delete_checks`.
+# The apps service (the users' live sessions) appends to `DomainService.delete_checks`.
 DeleteCheck = Callable[[AsyncConnection, Any], Awaitable[list[str]]]
+# (connection, domain row) -> None: work done in the transaction that makes a Pending / Updating domain
+# InService. The apps service appends one that makes the domain's RStudioServerPro app (`domain-shared`).
+SettleHook = Callable[[AsyncConnection, Any], Awaitable[None]]
+SETTLING = ("Pending", "Updating")
 
 
 def new_domain_id() -> str:
@@ -98,14 +106,18 @@ def apply_domain_settings_update(stored: dict[str, Any] | None, update: dict[str
 # -- statuses shared by domains and user profiles (same status enum shape, same settle/give-up rules) ---------
 
 
-async def settle_rows(ctx: ServiceContext, table: sa.Table, where: sa.ColumnElement[bool]) -> None:
-    """Pending / Updating -> InService: nothing has to be provisioned for a domain or a profile yet."""
+async def settle_rows(
+    ctx: ServiceContext, table: sa.Table, where: sa.ColumnElement[bool], hooks: Sequence[SettleHook] = ()
+) -> None:
+    """Pending / Updating -> InService, after `hooks` have run on each row in the same transaction (the rows
+    locked), so what they make exists exactly when the row is InService."""
     async with ctx.db.transaction() as conn:
-        await conn.execute(
-            sa.update(table)
-            .where(where, table.c.status.in_(("Pending", "Updating")))
-            .values(status="InService", failure_reason=None)
-        )
+        settling = table.c.status.in_(SETTLING)
+        if hooks:
+            for row in await conn.execute(sa.select(table).where(where, settling).with_for_update()):
+                for hook in hooks:
+                    await hook(conn, row)
+        await conn.execute(sa.update(table).where(where, settling).values(status="InService", failure_reason=None))
 
 
 async def give_up_settling(ctx: ServiceContext, claim: Claim, table: sa.Table, noun: str, reason: str) -> None:
@@ -140,6 +152,7 @@ class DomainService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.delete_checks: list[DeleteCheck] = []
+        self.settle_hooks: list[SettleHook] = []
         # Called with the domain's row after it is deleted (the apps service removes homes per RetentionPolicy).
         self.deleted_hooks: list[Callable[[Any], Awaitable[None]]] = []
         ctx.referrer_checks.append(custom_images.referrer_check(ctx))
@@ -318,12 +331,17 @@ class DomainService:
 
     async def settle(self, pk: int) -> None:
         """Pending / Updating -> InService, in its own transaction right after the request's; the background
-        task settles any row a crash left in between. (Work that takes time, such as starting the domain's
-        RStudioServerPro app, would replace this call and leave the domain Pending until it is done.)"""
-        await settle_rows(self.ctx, domains, domains.c.id == pk)
+        task settles any row a crash (or a failing hook) left in between. Settling runs `settle_hooks`: a domain
+        with RStudio settings gets its RStudioServerPro app then, which has no container, so it takes no time.
+        (Work that takes time would leave the domain Pending for the background task instead.)"""
+        try:
+            await settle_rows(self.ctx, domains, domains.c.id == pk, self.settle_hooks)
+        except Exception:  # the request's change is stored: the settle-domain task retries, then gives up
+            log.exception("settling domain row %s failed; the background task retries it", pk)
+            self.ctx.worker.wake()
 
     async def _settle(self, claim: Claim) -> None:
-        await settle_rows(self.ctx, domains, claim.owns())
+        await settle_rows(self.ctx, domains, claim.owns(), self.settle_hooks)
 
     async def _give_up_settling(self, claim: Claim, reason: str) -> None:
         await give_up_settling(self.ctx, claim, domains, "domain", reason)
