@@ -46,6 +46,7 @@ ACCOUNT = "000000000000"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/byoi-test"
 SM = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
 CONFIG = "access-config"
+SHARED = {"UserProfileName": "domain-shared", "AppType": "RStudioServerPro", "AppName": "default"}
 RSTUDIO = {
     "RStudioServerProDomainSettings": {
         "DomainExecutionRoleArn": ROLE,
@@ -61,6 +62,7 @@ SCOPED = "scoped list"
 ATTACHED = "image attached to the user's domain or profile"
 OWN_DOMAIN = "the user's domain (and, when named, their own profile)"
 OWN_PROFILE = "the user's own profile"
+OWN_OR_SHARED = "the user's own profile, or their domain's shared RStudioServerPro app (read only)"
 
 USER_ACCESS = {
     "GetServerInfo": ANYONE,
@@ -78,9 +80,10 @@ USER_ACCESS = {
     "DescribeDomain": OWN_DOMAIN,
     "DescribeAttachedImages": OWN_DOMAIN,
     "ListEffectiveImages": OWN_DOMAIN,
+    "ListInstanceTypes": OWN_DOMAIN,
     "DescribeUserProfile": OWN_PROFILE,
     "CreateApp": OWN_PROFILE,
-    "DescribeApp": OWN_PROFILE,
+    "DescribeApp": OWN_OR_SHARED,
     "DeleteApp": OWN_PROFILE,
     "DescribeAppProgress": OWN_PROFILE,
     "GetAppLogs": OWN_PROFILE,
@@ -141,6 +144,7 @@ class Target:
     principal: str = "ghost-principal"
     key: str = "AKIAGHOST00000000000"
     config: str = "ghost-config"
+    app_type: str = "RSessionGateway"
 
     @property
     def profile_arn(self) -> str:
@@ -154,7 +158,7 @@ class Target:
             "image": f"{SM}:image/{self.image}",
             "domain": f"{SM}:domain/{self.domain}",
             "profile": self.profile_arn,
-            "app": f"{SM}:app/{self.domain}/{self.profile}/RSessionGateway/{self.app}",
+            "app": f"{SM}:app/{self.domain}/{self.profile}/{self.app_type}/{self.app}",
             "config": f"{SM}:app-image-config/{self.config}",
             "principal": f"arn:aws:iam::{ACCOUNT}:user/byoi/{self.principal}",
             "key": f"arn:aws:iam::{ACCOUNT}:access-key/{self.key}",
@@ -168,7 +172,7 @@ def _profile(t: Target) -> dict[str, str]:
 
 
 def _app(t: Target) -> dict[str, str]:
-    return {**_profile(t), "AppType": "RSessionGateway", "AppName": t.app}
+    return {**_profile(t), "AppType": t.app_type, "AppName": t.app}
 
 
 # Per operation: a minimal well-formed request for a target, and which of the target's resources it names.
@@ -188,6 +192,7 @@ REQUESTS: dict[str, tuple[Callable[[Target], dict[str, Any]], str | None]] = {
     "DescribeDomain": (lambda t: {"DomainId": t.domain}, "domain"),
     "DescribeAttachedImages": (_profile, "profile"),
     "ListEffectiveImages": (_profile, "profile"),
+    "ListInstanceTypes": (_profile, "profile"),
     "DescribeUserProfile": (_profile, "profile"),
     # The image is attached to nobody, so the user's own CreateApp passes the policy and fails in the service.
     "CreateApp": (lambda t: {**_app(t), "ResourceSpec": {"SageMakerImageArn": f"{SM}:image/{LOOSE}"}}, "app"),
@@ -365,8 +370,9 @@ def build_world(srv: ByoiServer, pusher: Any, tmp: Path) -> World:
             ResourceSpec={"SageMakerImageArn": f"{SM}:image/{image}"},
         )["AppArn"]
         assert arn == f"{SM}:app/{u.domain}/{u.profile}/RSessionGateway/{u.app}"
-    # The domain's shared RStudioServerPro app: an administrator's, seen by no user.
-    sm.create_app(DomainId=domain_a, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    # Domain A has RStudio settings, so it has its shared RStudioServerPro app (made with the domain): its users
+    # may read it, never change it; domain B has none.
+    assert sm.describe_app(DomainId=domain_a, **SHARED)["Status"] == "InService"
     return w
 
 
@@ -421,8 +427,14 @@ def cases(w: World, u: User, op: str) -> list[tuple[Target, bool]]:
     foreign_profiles = [own_target(w, v) for v in others]
     if u.domain != w.domain_b:  # the profile with alice's name in domain B
         foreign_profiles.append(Target(w.domain_b, u.profile, app=own.app))
+    other_domain = w.domain_b if u.domain == w.domain_a else w.domain_a
+    # The shared RStudioServerPro app (of `domain-shared`): the user's own domain's is readable by DescribeApp only.
+    shared = Target(u.domain, "domain-shared", app="default", app_type="RStudioServerPro")
+    foreign_profiles.append(Target(other_domain, "domain-shared", app="default", app_type="RStudioServerPro"))
+    if rule == OWN_OR_SHARED:
+        return [(own, True), (shared, True)] + [(t, False) for t in foreign_profiles]
+    foreign_profiles.append(shared)
     if rule == OWN_DOMAIN:
-        other_domain = w.domain_b if u.domain == w.domain_a else w.domain_a
         domains = [(Target(u.domain, None), True), (Target(other_domain, None), False)]
         if op == "DescribeDomain":
             return domains
@@ -484,6 +496,11 @@ def test_what_a_user_may_call_succeeds_with_the_right_answer(world: World):
         DomainId=world.domain_a, UserProfileName="alice", AppType="RSessionGateway", AppName=alice.app
     )
     assert app["AppName"] == alice.app
+    assert bob.sm.describe_app(DomainId=world.domain_a, **SHARED)["Status"] == "InService"
+    types = alice.ext.list_instance_types(DomainId=world.domain_a, UserProfileName="alice")
+    assert types["DefaultInstanceType"] == "ml.t3.medium" and "ml.t3.medium" in {
+        t["InstanceType"] for t in types["InstanceTypes"]
+    }
     attached = bob.ext.describe_attached_images(DomainId=world.domain_a, UserProfileName="bob")["CustomImages"]
     assert [e["ImageName"] for e in attached] == [IMAGES["bob"]]
     effective = alice.ext.list_effective_images(DomainId=world.domain_a, UserProfileName="alice")
@@ -577,11 +594,14 @@ def test_lists_show_only_what_the_caller_may_see_across_pages(world: World):
             ]
             == []
         )
+        # Their own apps, and their domain's shared RStudioServerPro app (made first, with the domain).
+        shared = [(u.domain, "domain-shared", "default")] if u.domain == world.domain_a else []
         apps = page_all(u.sm.list_apps, "Apps")
-        assert [(a["DomainId"], a["UserProfileName"], a["AppName"]) for a in apps] == (
+        assert [(a["DomainId"], a["UserProfileName"], a["AppName"]) for a in apps] == shared + (
             [(u.domain, u.profile, u.app)] if u.app else []
         )
-        assert u.sm.list_apps(UserProfileNameEquals="domain-shared")["Apps"] == []
+        listed = u.sm.list_apps(UserProfileNameEquals="domain-shared")["Apps"]
+        assert [(a["DomainId"], a["UserProfileName"], a["AppName"]) for a in listed] == shared
     admin_apps = {(a["UserProfileName"], a["AppName"]) for a in page_all(world.sm.list_apps, "Apps")}
     assert {("alice", "alice-app"), ("bob", "bob-app"), ("domain-shared", "default")} <= admin_apps
     assert len(page_all(world.sm.list_user_profiles, "UserProfiles")) >= 4

@@ -30,6 +30,7 @@ def test_operations_with_a_resource_rule_take_the_members_the_rule_reads():
         members = set(model.operation_model(operation).input_shape.members)
         needed = {
             Rule.OWN_PROFILE: {"DomainId", "UserProfileName"},
+            Rule.OWN_PROFILE_OR_SHARED_APP: {"DomainId", "UserProfileName", "AppType", "AppName"},
             Rule.OWN_DOMAIN: {"DomainId"},
             Rule.ATTACHED_IMAGE: {"ImageName"},
         }.get(rule, set())

@@ -200,7 +200,7 @@ def test_session_cookie_is_secure_over_https(tmp_path, registry, chromium, monke
         try:
             page = ctx.new_page()
             page.goto(url)
-            assert page.url == endpoint + "/auth/landing"
+            assert page.url == endpoint + "/rstudio/default/"  # no LandingUri: the RStudio launcher
             cookie = session_cookie(ctx)
             assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"]) == (True, True, "Lax")
             page.goto(endpoint + "/auth/sign-in")
@@ -341,8 +341,9 @@ def test_presigned_url_from_boto3_signs_in_once(server, sm, ext, context, chromi
     assert re.fullmatch(re.escape(server.endpoint) + r"/auth/presigned\?token=[A-Za-z0-9_-]{43}", url)
     page = context.new_page()
     page.goto(url)
-    # Landed on the page naming the user and the domain, signed in for SessionExpirationDurationInSeconds.
-    assert page.url == server.endpoint + "/auth/landing"
+    # Landed on the RStudio launcher, which names the user and the domain, signed in for
+    # SessionExpirationDurationInSeconds.
+    assert page.url == server.endpoint + "/rstudio/default/"
     assert page.locator("#user").inner_text() == alice
     assert page.locator("#domain").inner_text() == f"{domain_name} ({domain_id})"
     me = whoami(context, server.endpoint)
@@ -378,7 +379,7 @@ def test_presigned_url_from_the_aws_cli(server, sm, ext, context):
     url = json.loads(out.stdout)["AuthorizedUrl"]
     page = context.new_page()
     page.goto(url)
-    assert page.url == server.endpoint + "/auth/landing"
+    assert page.url == server.endpoint + "/rstudio/default/"
     assert page.locator("#user").inner_text() == alice
     assert page.locator("#domain-id").inner_text() == domain_id
     assert whoami(context, server.endpoint)["PrincipalName"] == alice
@@ -455,7 +456,7 @@ def test_tampered_presigned_url_is_refused(server, sm, ext, context):
             assert "byoi_session" not in r.headers.get("set-cookie", "")
     # None of that used the real token up.
     page.goto(url)
-    assert page.url == server.endpoint + "/auth/landing"
+    assert page.url == server.endpoint + "/rstudio/default/"
     assert whoami(context, server.endpoint)["PrincipalName"] == alice
 
 
@@ -559,7 +560,8 @@ def test_presigned_url_requests_are_checked(server, sm, ext, context):
     refused("ResourceNotFound", UserProfileName="nobody-here")
     sso = sm.create_domain(DomainName=unique("sso"), AuthMode="SSO", DefaultUserSettings={})["DomainId"]
     assert "IAM" in refused("ValidationException", DomainId=sso, UserProfileName="whoever")
-    # A relative path is a landing of its own; app:RStudioServerPro:<path> lands on the landing page for now.
+    # A relative path is a landing of its own; app:RStudioServerPro:<path> lands on that path (here the launcher's
+    # address without its slash, which sends the browser on to the launcher).
     url = sm.create_presigned_domain_url(DomainId=domain_id, UserProfileName=alice, LandingUri="/auth/whoami")
     page = context.new_page()
     page.goto(url["AuthorizedUrl"])
@@ -568,7 +570,7 @@ def test_presigned_url_requests_are_checked(server, sm, ext, context):
         DomainId=domain_id, UserProfileName=alice.upper(), LandingUri="app:RStudioServerPro:/rstudio/default"
     )  # profile names ignore case, as SageMaker's
     page.goto(url["AuthorizedUrl"])
-    assert page.url == server.endpoint + "/auth/landing"
+    assert page.url == server.endpoint + "/rstudio/default/"
     assert whoami(context, server.endpoint)["UserProfileName"] == alice
 
 
@@ -630,9 +632,10 @@ def test_failed_sign_in_window_moves_on():
 @pytest.mark.parametrize(
     ("landing", "path"),
     [
-        (None, "/auth/landing"),
-        ("app:RStudioServerPro:", "/auth/landing"),
-        ("app:RStudioServerPro:/rstudio/default", "/auth/landing"),
+        (None, "/rstudio/default/"),
+        ("app:RStudioServerPro:", "/rstudio/default/"),
+        ("app:RStudioServerPro:/rstudio/default", "/rstudio/default"),
+        ("app:RStudioServerPro:/rstudio/default/", "/rstudio/default/"),
         ("/auth/whoami", "/auth/whoami"),
         ("/a/b?c=d#e", "/a/b?c=d#e"),
     ],

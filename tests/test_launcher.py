@@ -23,6 +23,7 @@ import httpx2 as httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from playwright.sync_api import expect
 
 from tests.support import sessions as s
 from tests.support.docker_images import docker_available
@@ -133,8 +134,12 @@ def row(page: Any, name: str) -> Any:
 # -- the domain's RStudioServerPro app ------------------------------------------------------------------------
 
 
+def shared_statuses(sm: Any, domain: str) -> list[str]:
+    return [a["Status"] for a in sm.list_apps(DomainIdEquals=domain, UserProfileNameEquals="domain-shared")["Apps"]]
+
+
 def test_the_shared_app_is_in_service_right_after_create_domain(server: ByoiServer) -> None:
-    role = s.ROLE
+    role, sm = s.ROLE, server.client()
     created = aws(
         server, "create-domain", "--domain-name", s.unique("cli"), "--auth-mode", "IAM",
         "--default-user-settings", f"ExecutionRole={role}",
@@ -143,22 +148,22 @@ def test_the_shared_app_is_in_service_right_after_create_domain(server: ByoiServ
     domain = created["DomainId"]
     [app] = shared_apps_cli(server, domain)
     assert (app["AppType"], app["AppName"], app["Status"]) == ("RStudioServerPro", "default", "InService")
-    described = aws(server, "describe-app", "--domain-id", domain, "--user-profile-name", "domain-shared",
-                    "--app-type", "RStudioServerPro", "--app-name", "default")  # fmt: skip
+    described = sm.describe_app(DomainId=domain, **SHARED)
     assert described["AppArn"].endswith(f":app/{domain}/domain-shared/RStudioServerPro/default")
     assert described["ResourceSpec"] == {"InstanceType": "system"}
     # A domain without RStudio has none; the UpdateDomain that adds RStudio makes it, once.
-    plain = aws(server, "create-domain", "--domain-name", s.unique("plain"), "--auth-mode", "IAM",
-                "--default-user-settings", f"ExecutionRole={role}")["DomainId"]  # fmt: skip
-    assert shared_apps_cli(server, plain) == []
+    plain = sm.create_domain(DomainName=s.unique("plain"), AuthMode="IAM", DefaultUserSettings={"ExecutionRole": role})
+    assert shared_statuses(sm, plain["DomainId"]) == []
     for _ in range(2):
-        aws(server, "update-domain", "--domain-id", plain, "--domain-settings-for-update",
-            f"RStudioServerProDomainSettingsForUpdate={{DomainExecutionRoleArn={role}}}")  # fmt: skip
-        assert [a["Status"] for a in shared_apps_cli(server, plain)] == ["InService"]
+        sm.update_domain(
+            DomainId=plain["DomainId"],
+            DomainSettingsForUpdate={"RStudioServerProDomainSettingsForUpdate": {"DomainExecutionRoleArn": role}},
+        )
+        assert shared_statuses(sm, plain["DomainId"]) == ["InService"]
     # It does not stop DeleteDomain: it has no container and goes with the domain.
-    aws(server, "delete-domain", "--domain-id", domain)
+    sm.delete_domain(DomainId=domain)
     deadline = time.monotonic() + 20
-    while any(d["DomainId"] == domain for d in aws(server, "list-domains")["Domains"]):
+    while any(d["DomainId"] == domain for d in sm.list_domains(MaxResults=100)["Domains"]):
         assert time.monotonic() < deadline, "the domain was not deleted"
         time.sleep(0.2)
 
@@ -173,8 +178,8 @@ def test_the_documented_delete_and_create_app_steps_work_on_a_fresh_domain(serve
     aws(server, "delete-app", *key)
     wait_shared(sm, domain, "Deleted")
     # Settling the domain again does not bring it back behind the administrator's back.
-    aws(server, "update-domain", "--domain-id", domain, "--default-user-settings", f"ExecutionRole={s.ROLE}")
-    assert [a["Status"] for a in shared_apps_cli(server, domain)] == ["Deleted"]
+    sm.update_domain(DomainId=domain, DefaultUserSettings={"ExecutionRole": s.ROLE})
+    assert shared_statuses(sm, domain) == ["Deleted"]
     assert aws(server, "create-app", *key)["AppArn"] == arn
     assert [a["Status"] for a in shared_apps_cli(server, domain)] == ["InService"]  # the same record, again
     # A live user profile still stops DeleteDomain, and the message does not send anyone after the shared app.
@@ -248,10 +253,7 @@ def test_a_session_from_the_launcher_to_stop(server: ByoiServer, world: dict[str
     listed.get_by_role("button", name="Stop from-the-launcher").click()
     page.wait_for_url(server.endpoint + "/rstudio/default/")
     assert row(page, "from-the-launcher").locator(".state").inner_text() in ("Deleting", "Deleted")
-    page.wait_for_function(
-        "document.querySelector(\"tr[data-app='from-the-launcher'] .state\").textContent === 'Deleted'",
-        timeout=30_000,
-    )
+    expect(row(page, "from-the-launcher").locator(".state")).to_have_text("Deleted", timeout=30_000)
     assert s.app_status(sm, domain, "alice", "from-the-launcher")["Status"] == "Deleted"
     assert row(page, "from-the-launcher").get_by_role("button").count() == 0
 

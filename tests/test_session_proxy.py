@@ -11,18 +11,19 @@ local users, activity recorded, idle shutdown, and the loopback fallback for an 
 from __future__ import annotations
 
 import http.client
-import json
+import shlex
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
-import websockets
+from websockets.exceptions import InvalidStatus
 
 from tests.support import sessions as s
 from tests.support.docker_images import docker_available, docker_client
-from tests.support.processes import ByoiServer
+from tests.support.processes import ByoiServer, free_port, wait_http
 
 pytestmark = [
     pytest.mark.docker,
@@ -45,6 +46,12 @@ def server(registry: str, tmp_path_factory: pytest.TempPathFactory):
     yield srv
     srv.stop()
     s.remove_sessions_of(srv.data_dir)
+
+
+def profile_with_principal(sm: Any, ext: Any, domain: str, user: str) -> None:
+    """A user profile and the byoi user principal bound to it (so presigned URLs can sign it in)."""
+    sm.create_user_profile(DomainId=domain, UserProfileName=user)
+    ext.create_principal(Name=f"{domain}-{user}", Role="user", DomainId=domain, UserProfileName=user)
 
 
 def cookie_of(sm: Any, domain: str, user: str) -> str:
@@ -76,11 +83,12 @@ def world(server: ByoiServer, registry: str) -> dict[str, Any]:
     s.register(sm, registry, image, "rstudio-standin", "v1")
     s.ensure_config(sm)
     domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
+    ext = s.extension(server)
     for user in ("alice", "bob"):
-        sm.create_user_profile(DomainId=domain, UserProfileName=user)
+        profile_with_principal(sm, ext, domain, user)
     w: dict[str, Any] = {
         "sm": sm,
-        "ext": s.extension(server),
+        "ext": ext,
         "domain": domain,
         "image": image,
         "image_arn": sm.describe_image(ImageName=image)["ImageArn"],
@@ -100,9 +108,10 @@ def client(world: dict[str, Any], cookie: str | None) -> httpx.Client:
     return c
 
 
-def raw_get(server: ByoiServer, path: str, cookie: str) -> tuple[int, str]:
+def raw_get(server: ByoiServer | int, path: str, cookie: str) -> tuple[int, str]:
     """GET with the path sent exactly as written (no client-side normalisation of `..` or `%2e`)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    port = server if isinstance(server, int) else server.port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.putrequest("GET", path, skip_accept_encoding=True)
         conn.putheader("Cookie", f"byoi_session={cookie}")
@@ -120,7 +129,7 @@ def test_no_cookie_goes_to_sign_in_and_back(world: dict[str, Any]) -> None:
         assert answer.status_code == 303
         assert answer.headers["location"] == f"/auth/sign-in?next=/sessions/{sid}/some/page"
         assert c.post(f"/sessions/{sid}/rpc/client_init", json={}).status_code == 401  # not a page load
-    with pytest.raises(websockets.exceptions.InvalidStatus):
+    with pytest.raises(InvalidStatus):
         s.evaluate(world["alice"]["Url"], "1 + 1", timeout=10)
 
 
@@ -179,7 +188,7 @@ def test_another_user_gets_403_whatever_the_path(world: dict[str, Any]) -> None:
         assert status in (400, 403, 404), (path, status, body[:200])
         assert "standin" not in body, path
     assert raw_get(server, f"/sessions/{alice}/api/info", cookie)[0] == 403
-    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+    with pytest.raises(InvalidStatus) as refused:
         s.evaluate(world["alice"]["Url"], "1 + 1", timeout=10, headers={"Cookie": f"byoi_session={cookie}"})
     assert refused.value.response.status_code == 403
     # An unknown session is a 404 for a signed-in user.
@@ -198,7 +207,7 @@ def test_a_local_user_other_than_byoi_cannot_reach_any_session(world: dict[str, 
             "except OSError as e: print('error', e)\n"
         )
         run = subprocess.run(
-            ["su", "nobody", "-s", "/bin/sh", "-c", f"python3 -c {json.dumps(probe)}"],
+            ["su", "nobody", "-s", "/bin/sh", "-c", f"python3 -c {shlex.quote(probe)}"],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert run.stdout.strip() == "denied", run.stdout + run.stderr
@@ -206,7 +215,9 @@ def test_a_local_user_other_than_byoi_cannot_reach_any_session(world: dict[str, 
         mine = subprocess.run(["python3", "-c", probe], capture_output=True, text=True, timeout=30)
         assert mine.stdout.strip() == "connected", mine.stdout + mine.stderr
         container = docker_client().api.inspect_container(world[who]["ContainerName"])
-        assert not container["NetworkSettings"]["Ports"] and not container["HostConfig"]["PortBindings"]
+        # (8787 may be listed, from the image's EXPOSE, but bound to nothing)
+        assert not any(container["NetworkSettings"]["Ports"].values()), container["NetworkSettings"]["Ports"]
+        assert not container["HostConfig"]["PortBindings"]
         assert docker_client().api.port(world[who]["ContainerName"], 8787) in (None, [])
 
 
@@ -254,7 +265,7 @@ def test_idle_sessions_are_stopped_and_used_ones_kept(world: dict[str, Any], reg
     sm = world["sm"]
     domain = s.rstudio_domain(sm, [{"ImageName": world["image"], "AppImageConfigName": s.CONFIG}])
     for user in ("carol", "dave"):
-        sm.create_user_profile(DomainId=domain, UserProfileName=user)
+        profile_with_principal(sm, world["ext"], domain, user)
     w = {**world, "domain": domain}
     used, idle = launched(w, "carol", "busy"), launched(w, "dave", "idle")
     carol = cookie_of(sm, domain, "carol")
@@ -273,3 +284,102 @@ def test_idle_sessions_are_stopped_and_used_ones_kept(world: dict[str, Any], reg
     s.wait_app(sm, domain, "dave", "idle", ("Deleted",), timeout=60)
     assert idle["SessionId"]
     sm.delete_app(DomainId=domain, UserProfileName="carol", AppType="RSessionGateway", AppName="busy")
+
+
+# -- forward-auth: docs/nginx-forward-auth.conf, run by Debian's nginx in front of the same server --------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def nginx(server: ByoiServer, tmp_path_factory: pytest.TempPathFactory):
+    """nginx with the documented configuration, its placeholders filled in; its URL."""
+    prefix = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    conf = (REPO / "docs" / "nginx-forward-auth.conf").read_text()
+    conf = conf.replace("__LISTEN__", f"127.0.0.1:{port}").replace("__BYOI__", f"127.0.0.1:{server.port}")
+    (prefix / "nginx.conf").write_text(conf)
+    log = (prefix / "nginx.log").open("wb")
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20, ok=(200, 503))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_forward_auth_answers_from_the_same_decision(world: dict[str, Any]) -> None:
+    alice = world["alice"]["SessionId"]
+    check = world["server"].endpoint + "/auth/session-check"
+    ok = httpx.get(check, headers={"X-Original-URI": f"/sessions/{alice}/rpc/x?y=1"},
+                   cookies={"byoi_session": world["alice_cookie"]})  # fmt: skip
+    assert ok.status_code == 200
+    assert ok.headers["x-byoi-upstream"] == world["alice"]["Endpoint"]  # unix:/…/rserver.sock
+    assert ok.headers["x-byoi-root-path"] == f"/sessions/{alice}" and ok.headers["x-byoi-upstream-path"] == "/rpc/x"
+    other = httpx.get(check, headers={"X-Original-URI": f"/sessions/{alice}/"},
+                      cookies={"byoi_session": world["bob_cookie"]})  # fmt: skip
+    assert other.status_code == 403 and "x-byoi-upstream" not in other.headers
+    anonymous = httpx.get(check, headers={"X-Original-URI": f"/sessions/{alice}/"})
+    assert anonymous.status_code == 401 and anonymous.headers["x-byoi-location"].startswith("/auth/sign-in?next=")
+    tricky = httpx.get(check, headers={"X-Original-URI": f"/sessions/{world['bob']['SessionId']}/../{alice}/"},
+                       cookies={"byoi_session": world["bob_cookie"]})  # fmt: skip
+    assert tricky.status_code == 403 and tricky.headers["x-byoi-refused"] == "path"  # `..` out of a session
+
+
+def test_nginx_with_forward_auth_lets_only_the_owner_in(world: dict[str, Any], nginx: str) -> None:
+    alice, bob = world["alice"]["SessionId"], world["bob"]["SessionId"]
+    with httpx.Client(base_url=nginx, follow_redirects=False, timeout=30) as c:
+        c.cookies.set("byoi_session", world["alice_cookie"])
+        info = c.get(f"/sessions/{alice}/api/info")
+        assert info.status_code == 200 and info.json()["standin"] is True
+        first = c.get(f"/sessions/{alice}/")  # rserver's sign-in hop, on nginx's public host
+        assert (
+            first.status_code == 302
+            and first.headers["location"] == f"{nginx}/sessions/{alice}/auth-sign-in?appUri=%2F"
+        )
+        assert c.get(f"/sessions/{bob}/api/info").status_code == 403
+    nginx_port = int(nginx.rsplit(":", 1)[1])
+    for trick in (f"/sessions/{bob}/../{alice}/api/info", f"/sessions/{bob}/%2e%2e/{alice}/api/info"):
+        status, body = raw_get(nginx_port, trick, world["bob_cookie"])
+        assert status == 403 and "standin" not in body, (trick, status)
+    headers = {"Cookie": f"byoi_session={world['alice_cookie']}"}
+    assert s.evaluate(f"{nginx}/sessions/{alice}/", "6 * 7", headers=headers) == 42  # WebSocket through nginx
+    with pytest.raises(InvalidStatus):
+        s.evaluate(
+            f"{nginx}/sessions/{alice}/", "1", timeout=10, headers={"Cookie": f"byoi_session={world['bob_cookie']}"}
+        )
+    with httpx.Client(base_url=nginx, follow_redirects=False, timeout=30) as anonymous:
+        answer = anonymous.get(f"/sessions/{alice}/")
+        # (nginx makes the Location absolute, on its own host)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == f"{nginx}/auth/sign-in?next=/auth/session-status/{alice}"
+
+
+def test_an_rstudio_without_www_socket_falls_back_to_a_loopback_port(world: dict[str, Any], registry: str) -> None:
+    """The stand-in as an RStudio 2023.06 (it refuses --www-socket, as that release does): the report warns,
+    naming the version and the risk, and the session listens on a port published on 127.0.0.1 only."""
+    sm, ext = world["sm"], world["ext"]
+    image = s.unique("old-rstudio")
+    version = s.register(sm, registry, image, "rstudio-standin-old", "v1")
+    report = ext.describe_image_version_report(ImageName=image, Version=version)["Report"]
+    socket_rule = next(r for r in report["Rules"] if r["Name"] == "rstudio-socket")
+    assert (socket_rule["Outcome"], socket_rule["Level"]) == ("FAILED", "warning"), socket_rule
+    assert "2023.06.0+421" in socket_rule["Message"], socket_rule
+    assert "127.0.0.1" in socket_rule["Message"] and report["RStudioServer"]["SupportsSocket"] is False
+    domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
+    profile_with_principal(sm, ext, domain, "erin")
+    w = {**world, "domain": domain, "image_arn": sm.describe_image(ImageName=image)["ImageArn"]}
+    p = launched(w, "erin", "old")
+    assert p["Endpoint"] == f"127.0.0.1:{p['HostPort']}", p
+    bindings = docker_client().api.inspect_container(p["ContainerName"])["HostConfig"]["PortBindings"]
+    assert bindings == {"8787/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+    with client(w, cookie_of(sm, domain, "erin")) as c:  # still opened through the proxy by its owner
+        info = c.get(f"/sessions/{p['SessionId']}/api/info")
+        assert info.status_code == 200 and info.json()["standin"] is True
+    assert raw_get(world["server"], f"/sessions/{p['SessionId']}/api/info", world["bob_cookie"])[0] == 403
+    sm.delete_app(DomainId=domain, UserProfileName="erin", AppType="RSessionGateway", AppName="old")

@@ -165,9 +165,7 @@ def test_app_records_on_postgresql(server_factory: Any, registry: str, postgres_
 
     srv = server_factory([f"http://{registry}"], database_url=fresh_postgres_database(postgres_url), env=ENV)
     sm = srv.client()
-    domains = [s.rstudio_domain(sm) for _ in range(3)]
-    for d in domains:
-        sm.create_app(DomainId=d, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
+    domains = [s.rstudio_domain(sm) for _ in range(3)]  # each with its RStudioServerPro app, made with it
     pages = list(sm.get_paginator("list_apps").paginate(PaginationConfig={"PageSize": 2}))
     mine = [a for p in pages for a in p["Apps"] if a["DomainId"] in domains]
     assert [a["DomainId"] for a in mine] == domains and {a["Status"] for a in mine} == {"InService"}

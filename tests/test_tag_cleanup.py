@@ -20,13 +20,11 @@ def tag_rows(server, prefix: str) -> list[str]:
 
 def test_app_tags_go_with_the_domain(server, sm):
     domain = new_domain(sm, unique("tags"), DomainSettings=RSTUDIO, Tags=[{"Key": "team", "Value": "r"}])
-    app_arn = sm.create_app(
-        DomainId=domain,
-        UserProfileName="domain-shared",
-        AppType="RStudioServerPro",
-        AppName="default",
-        Tags=[{"Key": "cost", "Value": "7"}],
+    # The domain's RStudioServerPro app is made with it; tag it.
+    app_arn = sm.describe_app(
+        DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default"
     )["AppArn"]
+    sm.add_tags(ResourceArn=app_arn, Tags=[{"Key": "cost", "Value": "7"}])
     assert sm.list_tags(ResourceArn=app_arn)["Tags"] == [{"Key": "cost", "Value": "7"}]
     sm.delete_app(DomainId=domain, UserProfileName="domain-shared", AppType="RStudioServerPro", AppName="default")
     for _ in range(100):

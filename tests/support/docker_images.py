@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "tests" / "images"
 BASE_IMAGE = "byoi-test/debian:bookworm"
 HASH_LABEL = "org.byoi.test-image.hash"
-NAMES = ("plain-r", "r-extra", "run-fails", "syntax-error", "rstudio-standin")
+NAMES = ("plain-r", "r-extra", "run-fails", "syntax-error", "rstudio-standin", "rstudio-standin-old")
 
 
 @cache

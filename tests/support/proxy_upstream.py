@@ -78,6 +78,10 @@ def upstream_app(name: str):
         )
 
     async def root(request: web.Request) -> web.Response:
+        """Like rserver's main page: without a `user-id` cookie, a redirect to sign-in under the root path."""
+        if "user-id" not in request.cookies:
+            location = request.headers.get("X-RStudio-Root-Path", "") + "/auth-sign-in?appUri=%2F"
+            return web.Response(status=302, headers={"Location": location})
         return web.Response(text=f"upstream {name}")
 
     async def redirect(request: web.Request) -> web.Response:

@@ -97,6 +97,7 @@ async def forward(
             log.warning("upstream of session %s failed mid-response: %r", upstream.session_id, exc)
             return
         log.debug("upstream of session %s is not answering: %r", upstream.session_id, exc)
+        watch.finish()  # uvicorn wakes a waiting receive() once this answer is complete: not a disconnect
         await send_bad_gateway(send, exc, connect_timeout)
     finally:
         watch.stop()

@@ -49,7 +49,7 @@ _WEBSOCKET_DROP = _REQUEST_DROP | {
 _CLIENT_CLAIMS = (b"x-forwarded-", b"x-rstudio-")
 # Response headers the ASGI server writes itself (uvicorn's `date` and `server`): upstream's copies would make
 # a second Date (a single-valued header) and name the upstream's software to the browser.
-_RESPONSE_DROP = HOP_BY_HOP
+_RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

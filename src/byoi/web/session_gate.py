@@ -127,8 +127,8 @@ async def session_check(request: Request) -> Response:
     raw = original.split("?", 1)[0].encode("latin-1", "replace")
     try:
         path = parse_session_path(raw)
-    except BadPath as exc:
-        return PlainTextResponse(f"{exc}\n", status_code=400)
+    except BadPath as exc:  # 403, not 400: nginx's auth_request takes only 2xx, 401 and 403 as answers
+        return PlainTextResponse(f"{exc}\n", status_code=403, headers={"X-Byoi-Refused": "path"})
     decision = await gate.decision(request, path.session_id)
     if decision.allowed and decision.endpoint is not None:
         endpoint = decision.endpoint
