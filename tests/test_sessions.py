@@ -369,7 +369,7 @@ def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, re
     described = byoi("sessions", "describe", "from-cli", "-d", dom, "-u", "alice")
     assert '"Phase": "ready"' in described.stdout and pinned in described.stdout
     logs = byoi("sessions", "logs", "from-cli", "-d", dom, "-u", "alice", "-n", "20")
-    assert "TEST DOUBLE for RStudio Server listening" in logs.stdout, logs.stdout + logs.stderr
+    assert "listening on unix:/run/byoi-www/rserver.sock" in logs.stdout, logs.stdout + logs.stderr
     stopped = byoi("sessions", "stop", "from-cli", "-d", dom, "-u", "alice")
     assert stopped.returncode == 0 and "from-cli: Deleted" in stopped.stdout
     refused = byoi("launch", "-d", dom, "-u", "alice", "--image", world["other"])

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from byoi.runtime.docker import PullTracker
+from byoi.runtime.base import Endpoint, SessionState, StateKind
+from byoi.runtime.docker import PullTracker, container_state
 from byoi.runtime.docker_args import container_args, network_args
 from byoi.runtime.instance_types import (
     DEFAULTS,
@@ -20,8 +21,6 @@ from byoi.runtime.instance_types import (
 from byoi.runtime.settings import RuntimeSettings, SessionConfigError
 from byoi.runtime.spec import SessionSpec
 from byoi.services import session_files as files
-from byoi.runtime.base import Endpoint, SessionState, StateKind
-from byoi.runtime.docker import container_state
 from byoi.services.app_launch import failure_with_logs
 
 SPEC = SessionSpec(

@@ -478,7 +478,7 @@ class AppService:
             shared = sa.and_(apps.c.profile_key == SHARED_PROFILE, apps.c.app_type == RSTUDIO_SERVER_PRO)
             query = query.where(
                 domains.c.domain_id == seen.domain_id,
-                sa.or_(apps.c.profile_key == (seen.user_profile_name or "").lower(), shared & sa.false())  # MUTANT,
+                sa.or_(apps.c.profile_key == (seen.user_profile_name or "").lower(), shared),
             )
         if domain_id_equals:
             query = query.where(domains.c.domain_id == domain_id_equals)

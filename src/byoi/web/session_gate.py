@@ -168,6 +168,4 @@ async def session_status(request: Request) -> Response:
 
 def install(app: FastAPI, state: dict[str, Any]) -> None:
     app.router.add_route("/auth/session-check", session_check, methods=["GET"], include_in_schema=False)
-    app.router.add_route(
-        "/auth/session-status/{session_id}", session_status, methods=["GET"], include_in_schema=False
-    )
+    app.router.add_route("/auth/session-status/{session_id}", session_status, methods=["GET"], include_in_schema=False)
