@@ -149,6 +149,23 @@ def build_context(settings: Settings) -> ServiceContext:
     )
 
 
+class SessionsFirst:
+    """Sends `/sessions/…` (HTTP and WebSocket) straight to the session proxy, ahead of FastAPI's exception
+    handling and router: RStudio makes many small requests, and the proxy answers every error itself."""
+
+    def __init__(self, app: Any, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            path = scope.get("raw_path") or scope.get("path", "").encode()
+            if path.startswith(b"/sessions/") or path == b"/sessions":
+                await self.state["proxy"](scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     state: dict[str, Any] = {}
@@ -213,10 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
     oidc_http.install(app, state)  # OIDC sign-in for SSO domains under /auth/oidc/
     session_gate.install(app, state)  # GET /auth/session-check: forward-auth for a gateway in front
 
-    async def sessions(scope: Any, receive: Any, send: Any) -> None:
-        await state["proxy"](scope, receive, send)
-
-    app.mount("/sessions", sessions)  # the session proxy: /sessions/<id>/… (HTTP and WebSocket)
+    app.add_middleware(SessionsFirst, state=state)  # the session proxy: /sessions/<id>/… (HTTP and WebSocket)
 
     @app.post("/")
     async def aws_json(request: Request) -> Response:

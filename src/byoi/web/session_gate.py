@@ -45,7 +45,7 @@ CACHE_SIZE = 10_000
 class SessionGate:
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
-        self._allowed: OrderedDict[tuple[str, str], tuple[float, Upstream]] = OrderedDict()
+        self._allowed: OrderedDict[tuple[str, str], tuple[float, Decision]] = OrderedDict()
 
     @property
     def access(self) -> SessionAccess:
@@ -53,27 +53,28 @@ class SessionGate:
         return access
 
     async def decision(self, conn: HTTPConnection, session_id: str) -> Decision:
-        principal = await browser_principal(conn)  # type: ignore[arg-type]
-        return await self.access.decide(principal, session_id)
-
-    async def decide(self, scope: Scope, path: SessionPath) -> Upstream | Response:
-        conn = HTTPConnection(scope)
+        """The decision for this browser and session; an allowed one is remembered for CACHE_SECONDS."""
         cookie = conn.cookies.get(SESSION_COOKIE)
-        key = (hashlib.sha256(cookie.encode()).hexdigest(), path.session_id) if cookie else None
+        key = (hashlib.sha256(cookie.encode()).hexdigest(), session_id) if cookie else None
         now = time.monotonic()
         if key is not None:
             hit = self._allowed.get(key)
             if hit is not None and hit[0] > now:
                 return hit[1]
+        principal = await browser_principal(conn)  # type: ignore[arg-type]
+        decision = await self.access.decide(principal, session_id)
+        if key is not None and decision.allowed:
+            self._allowed[key] = (now + CACHE_SECONDS, decision)
+            self._allowed.move_to_end(key)
+            while len(self._allowed) > CACHE_SIZE:
+                self._allowed.popitem(last=False)
+        return decision
+
+    async def decide(self, scope: Scope, path: SessionPath) -> Upstream | Response:
+        conn = HTTPConnection(scope)
         decision = await self.decision(conn, path.session_id)
         if decision.allowed and decision.endpoint is not None:
-            upstream = Upstream(endpoint=decision.endpoint, session_id=path.session_id, root_path=path.prefix)
-            if key is not None:
-                self._allowed[key] = (now + CACHE_SECONDS, upstream)
-                self._allowed.move_to_end(key)
-                while len(self._allowed) > CACHE_SIZE:
-                    self._allowed.popitem(last=False)
-            return upstream
+            return Upstream(endpoint=decision.endpoint, session_id=path.session_id, root_path=path.prefix)
         return page(decision, scope, path.prefix + path.rest)
 
 
