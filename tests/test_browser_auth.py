@@ -645,6 +645,12 @@ def test_landing_uri_to_path(landing, path):
     assert landing_path(landing) == path
 
 
+def test_an_unsafe_rstudio_landing_path_lands_on_the_launcher():
+    """landing_path never trusts what it is given: a path that is not one on this server goes to the launcher."""
+    for landing in ("app:RStudioServerPro://evil.example", "app:RStudioServerPro:evil", "https://evil.example/"):
+        assert landing_path(landing) == "/rstudio/default/", landing
+
+
 @pytest.mark.parametrize(
     "landing",
     ["//evil.example", "/\\evil.example", "/a\\b", "https://evil.example/", "studio::", "app:JupyterLab:",

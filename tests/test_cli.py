@@ -159,7 +159,10 @@ def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(server_factory, re
         [container] = containers(label=f"byoi.app-arn={created['AppArn']}")
         assert container.attrs["Config"]["Image"] == f"{registry}/cli/{name}@{digest}"  # the pushed stand-in
         listed = json.loads(aws(srv, "list-apps", "--domain-id-equals", domain).stdout)["Apps"]
-        assert [(a["AppName"], a["Status"]) for a in listed] == [("analysis", "InService")]
+        assert [(a["UserProfileName"], a["AppName"], a["Status"]) for a in listed] == [
+            ("domain-shared", "default", "InService"),  # the domain's RStudioServerPro app, made with it
+            ("ana", "analysis", "InService"),
+        ]
 
         aws(srv, "delete-app", *app, "--app-name", "analysis")
         gone = _aws_until(srv, "describe-app", *app, "--app-name", "analysis", field="Status", until=("Deleted",))

@@ -25,6 +25,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from playwright.sync_api import expect
 
+from byoi.runtime.instance_types import HostCapacity, InstanceTypes
+from byoi.services.instance_offers import offers
 from tests.support import sessions as s
 from tests.support.docker_images import docker_available
 from tests.support.processes import ByoiServer
@@ -206,6 +208,15 @@ def test_a_user_reads_the_shared_app_but_cannot_change_it(server: ByoiServer, wo
         alice.describe_app(DomainId=other, **SHARED)
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
     assert world["sm"].describe_app(DomainId=domain, **SHARED)["Status"] == "InService"
+
+
+def test_instance_type_offers_say_why_a_type_is_not_offered() -> None:
+    """Byoi.ListInstanceTypes' answer as a pure function: the host's capacity decides, in CreateApp's words."""
+    types = InstanceTypes({"ml.t3.medium": (2, 4), "ml.m5.4xlarge": (16, 64)})
+    small = offers(types, HostCapacity(cpus=4, memory_bytes=8 << 30))
+    assert [(o["InstanceType"], o["Offered"]) for o in small] == [("ml.t3.medium", True), ("ml.m5.4xlarge", False)]
+    assert "needs 16 vCPU and 64 GiB" in small[1]["Reason"] and small[0]["Reason"] is None
+    assert all(o["Offered"] for o in offers(types, None))  # the engine did not answer: the table alone
 
 
 # -- the launcher page -----------------------------------------------------------------------------------------

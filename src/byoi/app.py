@@ -32,7 +32,7 @@ from byoi.metrics import Metrics
 from byoi.proxy.core import SessionProxy
 from byoi.registry.client import RegistryClient
 from byoi.registry.errors import RegistryError
-from byoi.runtime.docker import DockerRuntime
+from byoi.runtime.docker import DockerRuntime, default_socket_root
 from byoi.runtime.instance_types import InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
 from byoi.services.access import AccessService
@@ -105,7 +105,7 @@ class Services:
         # Sessions (CreateApp and friends) on Docker Engine; RStudioServerPro apps are records only.
         self.browser_settings = BrowserSettings.from_env()
         rt = RuntimeSettings.from_env()
-        runtime = DockerRuntime(rt.docker_host, rt.socket_dir or ctx.settings.data_dir / "sockets")
+        runtime = DockerRuntime(rt.docker_host, rt.socket_dir or default_socket_root(ctx.settings.data_dir))
         types = InstanceTypes.load(rt.instance_types)
         public = self.browser_settings.base_url(ctx.settings)
         self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles, public)

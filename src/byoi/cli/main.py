@@ -147,9 +147,9 @@ def _settings(
         OidcSettings.from_env(os.environ)
         runtime = RuntimeSettings.from_env()
         InstanceTypes.load(runtime.instance_types)
-        from byoi.runtime.docker import socket_path_problem
+        from byoi.runtime.docker import default_socket_root, socket_path_problem
 
-        problem = socket_path_problem(runtime.socket_dir or data_dir.expanduser().resolve() / "sockets")
+        problem = socket_path_problem(runtime.socket_dir or default_socket_root(data_dir.expanduser().resolve()))
         if problem:
             raise ValueError(problem)
     except ValueError as exc:

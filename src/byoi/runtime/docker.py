@@ -42,12 +42,21 @@ from byoi.runtime.docker_args import LISTEN_LABEL, container_args, network_args
 from byoi.runtime.instance_types import HostCapacity
 from byoi.runtime.spec import SESSION_PORT, SOCKET_NAME, PullProgress, SessionSpec
 
-__all__ = ["DockerRuntime", "RuntimeFailure", "PullTracker", "socket_path_problem"]
+__all__ = ["DockerRuntime", "RuntimeFailure", "PullTracker", "default_socket_root", "socket_path_problem"]
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks
 MAX_SYMLINKS = 8
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 SOCKET_DIR_NAME_LEN = 16
+
+
+def default_socket_root(data_dir: Path) -> Path:
+    """`<data dir>/sockets`, or, when socket paths under it would be too long for a Unix socket (a data dir deep
+    in a temporary tree), a directory of this data dir's own under /run/byoi (root-only, as byoi runs)."""
+    preferred = data_dir / "sockets"
+    if socket_path_problem(preferred) is None or not os.access("/run", os.W_OK):
+        return preferred
+    return Path("/run/byoi") / hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
 
 
 def socket_path_problem(socket_root: Path) -> str | None:
@@ -387,6 +396,9 @@ def _fresh_socket_dir(path: Path, uid: int, gid: int) -> None:
     and closed to everyone else; its parent (socket_root) is byoi's, mode 0700, so nobody else can traverse."""
     root = path.parent
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.lstat()
+    if info.st_uid != os.getuid() or not os.path.isdir(root) or os.path.islink(root):
+        raise RuntimeFailure(f"the session socket directory {root} is not a directory owned by byoi's user")
     os.chmod(root, 0o700)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o700)
