@@ -43,6 +43,7 @@ SESSION_ENV = {
     "BYOI_SESSION_RECONCILE_SECONDS": "1",
     "BYOI_SESSION_START_TIMEOUT": "60",
     "BYOI_SESSION_STOP_TIMEOUT": "2",
+    "BYOI_SESSION_ACTIVITY_SECONDS": "0.5",
 }
 
 
@@ -260,6 +261,21 @@ def test_a_session_from_the_launcher_to_stop(server: ByoiServer, world: dict[str
     assert listed.get_by_role("link", name="Open from-the-launcher").get_attribute("href") == (
         f"{server.endpoint}/sessions/{session_id}/"
     )
+    # Open: RStudio (the stand-in) through byoi's proxy, R evaluated over its WebSocket, the result on the page.
+    listed.get_by_role("link", name="Open from-the-launcher").click()
+    page.wait_for_selector('body[data-standin="rserver"][data-ws="open"]', timeout=30_000)
+    assert page.url == f"{server.endpoint}/sessions/{session_id}/"  # after rserver's own sign-in hop
+    page.locator("#code").fill("sum(1:6) * 2")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#out")).to_contain_text("42", timeout=15_000)
+    # The use shows as the session's last activity (written by the proxy every BYOI_SESSION_ACTIVITY_SECONDS).
+    deadline = time.monotonic() + 20
+    while not s.app_status(sm, domain, "alice", "from-the-launcher").get("LastUserActivityTimestamp"):
+        assert time.monotonic() < deadline, "the proxy never recorded the session's activity"
+        time.sleep(0.3)
+    page.goto(server.endpoint + "/rstudio/default/")
+    listed = row(page, "from-the-launcher")
+    assert listed.locator(".activity").inner_text() != "none yet"
     # Stop: DeleteApp; the page follows it to Deleted by itself (it refreshes while a session stops).
     listed.get_by_role("button", name="Stop from-the-launcher").click()
     page.wait_for_url(server.endpoint + "/rstudio/default/")

@@ -135,13 +135,11 @@ class SessionProxy:
         if upstream is None:
             return
         self._activity.touch(upstream.session_id)
-        session, base_url = self._pool.get(upstream.endpoint)
         await forward(
             scope,
             receive,
             send,
-            session=session,
-            base_url=base_url,
+            pool=self._pool.http(upstream.endpoint),
             path=path,
             upstream=upstream,
             origin=origin,

@@ -3,12 +3,12 @@
 Streaming and backpressure, end to end:
 
 - request body: a body that arrived in one ASGI message (nearly all of RStudio's RPCs) is sent as bytes;
-  a longer one is an async generator over `receive()`, which aiohttp pulls as it writes upstream. The ASGI
-  server stops reading the client's socket while it holds more than 64 KiB unread, and aiohttp waits for
+  a longer one is an async generator over `receive()`, which client.py pulls as it writes upstream. The ASGI
+  server stops reading the client's socket while it holds more than 64 KiB unread, and client.py waits for
   upstream's socket to drain, so an upload costs a few buffers whatever its size. The client's
-  Content-Length is kept; without one (chunked from the client) aiohttp sends chunked.
-- response body: `readany()` hands over what aiohttp has buffered (aiohttp stops reading upstream's socket
-  past its own high-water mark), and `send()` waits while the client's socket is full (uvicorn's flow
+  Content-Length is kept; without one (chunked from the client) the body goes upstream chunked.
+- response body: `read()` hands over what the client has buffered (client.py stops reading upstream's
+  socket past its high-water mark), and `send()` waits while the client's socket is full (uvicorn's flow
   control). A 1 GiB download keeps the proxy's memory flat.
 - a client that goes away: after the request body is in, a small watcher waits on `receive()` for
   `http.disconnect` and cancels the exchange, so a held `/events/get_events` or a download stops at once
@@ -24,10 +24,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from byoi.proxy.client import HTTPPool, Response, UpstreamError
 from byoi.proxy.headers import PublicOrigin, request_headers, response_headers
 from byoi.proxy.pages import send_bad_gateway
 from byoi.proxy.paths import SessionPath
@@ -53,8 +53,7 @@ async def forward(
     receive: Receive,
     send: Send,
     *,
-    session: aiohttp.ClientSession,
-    base_url: str,
+    pool: HTTPPool,
     path: SessionPath,
     upstream: Upstream,
     origin: PublicOrigin,
@@ -63,7 +62,7 @@ async def forward(
 ) -> None:
     client = scope.get("client")
     headers = request_headers(scope["headers"], origin, upstream.root_path, client and client[0], strip)
-    url = upstream_url(base_url, path, scope.get("query_string", b""))
+    target = upstream_target(path, scope.get("query_string", b""))
     first = await receive()
     if first["type"] != "http.request":
         return  # disconnected before the body
@@ -75,23 +74,22 @@ async def forward(
         body = first.get("body") or None
         watch.arm()
     started = False
+    response: Response | None = None
     try:
-        async with session.request(
-            scope["method"], url, headers=headers, data=body, allow_redirects=False, middlewares=()
-        ) as response:
-            out, rewrite = response_headers(response.raw_headers)
-            if rewrite:
-                out = _rewrite(out, origin, upstream.root_path, path.rest, strip)
-            started = True
-            await send({"type": "http.response.start", "status": response.status, "headers": out})
-            await _stream_down(response.content, send, watch)
+        response = await pool.request(scope["method"], target, headers, body)
+        out, rewrite = response_headers(response.headers)
+        if rewrite:
+            out = _rewrite(out, origin, upstream.root_path, path.rest, strip)
+        started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        await _stream_down(response, send, watch)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if not watch.gone or task is None:
             raise
         task.uncancel()  # cancelled by our own watcher: the client left, nothing more to do
-    except (TimeoutError, aiohttp.ClientError, OSError, ClientGone) as exc:
-        if watch.gone or isinstance(exc, ClientGone) or isinstance(exc.__cause__, ClientGone):
+    except (TimeoutError, UpstreamError, OSError, ClientGone) as exc:
+        if watch.gone or isinstance(exc, ClientGone):
             return
         if started:  # upstream failed mid-body: the client must see a truncated answer, not a complete one
             log.warning("upstream of session %s failed mid-response: %r", upstream.session_id, exc)
@@ -101,12 +99,16 @@ async def forward(
         await send_bad_gateway(send, exc, connect_timeout)
     finally:
         watch.stop()
+        if response is not None:
+            response.close()
 
 
-async def _stream_down(content: aiohttp.StreamReader, send: Send, watch: _Watch) -> None:
+async def _stream_down(response: Response, send: Send, watch: _Watch) -> None:
+    """Each batch of body bytes upstream has sent, as one ASGI message: everything buffered since the last
+    send (up to client.HIGH_WATER), so a small answer is one message and a download moves in large ones."""
     while True:
-        chunk = await content.readany()
-        if content.at_eof():
+        chunk = await response.read()
+        if response.at_eof:
             watch.finish()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
             return
@@ -148,15 +150,18 @@ def _rewrite(
     return out
 
 
-def upstream_url(base_url: str, path: SessionPath, query: bytes) -> URL:
-    """The URL upstream, built already encoded: yarl must not requote what paths.py made canonical."""
+def upstream_target(path: SessionPath, query: bytes) -> str:
+    """The request target upstream (path and query), already encoded: paths.py made the path canonical."""
     if not query:
-        return URL(base_url + path.rest, encoded=True)
+        return path.rest
     if all(b in _QUERY_SAFE for b in query):
-        text = query.decode("ascii")
-    else:
-        text = "".join(chr(b) if b in _QUERY_SAFE else f"%{b:02X}" for b in query)
-    return URL(base_url + path.rest + "?" + text, encoded=True)
+        return path.rest + "?" + query.decode("ascii")
+    return path.rest + "?" + "".join(chr(b) if b in _QUERY_SAFE else f"%{b:02X}" for b in query)
+
+
+def upstream_url(base_url: str, path: SessionPath, query: bytes) -> URL:
+    """The URL upstream for aiohttp (WebSockets), built already encoded: yarl must not requote it."""
+    return URL(base_url + upstream_target(path, query), encoded=True)
 
 
 class _Watch:

@@ -8,6 +8,8 @@ import html
 import aiohttp
 from starlette.types import Send
 
+from byoi.proxy.client import Disconnected, Unreachable
+
 _PAGE = (
     "<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{title}</title></head>\n"
     "<body><h1>{title}</h1>\n<p>{text}</p>\n</body></html>\n"
@@ -46,12 +48,12 @@ async def send_redirect(send: Send, location: bytes, status: int) -> None:
 
 def not_answering(exc: BaseException, connect_timeout: float) -> str:
     """Why the upstream did not answer, in words fit for the user's page (no socket paths, no addresses)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, (aiohttp.ClientConnectorError, Unreachable)):
         cause = exc.os_error.strerror or type(exc.os_error).__name__
         return f"RStudio is not answering: it could not be reached ({cause.lower()})"
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
         return f"RStudio is not answering: no connection within {connect_timeout:g} s"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, Disconnected)):
         return "RStudio is not answering: it closed the connection before answering"
     return f"RStudio is not answering: {type(exc).__name__}"
 

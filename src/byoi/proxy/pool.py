@@ -1,6 +1,8 @@
-"""One pooled aiohttp client per session endpoint, set up so that it adds nothing and keeps nothing.
+"""Per session endpoint: a lean HTTP pool (client.py) for plain requests, and an aiohttp client for
+WebSockets and the launcher's probe, opened only when first needed, set up so that it adds nothing and keeps
+nothing.
 
-Why these settings:
+Both keep idle connections for `KEEPALIVE` seconds and have only a connect timeout. The aiohttp settings:
 
 - `DummyCookieJar`: a client that remembered cookies would hand one user's RStudio cookies to the next
   request on the same pool; cookies travel only in the headers the browser sent.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
+from byoi.proxy.client import HTTPPool
 from byoi.runtime.base import Endpoint
 
 KEEPALIVE = 4.0
@@ -36,7 +39,22 @@ class OffEndpoint(aiohttp.ClientConnectionError):
 class Pool:
     def __init__(self, connect_timeout: float) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None)
+        self._connect_timeout = connect_timeout
         self._sessions: dict[Endpoint, tuple[aiohttp.ClientSession, str]] = {}
+        self._http: dict[Endpoint, HTTPPool] = {}
+
+    def http(self, endpoint: Endpoint) -> HTTPPool:
+        """The endpoint's pool for plain HTTP requests."""
+        found = self._http.get(endpoint)
+        if found is None:
+            found = self._http[endpoint] = HTTPPool(
+                socket=endpoint.socket,
+                host=endpoint.host,
+                port=endpoint.port,
+                connect_timeout=self._connect_timeout,
+                keepalive=KEEPALIVE,
+            )
+        return found
 
     def get(self, endpoint: Endpoint) -> tuple[aiohttp.ClientSession, str]:
         """The endpoint's client and the base URL ('http://host:port', no slash) to put paths on."""
@@ -68,11 +86,17 @@ class Pool:
         return session, f"http://{netloc}:{port}"
 
     async def forget(self, endpoint: Endpoint) -> None:
+        http = self._http.pop(endpoint, None)
+        if http is not None:
+            http.close()
         found = self._sessions.pop(endpoint, None)
         if found is not None:
             await found[0].close()
 
     async def close(self) -> None:
+        https, self._http = self._http, {}
+        for http in https.values():
+            http.close()
         sessions, self._sessions = self._sessions, {}
         for session, _ in sessions.values():
             await session.close()
