@@ -221,7 +221,7 @@ def test_a_local_user_other_than_byoi_cannot_reach_any_session(world: dict[str, 
         assert docker_client().api.port(world[who]["ContainerName"], 8787) in (None, [])
 
 
-def test_a_starting_session_shows_its_progress_then_rstudio(world: dict[str, Any]) -> None:
+def test_a_session_shows_its_progress_then_rstudio_then_its_failure(world: dict[str, Any]) -> None:
     sm, domain = world["sm"], world["domain"]
     sm.create_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="alice-later",
                   ResourceSpec={"SageMakerImageArn": world["image_arn"]})  # fmt: skip
@@ -242,7 +242,16 @@ def test_a_starting_session_shows_its_progress_then_rstudio(world: dict[str, Any
             assert time.monotonic() < deadline, "the session never answered through the proxy"
             time.sleep(0.05)
     assert seen_progress, "the launch was never seen in progress"
-    sm.delete_app(DomainId=domain, UserProfileName="alice", AppType="RSessionGateway", AppName="alice-later")
+    # Killed from outside: the reconciler marks it Failed, and the proxy shows the FailureReason.
+    docker_client().api.kill(s.progress(world["ext"], domain, "alice", "alice-later")["ContainerName"])
+    failed = s.wait_app(sm, domain, "alice", "alice-later", ("Failed",), timeout=60)
+    with client(world, world["alice_cookie"]) as c:
+        deadline = time.monotonic() + 10  # an allowed decision is remembered 2 s (docs/proxy.md)
+        while "Session alice-later failed" not in (answer := c.get(f"/sessions/{p['SessionId']}/")).text:
+            assert time.monotonic() < deadline, answer.text[:500]
+            time.sleep(0.25)
+    assert answer.status_code == 502
+    assert "exit code 137" in answer.text and "exit code 137" in failed["FailureReason"], answer.text[:500]
 
 
 def test_activity_through_the_proxy_is_recorded(world: dict[str, Any]) -> None:

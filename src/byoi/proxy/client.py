@@ -119,6 +119,7 @@ class HTTPPool:
                 if self._socket is not None:
                     _, conn = await loop.create_unix_connection(lambda: _Connection(self), self._socket)
                 else:
+                    assert self._host is not None and self._port is not None  # Endpoint: a socket or both
                     _, conn = await loop.create_connection(lambda: _Connection(self), self._host, self._port)
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from None
@@ -193,8 +194,21 @@ class Response:
     """One exchange's answer: `status`, `headers` (raw (name, value) pairs as upstream sent them), and the body
     through `read()`. Fed by its connection's parser."""
 
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_head", "_head_only", "_interim", "_size", "_waiter")
-    __slots__ += ("_writer", "framed", "headers", "status")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_done",
+        "_error",
+        "_head",
+        "_head_only",
+        "_interim",
+        "_size",
+        "_waiter",
+        "_writer",
+        "framed",
+        "headers",
+        "status",
+    )
 
     def __init__(self, conn: _Connection, method: str) -> None:
         self._conn: _Connection | None = conn
@@ -276,7 +290,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: HTTPPool) -> None:
         self._pool = pool
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport  # set by connection_made, before anything else is called
         self._parser = httptools.HttpResponseParser(self)
         self._response: Response | None = None
         self._drained: asyncio.Future[None] | None = None
@@ -366,7 +380,6 @@ class _Connection(asyncio.Protocol):
     # -- used by the pool and the response --
 
     def send(self, response: Response, head: bytes, body: Body, chunked: bool) -> None:
-        assert self._transport is not None
         self._response, self._received = response, False
         if body is None:
             self._transport.write(head)
@@ -379,7 +392,7 @@ class _Connection(asyncio.Protocol):
     async def _write_body(self, response: Response, body: AsyncIterator[bytes], chunked: bool) -> None:
         try:
             async for chunk in body:
-                if self.closed or self._transport is None:
+                if self.closed:
                     return
                 if chunk:
                     self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -395,7 +408,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def reading(self, on: bool) -> None:
-        if self._unread is not on or self._transport is None or self.closed:
+        if self._unread is not on or self.closed:
             return
         self._unread = not on
         if on:
@@ -419,8 +432,6 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
-        if not self.closed and self._transport is not None:
+        if not self.closed:
             self.closed = True
             self._transport.close()
-
-

@@ -114,7 +114,7 @@ def page(decision: Decision, scope: Scope, path: str) -> Response:
         )
     if decision.kind == "failed":
         return error_page(
-            502, f"{decision.app_name} failed to start", decision.failure_reason or "The session failed to start."
+            502, f"Session {decision.app_name} failed", decision.failure_reason or "The session failed."
         )
     return error_page(
         410, f"{decision.app_name} is not running", f"This RStudio session is {decision.status}: start a new one."
