@@ -113,9 +113,7 @@ def page(decision: Decision, scope: Scope, path: str) -> Response:
             total_mb=round(total / 1e6, 1),
         )
     if decision.kind == "failed":
-        return error_page(
-            502, f"Session {decision.app_name} failed", decision.failure_reason or "The session failed."
-        )
+        return error_page(502, f"Session {decision.app_name} failed", decision.failure_reason or "The session failed.")
     return error_page(
         410, f"{decision.app_name} is not running", f"This RStudio session is {decision.status}: start a new one."
     )
