@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -392,3 +393,31 @@ def test_an_rstudio_without_www_socket_falls_back_to_a_loopback_port(world: dict
         assert info.status_code == 200 and info.json()["standin"] is True
     assert raw_get(world["server"], f"/sessions/{p['SessionId']}/api/info", world["bob_cookie"])[0] == 403
     sm.delete_app(DomainId=domain, UserProfileName="erin", AppType="RSessionGateway", AppName="old")
+
+
+def test_the_cli_prints_the_session_url_and_a_presigned_link(world: dict[str, Any]) -> None:
+    server, domain, alice = world["server"], world["domain"], world["alice"]
+
+    def byoi(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "byoi", *args], env={**server.aws_env(), **env}, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    listed = byoi("sessions", "list", "-d", domain, "-u", "alice", "-o", "json")
+    assert listed.returncode == 0 and alice["Url"] in listed.stdout, listed.stdout + listed.stderr
+    link = byoi("sessions", "url", "alice-rs", "-d", domain, "-u", "alice")
+    assert link.returncode == 0, link.stderr
+    url = link.stdout.strip()
+    assert url.startswith(f"{server.endpoint}/auth/presigned?token="), url
+    landed = httpx.get(url, follow_redirects=False)  # signs the browser in as alice, onto her session
+    assert landed.status_code == 303 and landed.headers["location"] == f"/sessions/{alice['SessionId']}/"
+    with client(world, str(landed.cookies["byoi_session"])) as c:
+        assert c.get(f"/sessions/{alice['SessionId']}/api/info").status_code == 200
+    # No browser here (BROWSER names one that fails): `open` prints the link instead.
+    opened = byoi("sessions", "open", "alice-rs", "-d", domain, "-u", "alice", BROWSER="/bin/false")
+    assert opened.returncode == 0 and f"No browser is available here; open {alice['Url']}" in opened.stdout.replace(
+        "\n", ""
+    ), opened.stdout + opened.stderr
+    gone = byoi("sessions", "url", "no-such-app", "-d", domain, "-u", "alice")
+    assert gone.returncode != 0 and "no-such-app" in (gone.stdout + gone.stderr)
