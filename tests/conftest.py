@@ -127,6 +127,34 @@ def server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def rstudio_server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
+    """One byoi server for the modules that open sessions in a browser (the session proxy's and the launcher's):
+    each makes its own domains, and they share the stand-in image registered once (`rstudio_image`), so its
+    414 MB are pushed and inspected once."""
+    from tests.support import sessions
+
+    srv = ByoiServer(
+        data_dir=tmp_path_factory.mktemp("byoi-rstudio"), registries=[f"http://{registry}"], env=sessions.SESSION_ENV
+    ).start()
+    yield srv
+    srv.stop()
+    sessions.remove_sessions_of(srv.data_dir)
+
+
+@pytest.fixture(scope="session")
+def rstudio_image(rstudio_server: ByoiServer, registry: str) -> str:
+    """The RStudio STAND-IN (a TEST DOUBLE for the rserver binary only) registered on `rstudio_server`, version 1,
+    with the app image config `sessions.CONFIG`; its image name."""
+    from tests.support import sessions
+
+    sm = rstudio_server.client()
+    image = sessions.unique("standin")
+    sessions.register(sm, registry, image, "rstudio-standin", "v1")
+    sessions.ensure_config(sm)
+    return image
+
+
 @pytest.fixture(scope="module")
 def strict(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
     """A byoi server with the RStudio contract's default rule levels (an empty inspection config), unlike

@@ -39,31 +39,19 @@ pytestmark = [
 AWS = str(Path(sys.executable).parent / "aws")
 PASSWORD = "correct horse battery"  # noqa: S105 - a test account's
 SHARED = {"UserProfileName": "domain-shared", "AppType": "RStudioServerPro", "AppName": "default"}
-SESSION_ENV = {
-    "BYOI_SESSION_RECONCILE_SECONDS": "1",
-    "BYOI_SESSION_START_TIMEOUT": "60",
-    "BYOI_SESSION_STOP_TIMEOUT": "2",
-    "BYOI_SESSION_ACTIVITY_SECONDS": "0.5",
-}
 
 
 @pytest.fixture(scope="module")
-def server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
-    srv = ByoiServer(data_dir=tmp_path_factory.mktemp("byoi"), registries=[f"http://{registry}"], env=SESSION_ENV)
-    srv.start()
-    yield srv
-    srv.stop()
-    s.remove_sessions_of(srv.data_dir)
+def server(rstudio_server: ByoiServer) -> ByoiServer:
+    return rstudio_server  # shared with tests/test_session_proxy.py (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def world(server: ByoiServer, registry: str) -> dict[str, Any]:
+def world(server: ByoiServer, rstudio_image: str) -> dict[str, Any]:
     """An RStudio domain with the stand-in image attached (no version: any CREATED one), users alice and bob
     (each a user profile and a user principal bound to it)."""
     sm, ext = server.client(), s.extension(server)
-    image = s.unique("launch")
-    s.register(sm, registry, image, "rstudio-standin", "v1")
-    s.ensure_config(sm)
+    image = rstudio_image
     domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
     principals = {}
     for user in ("alice", "bob"):

@@ -32,21 +32,10 @@ pytestmark = [
     pytest.mark.skipif(not docker_available(), reason="Docker Engine is not running (scripts/services.sh)"),
 ]
 
-ENV = {
-    "BYOI_SESSION_RECONCILE_SECONDS": "1",
-    "BYOI_SESSION_START_TIMEOUT": "60",
-    "BYOI_SESSION_STOP_TIMEOUT": "2",
-    "BYOI_SESSION_ACTIVITY_SECONDS": "0.5",
-}
-
 
 @pytest.fixture(scope="module")
-def server(registry: str, tmp_path_factory: pytest.TempPathFactory):
-    srv = ByoiServer(data_dir=tmp_path_factory.mktemp("byoi"), registries=[f"http://{registry}"], env=ENV)
-    srv.start()
-    yield srv
-    srv.stop()
-    s.remove_sessions_of(srv.data_dir)
+def server(rstudio_server: ByoiServer) -> ByoiServer:
+    return rstudio_server  # shared with tests/test_launcher.py (tests/conftest.py)
 
 
 def profile_with_principal(sm: Any, ext: Any, domain: str, user: str) -> None:
@@ -78,11 +67,9 @@ def launched(world: dict[str, Any], user: str, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def world(server: ByoiServer, registry: str) -> dict[str, Any]:
+def world(server: ByoiServer, rstudio_image: str) -> dict[str, Any]:
     sm = server.client()
-    image = s.unique("proxied")
-    s.register(sm, registry, image, "rstudio-standin", "v1")
-    s.ensure_config(sm)
+    image = rstudio_image
     domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
     ext = s.extension(server)
     for user in ("alice", "bob"):
@@ -280,7 +267,7 @@ def test_idle_sessions_are_stopped_and_used_ones_kept(world: dict[str, Any], reg
     used, idle = launched(w, "carol", "busy"), launched(w, "dave", "idle")
     carol = cookie_of(sm, domain, "carol")
     arn = sm.describe_domain(DomainId=domain)["DomainArn"]
-    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "byoi:idle-timeout-minutes", "Value": "0.1"}])  # 6 seconds
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": "byoi:idle-timeout-minutes", "Value": "0.05"}])  # 3 seconds
     with client(w, carol) as c:
         deadline = time.monotonic() + 60
         while s.app_status(sm, domain, "dave", "idle")["Status"] not in ("Deleting", "Deleted"):

@@ -26,11 +26,7 @@ pytestmark = [
     pytest.mark.skipif(not docker_available(), reason="Docker Engine is not reachable (scripts/services.sh)"),
 ]
 
-SESSION_ENV = {
-    "BYOI_SESSION_RECONCILE_SECONDS": "1",
-    "BYOI_SESSION_START_TIMEOUT": "60",
-    "BYOI_SESSION_STOP_TIMEOUT": "2",
-}
+SESSION_ENV = s.SESSION_ENV
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,13 @@ from botocore.exceptions import ClientError
 from tests.support.docker_images import containers, push_test_image
 
 ROLE = "arn:aws:iam::000000000000:role/byoi-test"
+# Session servers of the tests: quick reconciling, short stops, activity written every half second.
+SESSION_ENV = {
+    "BYOI_SESSION_RECONCILE_SECONDS": "1",
+    "BYOI_SESSION_START_TIMEOUT": "60",
+    "BYOI_SESSION_STOP_TIMEOUT": "2",
+    "BYOI_SESSION_ACTIVITY_SECONDS": "0.5",
+}
 CONFIG = "rstudio-config"
 CONNECT_URL = "https://connect.example.test/team"
 PACKAGE_MANAGER_URL = "https://packages.example.test/cran/__linux__/bookworm/latest"
