@@ -96,13 +96,6 @@ class AppService:
         )
         return row.first() is not None
 
-    async def touch(self, session_id: str, when: float | None = None) -> None:
-        """Record user activity in a session (the seam the session proxy calls on traffic)."""
-        async with self.ctx.db.transaction() as conn:
-            await conn.execute(
-                sa.update(apps).where(apps.c.session_id == session_id).values(last_activity=when or time.time())
-            )
-
     # -- checks for other services ---------------------------------------------------------------
 
     async def _profile_live_apps(self, conn: AsyncConnection, _domain: Any, profile: Any) -> list[str]:

@@ -26,7 +26,7 @@ apps = sa.Table(
     sa.Column("image_version", sa.Integer),
     sa.Column("progress", sa.JSON),  # launch phase, pull bytes, message
     sa.Column("backend", sa.JSON),  # the runtime backend's own state (container id, host port, ...): opaque
-    sa.Column("last_activity", sa.Float),  # updated by the session proxy (the seam; see AppService.touch)
+    sa.Column("last_activity", sa.Float),  # the proxy's activity, written in batches (services/activity.py)
     sa.Column("last_health_check", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("modified_at", sa.Float, nullable=False),
