@@ -56,18 +56,6 @@ def user(sm, ext, domain_id: str, password: str | None = PASSWORD) -> str:
     return name
 
 
-def user_client(server, ext, name: str):
-    key = ext.create_access_key(PrincipalName=name)["AccessKey"]
-    return boto3.client(
-        "sagemaker",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
 def whoami(context, endpoint: str) -> dict:
     page = context.new_page()
     try:
@@ -463,7 +451,7 @@ def test_tampered_presigned_url_is_refused(server, sm, ext, context):
 def test_one_users_url_never_opens_another_profile(server, sm, ext, context, chromium):  # noqa: F811
     domain_id = new_domain(sm)
     alice, bob = user(sm, ext, domain_id), user(sm, ext, domain_id)
-    as_alice = user_client(server, ext, alice)
+    as_alice = server.client_as(ext, alice)
     with pytest.raises(ClientError) as refused:
         as_alice.create_presigned_domain_url(DomainId=domain_id, UserProfileName=bob)
     assert code(refused) == "AccessDeniedException" and bob in message(refused)

@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx2 as httpx
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from playwright.sync_api import expect
 
@@ -59,18 +57,6 @@ def world(server: ByoiServer, rstudio_image: str) -> dict[str, Any]:
         principals[user] = s.unique(user)
         ext.create_principal(Name=principals[user], Role="user", DomainId=domain, UserProfileName=user)
     return {"sm": sm, "ext": ext, "domain": domain, "image": image, "principals": principals}
-
-
-def user_client(server: ByoiServer, ext: Any, principal: str) -> Any:
-    key = ext.create_access_key(PrincipalName=principal)["AccessKey"]
-    return boto3.client(
-        "sagemaker",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-        config=Config(retries={"max_attempts": 1}),
-    )
 
 
 def aws(server: ByoiServer, *args: str) -> Any:
@@ -182,7 +168,7 @@ def test_the_documented_delete_and_create_app_steps_work_on_a_fresh_domain(serve
 
 def test_a_user_reads_the_shared_app_but_cannot_change_it(server: ByoiServer, world: dict[str, Any]) -> None:
     domain = world["domain"]
-    alice = user_client(server, world["ext"], world["principals"]["alice"])
+    alice = server.client_as(world["ext"], world["principals"]["alice"])
     assert alice.describe_app(DomainId=domain, **SHARED)["Status"] == "InService"
     listed = alice.list_apps(DomainIdEquals=domain, UserProfileNameEquals="domain-shared")["Apps"]
     assert [(a["AppType"], a["Status"]) for a in listed] == [("RStudioServerPro", "InService")]

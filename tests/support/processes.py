@@ -159,6 +159,18 @@ class ByoiServer:
             config=Config(retries={"max_attempts": 1}, **config),
         )
 
+    def client_as(self, ext, principal: str):
+        """A SageMaker client signed with a new access key of `principal` (made through `ext`, an admin's)."""
+        key = ext.create_access_key(PrincipalName=principal)["AccessKey"]
+        return boto3.client(
+            "sagemaker",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            config=Config(retries={"max_attempts": 1}),
+        )
+
     def aws_env(self) -> dict[str, str]:
         """Environment for the AWS CLI and the byoi CLI, the way a user would set it."""
         return {
