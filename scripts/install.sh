@@ -41,3 +41,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# axe-core: the accessibility checker the console's browser tests inject into each page (tests/support/console.py).
+# Pinned; installed from npm into tests/.node (untracked), never fetched at test time.
+AXE_VERSION=4.10.3
+if [ ! -f "tests/.node/node_modules/axe-core/axe.min.js" ] || ! grep -q "\"version\": \"$AXE_VERSION\"" tests/.node/node_modules/axe-core/package.json 2>/dev/null; then
+  if command -v npm >/dev/null; then
+    echo "==> npm install axe-core@$AXE_VERSION (tests/.node)"
+    npm install --prefix tests/.node --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null
+  else
+    echo "install.sh: npm is missing: the console's accessibility checks will be skipped (apt-get install npm)" >&2
+  fi
+fi

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import ci_guard
 from tests.support.browser import chromium  # noqa: F401 - the one Chromium of the whole run
+from tests.support.console import admin_page, console_admin, console_ext, console_server  # noqa: F401 - the console's
 from tests.support.oci import Pusher
 from tests.support.processes import STARTED_REGISTRY_PORTS, ByoiServer, free_port, start_registry
 from tests.support.token_server import TokenIssuer, serve

@@ -27,6 +27,7 @@ from byoi.auth.secrets import SecretBox
 from byoi.build.docker import DockerBuilder
 from byoi.build.settings import BuildSettings
 from byoi.config import Settings
+from byoi.console import routes as console_http
 from byoi.jobs.worker import Worker
 from byoi.metrics import Metrics
 from byoi.proxy.core import SessionProxy
@@ -227,6 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
     builds_http.install(app, state)  # context upload and build log routes (signed, outside POST /)
     auth_http.install(app, state)  # browser sign-in under /auth/ (session cookies)
     launcher_http.install(app, state)  # the RStudio launcher, /rstudio/default/ (and /console/domains/<id>)
+    console_http.install(app, state)  # the console, /console/ (pages, static files)
     oidc_http.install(app, state)  # OIDC sign-in for SSO domains under /auth/oidc/
     session_gate.install(app, state)  # GET /auth/session-check: forward-auth for a gateway in front
 
