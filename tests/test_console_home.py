@@ -46,6 +46,10 @@ def test_user_home_shows_their_domain_and_the_way_to_rstudio(chromium, console_s
     page = user_page(chromium, console_server.endpoint, name)
     try:
         expect(page.locator("#domain-id")).to_have_text(domain)
+        # Server-Timing names the API calls the page made (DescribeDomain, ListEffectiveImages): the benchmark
+        # replays the same calls and checks their count against it.
+        answer = page.request.get(console_server.endpoint + "/console/")
+        assert 'desc="2 calls"' in answer.headers["server-timing"], answer.headers["server-timing"]
         nav = page.get_by_role("navigation", name="Console")
         expect(nav.get_by_role("link", name="Principals")).to_have_count(0)
         expect(page.get_by_role("link", name="Open RStudio")).to_have_attribute("href", "/rstudio/default/")

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -136,6 +136,7 @@ class Page:
 
     request: Request
     session: BrowserSession
+    calls: list[tuple[str, float]] = field(default_factory=list)  # (operation, seconds), for Server-Timing
 
     @property
     def principal(self) -> Principal:
@@ -161,7 +162,11 @@ class Page:
 
     async def call(self, name: str, params: dict[str, Any] | None = None, prefix: str = SAGEMAKER_PREFIX) -> Any:
         """`<prefix>.<name>` as this page's principal, exactly as the API would answer it."""
-        return await self.state["dispatcher"].dispatch(self.principal, prefix, name, params or {})
+        started = time.perf_counter()
+        try:
+            return await self.state["dispatcher"].dispatch(self.principal, prefix, name, params or {})
+        finally:
+            self.calls.append((name, time.perf_counter() - started))
 
     async def ext(self, name: str, params: dict[str, Any] | None = None) -> Any:
         """A byoi extension operation (`Byoi.<name>`)."""
@@ -245,7 +250,10 @@ def page_route(handler: Handler, admin_only: bool = False) -> Callable[[Request]
                         403, "For administrators", "This page is for administrators of byoi.", principal
                     )
                 else:
-                    response = await handler(Page(request, session))
+                    page = Page(request, session)
+                    started = time.perf_counter()
+                    response = await handler(page)
+                    response.headers["Server-Timing"] = server_timing(page, time.perf_counter() - started)
         except Refused as refused:
             response = error_page(refused.status, refused.title, refused.message, principal)
         except ByoiError as err:
@@ -261,6 +269,13 @@ def page_route(handler: Handler, admin_only: bool = False) -> Callable[[Request]
         return response
 
     return run
+
+
+def server_timing(page: Page, total: float) -> str:
+    """`Server-Timing` (W3C) for a page: the time in API calls (and how many), and the whole handler. The
+    benchmark (bench/console.py) checks its call count against the calls it replays through the API."""
+    api = sum(seconds for _, seconds in page.calls)
+    return f'api;dur={api * 1000:.1f};desc="{len(page.calls)} calls", page;dur={total * 1000:.1f}'
 
 
 def admin_route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
