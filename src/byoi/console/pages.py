@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
+import regex
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -112,11 +113,64 @@ def status_of(err: ByoiError) -> int:
     return PAGE_STATUS.get(err.code, err.status if err.status >= 400 else 400)
 
 
+# What the model's patterns mean, in words (the API's message quotes the pattern itself).
+PATTERN_WORDS = {
+    "[a-zA-Z0-9]([-.]?[a-zA-Z0-9]){0,62}": "use letters and digits, with single hyphens or dots between them",
+    "[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}": "use letters, digits and hyphens, starting and ending with a letter or digit",
+    "\\S(.*\\S)?": "not start or end with a space",
+    "(?!^[.-])^([a-zA-Z0-9-_.]+)": "use letters, digits, '-', '_' and '.', not starting with '-' or '.'",
+    "([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)": "use letters, digits, spaces and _ . : / = + - @ only",
+}
+_VALIDATION = regex.compile(
+    r"Value '(?P<value>.*?)' at '(?P<path>[^']+)' failed to satisfy constraint: Member must (?P<rule>.*?)"
+    r"(?=; Value '|$)",
+    regex.DOTALL,
+)
+_RULES = (
+    (regex.compile(r"have length greater than or equal to 1"), lambda m: "must not be empty"),
+    (regex.compile(r"have length greater than or equal to (\d+)"), lambda m: f"must be at least {m[1]} characters"),
+    (regex.compile(r"have length less than or equal to (\d+)"), lambda m: f"must be at most {m[1]} characters"),
+    (regex.compile(r"satisfy enum value set: \[(.*)\]"), lambda m: f"must be one of: {m[1]}"),
+    (
+        regex.compile(r"satisfy regular expression pattern: (.*)", regex.DOTALL),
+        lambda m: "must " + PATTERN_WORDS.get(m[1].strip("^$"), f"match the pattern {m[1]}"),
+    ),
+)
+
+
+def _label(path: str, labels: Mapping[str, str]) -> str:
+    member = path.split(".")[-1] if not path.split(".")[-1].isdigit() else path
+    return labels.get(path) or labels.get(member) or regex.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", member).lower()
+
+
+def _validation_words(message: str, labels: Mapping[str, str]) -> str | None:
+    problems = []
+    for found in _VALIDATION.finditer(message):
+        rule = found["rule"]
+        for pattern, words in _RULES:
+            matched = pattern.fullmatch(rule)
+            if matched:
+                rule = words(matched)
+                break
+        else:
+            rule = "must " + rule
+        label = _label(found["path"], labels)
+        value = found["value"]
+        problems.append(f"The {label} '{value}' {rule}." if value else f"The {label} {rule}.")
+    return " ".join(problems) or None
+
+
 def explain(err: ByoiError, labels: Mapping[str, str] | None = None) -> str:
-    """The API's message for a person: member names (`'ImageName'`, `ImageName`) become the form's words."""
+    """The API's message for a person: a validation failure becomes one sentence per field in the form's words
+    (`labels` maps member names to them), other messages keep the API's words with member names replaced."""
+    words = {**COMMON_LABELS, **(labels or {})}
+    if err.code == "ValidationException":
+        said = _validation_words(err.message, words)
+        if said:
+            return said
     message = err.message
-    for member, label in {**COMMON_LABELS, **(labels or {})}.items():
-        message = message.replace(f"'{member}'", label).replace(member, label)
+    for member, label in words.items():
+        message = regex.sub(rf"'?\b{member}\b'?", label, message)
     if err.code == "AccessDeniedException":
         return f"You are not allowed to do this: {message}"
     return message
