@@ -15,6 +15,7 @@ def test_console_requires_sign_in_and_comes_back(chromium, console_server, conso
     try:
         page.goto(console_server.endpoint + "/console/images")
         assert "/auth/sign-in" in page.url
+        check_accessible(page, "sign-in page")
         page.get_by_label("Username").fill(console_admin)
         page.get_by_label("Password").fill("correct horse battery")
         page.get_by_role("button", name="Sign in").click()
