@@ -81,7 +81,10 @@ async def fetch_page(
             if descending
             else sa.or_(sort_column > key, sa.and_(sort_column == key, id_column > last_id))
         )
-        query = query.where(after)
+        # The redundant bound on the sort column alone is what PostgreSQL can seek the index with: it does not
+        # use the OR form as an index condition, and a deep page would walk and discard every row before it.
+        bound = sort_column <= key if descending else sort_column >= key
+        query = query.where(bound, after)
     order = (sort_column.desc(), id_column.desc()) if descending else (sort_column.asc(), id_column.asc())
     rows = list((await conn.execute(query.order_by(*order).limit(max_results + 1))).all())
     token = None
