@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from byoi import logs
 from byoi.build.settings import BuildSettings
 from byoi.cli import admin as admin_cli
 from byoi.cli import builds as builds_cli
@@ -103,7 +104,22 @@ DockerConfig = Annotated[
 Region = Annotated[str, typer.Option(envvar="BYOI_REGION")]
 Account = Annotated[str, typer.Option("--account-id", envvar="BYOI_ACCOUNT_ID")]
 Platform = Annotated[str, typer.Option(envvar="BYOI_PLATFORM", help="Platform image indexes resolve to.")]
-LogLevel = Annotated[str, typer.Option(envvar="BYOI_LOG_LEVEL")]
+LogLevel = Annotated[
+    logs.Level,
+    typer.Option(
+        envvar="BYOI_LOG_LEVEL",
+        case_sensitive=False,
+        help="Lowest level logged; debug also shows the libraries' lines (migrations, uvicorn, HTTP clients).",
+    ),
+]
+LogFormat = Annotated[
+    logs.Format,
+    typer.Option(
+        envvar="BYOI_LOG_FORMAT",
+        help="Log lines on stderr: text (readable, coloured on a terminal), json (one object a line), "
+        "or auto: text on a terminal, else json.",
+    ),
+]
 TlsCert = Annotated[
     Path | None,
     typer.Option(envvar="BYOI_TLS_CERT", help="Serve HTTPS with this PEM certificate (chain); needs --tls-key."),
@@ -181,7 +197,8 @@ def server(
     region: Region = "us-east-1",
     account_id: Account = "000000000000",
     platform: Platform = "linux/amd64",
-    log_level: LogLevel = "INFO",
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "auto",
     inspection_config: inspect_cli.InspectionConfigOpt = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
@@ -192,7 +209,11 @@ def server(
     settings = _settings(
         data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform
     )
-    run_server(with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key), log_level)
+    run_server(
+        with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key),
+        log_level,
+        log_format,
+    )
 
 
 @app.command()
@@ -208,12 +229,13 @@ def up(
     region: Region = "us-east-1",
     account_id: Account = "000000000000",
     platform: Platform = "linux/amd64",
-    log_level: LogLevel = "INFO",
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "auto",
     inspection_config: inspect_cli.InspectionConfigOpt = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
 ) -> None:
-    """Start a local registry and the server using it (one machine). Ctrl-C stops both."""
+    """Check Docker Engine, start a local registry and the server using it (one machine). Ctrl-C stops both."""
     from byoi.cli.server import run_up, with_tls
 
     settings = _settings(
@@ -229,7 +251,10 @@ def up(
         platform,
     )
     run_up(
-        with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key), registry_port, log_level
+        with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key),
+        registry_port,
+        log_level,
+        log_format,
     )
 
 

@@ -7,8 +7,19 @@ class RegistryError(Exception):
     transient = False
 
 
+def unreachable_message(host: str, why: str) -> str:
+    """The one way byoi says a registry does not answer (its client here, the Engine's pushes and pulls)."""
+    return f"The registry {host} is not reachable: {why}"
+
+
 class RegistryUnreachable(RegistryError):
+    """The registry does not answer: stopped, a wrong address, or the network in between."""
+
     transient = True
+
+    def __init__(self, host: str, why: str) -> None:
+        super().__init__(unreachable_message(host, why))
+        self.host = host
 
 
 class RegistryServerError(RegistryError):
