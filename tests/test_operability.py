@@ -9,13 +9,16 @@ import httpx2 as httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.support.docker_images import docker_available
 from tests.support.processes import free_port
 
 
+@pytest.mark.docker
+@pytest.mark.skipif(not docker_available(), reason="Docker Engine is not reachable (scripts/services.sh)")
 def test_healthz_reports_store_and_registry(server, registry):
     r = httpx.get(server.endpoint + "/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"store": "ok", f"registry {registry}": "ok"}}
+    assert r.json() == {"status": "ok", "checks": {"store": "ok", "docker": "ok", f"registry {registry}": "ok"}}
 
 
 def test_healthz_unhealthy_when_registry_down(server_factory):
@@ -25,7 +28,7 @@ def test_healthz_unhealthy_when_registry_down(server_factory):
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "unhealthy" and body["checks"]["store"] == "ok"
-    assert "could not be reached" in body["checks"][f"registry {down}"]
+    assert body["checks"][f"registry {down}"].startswith(f"error: The registry {down} is not reachable: ")
 
 
 def test_metrics_count_and_time_requests_by_operation_and_outcome(server, sm):

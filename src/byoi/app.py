@@ -240,13 +240,25 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        """The store, Docker Engine (the sessions' and, when it is another one, the builds') and each registry:
+        "ok" or "error: <what is wrong>" each; 503 when one fails."""
         ctx: ServiceContext = state["ctx"]
+        services: Services = state["services"]
         checks: dict[str, str] = {}
         try:
             await ctx.db.ping()
             checks["store"] = "ok"
         except Exception as exc:  # any store failure is reported, not raised
             checks["store"] = f"error: {type(exc).__name__}: {exc}"
+        engines = {"docker": services.apps.runtime.ping}
+        if services.builds.settings.docker_host != services.apps.settings.docker_host:
+            engines["docker builds"] = services.builds.builder.ping
+        for name, ping in engines.items():
+            try:
+                await ping()
+                checks[name] = "ok"
+            except Exception as exc:  # "Docker Engine is not reachable at <address>: <why>", or the Engine's answer
+                checks[name] = f"error: {exc}"
         for reg in settings.registries:
             try:
                 await ctx.registry.ping(reg.host)

@@ -51,7 +51,8 @@ class BuildFailed(Exception):
 
 
 class BuilderUnavailable(Exception):
-    """The backend cannot be reached (e.g. the Docker Engine is not running): worth retrying later."""
+    """The backend cannot be reached (e.g. Docker Engine is not running); the message says where and why, fit
+    for the build's FailureReason as it is."""
 
 
 class Builder(Protocol):

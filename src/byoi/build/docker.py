@@ -4,6 +4,10 @@ through aiodocker, with the JSON progress streams turned into build-log events.
 Cancelling `build()` closes the HTTP request, and the Engine then stops the build and removes its
 intermediate containers (`forcerm`). BuildKit-only Dockerfile features (`RUN --mount`, heredocs) are not
 available with this backend.
+
+An Engine that does not answer is `BuilderUnavailable` saying "Docker Engine is not reachable at <address>:
+<why>" (docker_engine.py); a push to a registry the Engine cannot reach fails saying "The registry <host> is
+not reachable: …".
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import aiohttp
 import regex
 
 from byoi.build.base import BuilderUnavailable, BuildFailed, BuildRequest, Emit, PushRequest
+from byoi.docker_engine import CONNECTION_ERRORS, EngineClient, registry_failure
 
 _STEP = regex.compile(r"Step (\d+)/(\d+) : (.*)")
 _CHUNK = 1 << 20
 PROGRESS_INTERVAL = 0.25  # seconds between progress events per layer
+PING_TIMEOUT = 10.0  # seconds the Engine has to answer before a build starts
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
@@ -67,20 +73,24 @@ class DockerBuilder:
 
     def __init__(self, docker_host: str | None = None) -> None:
         self._host = docker_host
-        self._docker: aiodocker.Docker | None = None
+        self._docker: EngineClient | None = None
         self._push_locks: dict[str, asyncio.Lock] = {}
 
     @property
-    def docker(self) -> aiodocker.Docker:
+    def docker(self) -> EngineClient:
+        """The Engine client, opened on first use (raises BuilderUnavailable while there is no Engine)."""
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self._host)
+            self._docker = EngineClient(self._host, BuilderUnavailable)
         return self._docker
 
     async def ping(self) -> None:
         try:
-            await self.docker.version()
-        except (aiohttp.ClientError, OSError, aiodocker.DockerError, ValueError) as exc:
-            raise BuilderUnavailable(f"the Docker Engine is not reachable: {exc}") from exc
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.docker.version()
+        except TimeoutError:
+            raise self.docker.gone(f"no answer within {PING_TIMEOUT:g} s") from None
+        except aiodocker.DockerError as exc:
+            raise BuilderUnavailable(f"Docker Engine at {self.docker.address} answered: {_error_message(exc)}") from exc
 
     async def close(self) -> None:
         if self._docker is not None:
@@ -146,11 +156,9 @@ class DockerBuilder:
                     response.close()
         except aiodocker.DockerError as exc:
             # 4xx before any step: e.g. "dockerfile parse error line 3: unknown instruction: RUNN".
-            if exc.status >= 500 and "connect" in _error_message(exc).lower():
-                raise BuilderUnavailable(_error_message(exc)) from exc
             raise BuildFailed(_error_message(exc), step) from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise BuilderUnavailable(f"lost the Docker Engine during the build: {exc}") from exc
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc, "during the build") from exc
         if image_id is None:
             raise BuildFailed("the Docker Engine finished the build without reporting an image id", step)
         return image_id
@@ -165,9 +173,9 @@ class DockerBuilder:
                 await self.docker.images.tag(request.image_id, request.repository, tag=request.tag)
                 return await self._push(request, server, emit)
             except aiodocker.DockerError as exc:
-                raise BuildFailed(_error_message(exc), phase="push") from exc
-            except (aiohttp.ClientConnectionError, OSError) as exc:
-                raise BuilderUnavailable(f"lost the Docker Engine during the push: {exc}") from exc
+                raise BuildFailed(registry_failure(server, _error_message(exc)), phase="push") from exc
+            except CONNECTION_ERRORS as exc:
+                raise self.docker.gone(exc, "during the push") from exc
 
     async def _push(self, request: PushRequest, server: str, emit: Emit) -> str:
         async with self.docker._query(
@@ -178,7 +186,7 @@ class DockerBuilder:
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
         ) as response:
             try:
-                digest = await _read_push(response, emit)
+                digest = await _read_push(response, emit, server)
             finally:
                 response.close()  # a cancelled push must not leave the Engine streaming to nobody
         if digest is None:
@@ -186,7 +194,7 @@ class DockerBuilder:
         return digest
 
 
-async def _read_push(response: aiohttp.ClientResponse, emit: Emit) -> str | None:
+async def _read_push(response: aiohttp.ClientResponse, emit: Emit, server: str) -> str | None:
     """Turn the push stream into events: a `push` event when a layer's status changes, and its byte progress
     at most every PROGRESS_INTERVAL; return the manifest digest the Engine reports at the end."""
     digest: str | None = None
@@ -195,7 +203,8 @@ async def _read_push(response: aiohttp.ClientResponse, emit: Emit) -> str | None
     async for item in _json_lines(response):
         if "error" in item or "errorDetail" in item:
             detail = item.get("errorDetail") or {}
-            raise BuildFailed(str(detail.get("message") or item.get("error")).strip(), phase="push")
+            message = str(detail.get("message") or item.get("error")).strip()
+            raise BuildFailed(registry_failure(server, message), phase="push")
         aux = item.get("aux")
         if isinstance(aux, dict) and aux.get("Digest"):
             digest = aux["Digest"]

@@ -22,6 +22,7 @@ import regex
 
 from byoi.config import RegistryConfig
 from byoi.oci_json import descriptor_problem, json_type
+from byoi.reachability import Reachability, connection_failure
 from byoi.registry.errors import (
     PlatformNotFound,
     RegistryAuthError,
@@ -125,6 +126,7 @@ class _HostState:
     base_url: str
     credentials: Credentials
     http: httpx.AsyncClient
+    reach: Reachability  # logs once when the registry stops answering, once when it is back
     # Authorization header per scope, learnt from the last challenge.
     authorizations: dict[str, str] = field(default_factory=dict)
 
@@ -174,7 +176,9 @@ class RegistryClient:
                 # Plain HTTP only for loopback registries that were not configured explicitly.
                 base = f"{'http' if is_loopback(host) else 'https'}://{host}"
                 creds = self._docker_credentials.get(host, Credentials())
-            state = self._hosts[host] = _HostState(base, creds, self._client_for(cfg))
+            state = self._hosts[host] = _HostState(
+                base, creds, self._client_for(cfg), Reachability(f"The registry {host}")
+            )
         return state
 
     # -- HTTP with the auth dance ---------------------------------------------------------------
@@ -198,14 +202,17 @@ class RegistryClient:
                 request = state.http.build_request(method, state.base_url + path, headers=hdrs)
                 response = await state.http.send(request, stream=stream)
             except httpx.TimeoutException as exc:
-                raise RegistryUnreachable(f"registry {host} did not answer in time ({type(exc).__name__})") from exc
+                raise self._unreachable(
+                    state, host, f"no answer within {self._timeout:g} s ({type(exc).__name__})"
+                ) from exc
             except httpx.TransportError as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     raise RegistryTLSError(
                         f"the TLS certificate of registry {host} could not be verified ({exc}); "
                         "if it uses a private CA, set ca_file for it in the registries file"
                     ) from exc
-                raise RegistryUnreachable(f"registry {host} could not be reached: {exc or type(exc).__name__}") from exc
+                raise self._unreachable(state, host, f"{connection_failure(exc)} ({state.base_url})") from exc
+            state.reach.answered()
             if response.status_code != 401 or attempt == 1:
                 return response
             challenge = response.headers.get("www-authenticate", "")
@@ -213,6 +220,12 @@ class RegistryClient:
             auth = await self._authorize(host, state, challenge, scope)
             state.authorizations[scope] = auth
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _unreachable(state: _HostState, host: str, why: str) -> RegistryUnreachable:
+        exc = RegistryUnreachable(host, why)
+        state.reach.lost(str(exc))
+        return exc
 
     async def _authorize(self, host: str, state: _HostState, challenge: str, scope: str) -> str:
         creds = state.credentials
@@ -234,7 +247,7 @@ class RegistryClient:
             try:
                 response = await state.http.get(realm, params=query, auth=basic)
             except httpx.TransportError as exc:
-                raise RegistryUnreachable(f"token service {realm} for registry {host} could not be reached") from exc
+                raise RegistryUnreachable(host, f"its token service {realm}: {connection_failure(exc)}") from exc
             if response.status_code in (401, 403):
                 raise RegistryAuthError(f"token service of registry {host} refused the configured credentials")
             if response.status_code >= 500:
@@ -351,7 +364,7 @@ class RegistryClient:
                     yield part
             except httpx.TransportError as exc:  # the connection dropped or stalled mid-blob: worth another try
                 raise RegistryUnreachable(
-                    f"registry {host} stopped sending blob {digest} of {repository} midway: {exc or type(exc).__name__}"
+                    host, f"it stopped sending blob {digest} of {repository} midway: {connection_failure(exc)}"
                 ) from exc
             if "sha256:" + hasher.hexdigest() != digest:
                 raise RegistryBadContent(f"blob {digest} of {repository} does not match its digest")

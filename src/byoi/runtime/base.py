@@ -118,6 +118,10 @@ class SessionRuntime(Protocol):
 
     name: str
 
+    async def ping(self) -> None:
+        """Raise `Unreachable` unless the backend answers now (the health check asks)."""
+        ...
+
     async def capacity(self) -> HostCapacity:
         """The CPUs and memory one session may be given at most (instance types are checked against it)."""
         ...

@@ -3,7 +3,9 @@
 
 Pull with progress, create, write files into a created container, start, read its state, tail logs, stop
 and remove, and list byoi's containers by label. Engine failures become `RuntimeFailure` with the engine's
-own message, so a service can put it in a FailureReason; the engine's inspect documents stay in here.
+own message, so a service can put it in a FailureReason; an Engine that does not answer is `Unreachable`
+("Docker Engine is not reachable at <address>: <why>", docker_engine.py); the engine's inspect documents stay
+in here.
 
 Each session gets a socket directory on the host, `<socket_root>/<hash of the container name>/`, owned by
 the session's UID with mode 0700, inside `socket_root` (mode 0700, owned by byoi's user): rserver listens on
@@ -28,6 +30,7 @@ from typing import Any
 import aiodocker
 import httpx2 as httpx
 
+from byoi.docker_engine import CONNECTION_ERRORS, EngineClient, registry_failure
 from byoi.runtime.base import (
     GONE,
     Endpoint,
@@ -45,6 +48,7 @@ from byoi.runtime.spec import SESSION_PORT, SOCKET_NAME, PullProgress, SessionSp
 __all__ = ["DockerRuntime", "RuntimeFailure", "PullTracker", "default_socket_root", "socket_path_problem"]
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks
+PING_TIMEOUT = 5.0  # seconds the Engine has to answer a ping (the health check)
 MAX_SYMLINKS = 8
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 SOCKET_DIR_NAME_LEN = 16
@@ -110,7 +114,7 @@ class DockerRuntime:
 
     def __init__(self, docker_host: str | None = None, socket_root: Path | None = None) -> None:
         self._host = docker_host
-        self._docker: aiodocker.Docker | None = None
+        self._docker: EngineClient | None = None
         self._capacity: HostCapacity | None = None
         self.socket_root = socket_root
 
@@ -121,10 +125,21 @@ class DockerRuntime:
         return self.socket_root / hashlib.sha256(name.encode()).hexdigest()[:SOCKET_DIR_NAME_LEN]
 
     @property
-    def docker(self) -> aiodocker.Docker:
+    def docker(self) -> EngineClient:
+        """The Engine client, opened on first use (raises Unreachable while there is no Engine to open it on)."""
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self._host)
+            self._docker = EngineClient(self._host, Unreachable)
         return self._docker
+
+    async def ping(self) -> None:
+        """Raise Unreachable unless the Engine answers within PING_TIMEOUT."""
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.docker.version()
+        except TimeoutError:
+            raise self.docker.gone(f"no answer within {PING_TIMEOUT:g} s") from None
+        except aiodocker.DockerError as exc:
+            raise RuntimeFailure(f"Docker Engine at {self.docker.address} answered: {_message(exc)}") from None
 
     async def close(self) -> None:
         if self._docker is not None:
@@ -136,8 +151,8 @@ class DockerRuntime:
         if self._capacity is None:
             try:
                 info = await self.docker.system.info()
-            except (aiodocker.DockerError, OSError) as exc:
-                raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+            except aiodocker.DockerError as exc:
+                raise RuntimeFailure(_message(exc)) from None
             self._capacity = HostCapacity(int(info.get("NCPU") or 1), int(info.get("MemTotal") or 0))
         return self._capacity
 
@@ -158,15 +173,16 @@ class DockerRuntime:
         try:
             async for event in self.docker.images.pull(ref, auth=auth, stream=True):
                 if event.get("error"):
-                    raise RuntimeFailure(str(event.get("errorDetail", {}).get("message") or event["error"]))
+                    message = str(event.get("errorDetail", {}).get("message") or event["error"])
+                    raise RuntimeFailure(registry_failure(ref.split("/", 1)[0], message))
                 tracker.feed(event)
                 if time.monotonic() - last >= PROGRESS_INTERVAL:
                     last = time.monotonic()
                     await on_progress(tracker.progress())
         except aiodocker.DockerError as exc:
-            raise RuntimeFailure(_message(exc)) from None
-        except OSError as exc:
-            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+            raise RuntimeFailure(registry_failure(ref.split("/", 1)[0], _message(exc))) from None
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc, "during the pull") from None
         final = tracker.progress()
         await on_progress(final)
         return final
@@ -206,8 +222,8 @@ class DockerRuntime:
             )
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
-        except OSError as exc:
-            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc) from None
 
     async def read_file(self, container: str, path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """A file's content in a (created) container, following symlinks; None when it does not exist."""
@@ -267,8 +283,8 @@ class DockerRuntime:
             if exc.status == 404:
                 return None
             raise RuntimeFailure(_message(exc)) from None
-        except OSError as exc:
-            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc) from None
         return dict(c._container)
 
     async def state(self, name: str) -> SessionState:
@@ -325,8 +341,8 @@ class DockerRuntime:
                 await self._remove_socket_dir(name)
                 return
             # 304 (already stopped) and other states: removal below forces it
-        except OSError as exc:
-            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc) from None
         try:
             await c.delete(force=True, v=True)
         except aiodocker.DockerError as exc:
@@ -347,8 +363,8 @@ class DockerRuntime:
             )
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
-        except OSError as exc:
-            raise Unreachable(f"Docker Engine is not reachable: {exc}") from None
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc) from None
         return [
             ManagedSession(
                 name=(c.get("Names") or ["/"])[0].lstrip("/"),

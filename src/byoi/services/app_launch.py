@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from byoi.jobs.worker import Claim, RetryLater, Task
 from byoi.registry.engine_auth import engine_auth
-from byoi.runtime.base import GONE, RuntimeFailure, SessionRuntime, SessionState
+from byoi.runtime.base import GONE, RuntimeFailure, SessionRuntime, SessionState, Unreachable
 from byoi.runtime.settings import RuntimeSettings
 from byoi.runtime.spec import PullProgress, SessionSpec
 from byoi.services import session_files as files
@@ -178,7 +178,9 @@ class Launcher:
         except Aborted:
             return
         except (LaunchFailed, RuntimeFailure, PermissionError) as exc:
-            reason = str(exc) if not isinstance(exc, RuntimeFailure) else f"Docker Engine: {exc}"
+            # Unreachable says "Docker Engine is not reachable at <address>: …" itself; other refusals get the prefix.
+            engine_refused = isinstance(exc, RuntimeFailure) and not isinstance(exc, Unreachable)
+            reason = f"Docker Engine: {exc}" if engine_refused else str(exc)
             await self._fail(claim, row, reason)
             return
         except (OSError, httpx.TransportError) as exc:
@@ -274,6 +276,8 @@ class Launcher:
         registry = image.split("/", 1)[0]
         try:
             pulled = await self.runtime.ensure_image(image, registry_auth(self.ctx, registry), report)
+        except Unreachable:
+            raise  # the Engine itself, not the pull: said as such
         except RuntimeFailure as exc:
             raise LaunchFailed(f"Cannot pull {image}: {exc}") from None
         if not pulled:
@@ -345,7 +349,9 @@ class Launcher:
                 lines = await self.runtime.logs_tail(name, LOG_LINES)
                 await self.runtime.remove(name, self.settings.stop_timeout)
             except (RuntimeFailure, OSError) as exc:
-                raise RetryLater(5.0, f"cannot remove container {name}: {exc}") from exc
+                # An Engine that does not answer is logged once by the Engine client, not at every retry.
+                quiet = isinstance(exc, Unreachable)
+                raise RetryLater(5.0, f"cannot remove container {name}: {exc}", routine=quiet) from exc
         await self._update(
             claim,
             row,
@@ -382,6 +388,8 @@ class Launcher:
                 await self.reconcile()
             except asyncio.CancelledError:
                 raise
+            except Unreachable as exc:  # logged once when the Engine goes away and once when it is back
+                log.debug("cannot check sessions: %s", exc)
             except RuntimeFailure as exc:
                 log.warning("cannot check sessions: %s", exc)
             except Exception:  # keep reconciling whatever one pass hit

@@ -207,8 +207,8 @@ class BuildRunner:
                 "failure_reason": failure_reason(exc, list(blog.last_lines), where),
                 "failed_step": exc.step[:512] if exc.step else None,
             }
-        except BuilderUnavailable as exc:
-            return "FAILED", {"failure_reason": f"The builder is not available: {exc}"[:1024]}
+        except BuilderUnavailable as exc:  # "Docker Engine is not reachable at <address>: <why>"
+            return "FAILED", {"failure_reason": str(exc)[:1024]}
         values: dict[str, Any] = {"digest": digest}
         if row.image_name:
             try:
