@@ -8,6 +8,7 @@ pushed to the same tag. Transient registry errors are retried with back-off befo
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from byoi import arns
 from byoi.errors import ResourceInUse, ResourceNotFound, ValidationException
 from byoi.jobs.worker import Claim, RetryLater, Task
 from byoi.registry import reference
-from byoi.registry.errors import RegistryError
+from byoi.registry.errors import RegistryBadContent, RegistryError, RegistryNotFound
 from byoi.services.context import ServiceContext
 from byoi.services.images import load_image, require_not_deleting
 from byoi.services.tags import delete_all_tags
@@ -28,6 +29,7 @@ from byoi.store.schema import image_versions as versions_t
 from byoi.store.schema import images as images_t
 
 DEFAULT_PAGE = 10
+MAX_CONFIG_BYTES = 1 << 20  # an image config is a few KiB; one this big is not worth reading for its platform
 SORT_COLUMNS = {"CREATION_TIME": "created_at", "LAST_MODIFIED_TIME": "modified_at", "VERSION": "version"}
 # Members byoi keeps and echoes but does not act on.
 ECHOED = {
@@ -291,6 +293,64 @@ class ImageVersionService:
             await self._add_aliases(conn, image, version_id, aliases or [])
         self.ctx.worker.wake()
         return {"ImageVersionArn": self.ctx.arns.image_version(image.name, number)}
+
+    async def describe_image_reference(self, image_reference: str) -> dict[str, Any]:
+        """Byoi.DescribeImageReference: resolve a reference as a new version's BaseImage would be resolved (the
+        default registry when it names none, the runtime platform), and read its config for the platform;
+        nothing is created or stored."""
+        try:
+            ref = reference.parse(image_reference)
+        except reference.InvalidReference as exc:
+            raise ValidationException(f"ImageReference is not valid: {exc}") from None
+        settings = self.ctx.settings
+        if ref.registry is None:
+            ref = ref.with_registry(settings.default_registry.host)
+        try:
+            resolved = await self.ctx.registry.resolve(ref, settings.platform)
+            platform = await self._platform_of(resolved)
+        except RegistryNotFound as exc:
+            raise ResourceNotFound(f"Cannot resolve {ref}: {exc}") from None
+        except RegistryError as exc:
+            raise ValidationException(f"Cannot resolve {ref}: {exc}") from None
+        layers = resolved.manifest.get("layers")
+        layers = layers if isinstance(layers, list) else []
+        sizes = [layer.get("size") for layer in layers if isinstance(layer, dict)]
+        return {
+            "ImageReference": str(ref),
+            "Registry": resolved.registry,
+            "Repository": resolved.repository,
+            "Digest": resolved.digest,
+            "IndexDigest": resolved.index_digest,
+            "PinnedImage": resolved.pinned,
+            "MediaType": resolved.media_type,
+            "Platform": platform,
+            "CompressedSize": sum(s for s in sizes if isinstance(s, int) and not isinstance(s, bool) and s >= 0),
+            "LayerCount": len(layers),
+        }
+
+    async def _platform_of(self, resolved: Any) -> str | None:
+        """`os/architecture[/variant]` from the image's config blob (None when the manifest names no config)."""
+        config = resolved.manifest.get("config")
+        digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(digest, str) or not reference.DIGEST.fullmatch(digest):
+            return None
+        data = b""
+        stream = self.ctx.registry.stream_blob(resolved.registry, resolved.repository, digest)
+        try:
+            async for chunk in stream:
+                data += chunk
+                if len(data) > MAX_CONFIG_BYTES:
+                    raise RegistryBadContent(f"the config of {resolved.pinned} is larger than {MAX_CONFIG_BYTES} bytes")
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator: closes the response
+        try:
+            body = json.loads(data)
+        except ValueError:
+            raise RegistryBadContent(f"the config of {resolved.pinned} is not JSON") from None
+        if not isinstance(body, dict):
+            return None
+        parts = [body.get(k) for k in ("os", "architecture", "variant")]
+        return "/".join(p for p in parts if isinstance(p, str) and p) or None
 
     async def update_image_version(
         self,
