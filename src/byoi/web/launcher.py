@@ -11,8 +11,6 @@ JavaScript; forms POST and redirect with 303).
   session proxy shows a progress page there while it starts); an error shows next to the form, in the API's
   words, with what was typed kept.
 - `POST /rstudio/default/stop`: `DeleteApp` of one of the user's sessions, then 303 back here.
-- `GET /console/domains/<domain-id>`: the domain's `Url` (DescribeDomain); a 303 to the launcher for whoever
-  may describe the domain (its users, administrators), a 403 page for another domain's user.
 
 Every POST carries the browser session's CSRF token (checked here, refusals audited). The page holds no rule:
 each action is one `Dispatcher.dispatch` as the browser's principal, whose own profile is the only one it acts
@@ -329,19 +327,6 @@ async def stop_session(request: Request) -> Response:
     return RedirectResponse(LAUNCHER_PAGE, status_code=303, headers=HEADERS)
 
 
-async def console_domain(request: Request) -> Response:
-    """The domain's Url: the launcher, for whoever may describe the domain (a console comes later)."""
-    session = await browser_session(request)
-    if session is None:
-        return _sign_in(request.url.path)
-    try:
-        await _call(request, session.principal, "DescribeDomain", {"DomainId": request.path_params["domain_id"]})
-    except ByoiError as err:
-        status = PAGE_STATUS.get(err.code, 404)
-        return error_page(status, "Not your domain" if status == 403 else "No such domain", err.message)
-    return RedirectResponse(LAUNCHER_PAGE, status_code=303, headers=HEADERS)
-
-
 def install(app: FastAPI, state: dict[str, Any]) -> None:
     """Add the launcher's routes to `app`; `state` is filled by the app's lifespan (services, dispatcher)."""
     app.state.byoi_state = state
@@ -350,6 +335,5 @@ def install(app: FastAPI, state: dict[str, Any]) -> None:
         (LAUNCHER_PAGE.rstrip("/"), "GET", to_launcher),
         (CREATE_PATH, "POST", create_session),
         (STOP_PATH, "POST", stop_session),
-        ("/console/domains/{domain_id}", "GET", console_domain),
     ):
         app.router.add_route(path, _guarded(handler), methods=[method], include_in_schema=False)
