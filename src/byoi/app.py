@@ -227,7 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     builds_http.install(app, state)  # context upload and build log routes (signed, outside POST /)
     auth_http.install(app, state)  # browser sign-in under /auth/ (session cookies)
-    launcher_http.install(app, state)  # the RStudio launcher, /rstudio/default/ (and /console/domains/<id>)
+    launcher_http.install(app, state)  # the RStudio launcher, /rstudio/default/
     console_http.install(app, state)  # the console, /console/ (pages, static files)
     oidc_http.install(app, state)  # OIDC sign-in for SSO domains under /auth/oidc/
     session_gate.install(app, state)  # GET /auth/session-check: forward-auth for a gateway in front
