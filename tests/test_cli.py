@@ -344,6 +344,7 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher, reg
         health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
         assert health["checks"] == {
             "store": "ok",
+            "docker": "ok",
             f"registry 127.0.0.1:{registry_port}": "ok",
             f"registry {basic_registry}": "ok",
             f"registry {registry}": "ok",

@@ -84,7 +84,7 @@ def test_unreachable_registry_retries_then_fails(sm, name):
     sm.create_image_version(ImageName=name, BaseImage="127.0.0.1:9/catalog/down:v1")  # port 9: nothing listens
     d = wait_version(sm, name, 1)
     assert d["ImageVersionStatus"] == "CREATE_FAILED"
-    assert "127.0.0.1:9 could not be reached" in d["FailureReason"]
+    assert "The registry 127.0.0.1:9 is not reachable: connection refused" in d["FailureReason"]
     assert "gave up after 2 attempts" in d["FailureReason"]
 
 
