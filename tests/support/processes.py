@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,3 +182,53 @@ class ByoiServer:
             "AWS_PROFILE": "byoi",
             "AWS_ENDPOINT_URL_SAGEMAKER": self.endpoint,
         }
+
+
+def byoi_cli(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`byoi ARGS` run in this process with typer's CliRunner, answering what
+    `subprocess.run([byoi, *args], env=env, capture_output=True, text=True)` would: the same command code
+    against the same real server, without the second or two of Python start-up a `byoi` process costs.
+
+    `env` is the command's whole environment, as for a subprocess: variables of this process that it lacks
+    are unset while the command runs, and everything is put back afterwards (also what the command itself
+    set). An exception the command does not handle comes back as its traceback on stderr with status 1, as
+    the console script prints it, so `"Traceback" not in stderr` checks the same thing. Run from the main
+    thread only (the runner swaps sys.stdout); tests that need a terminal, a signal or several processes at
+    once keep starting real `byoi` processes, and a few plain ones do too, so the console script is exercised.
+    """
+    from typer.testing import CliRunner
+
+    from byoi.cli.main import app
+
+    saved = dict(os.environ)
+    try:
+        with _plain_consoles():
+            result = CliRunner().invoke(
+                app, args, env={**{k: None for k in saved if k not in env}, **env}, prog_name="byoi"
+            )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["byoi", *args], result.exit_code, result.stdout, stderr)
+
+
+@contextlib.contextmanager
+def _plain_consoles() -> Iterator[None]:
+    """byoi's two rich consoles (stdout, stderr) are made when byoi.cli.common is imported, and take their
+    colours and a COLUMNS/LINES size from that moment: under `pytest -s` on a terminal they would colour what
+    a command piped to a file never does. While a command runs in-process, they decide as for a pipe: no
+    colour, and the size from the command's own COLUMNS/LINES (rich reads those when it draws)."""
+    from byoi.cli import common
+
+    consoles = (common.console, common.err)
+    saved = [(c._color_system, c._width, c._height) for c in consoles]
+    for c in consoles:
+        c._color_system, c._width, c._height = None, None, None
+    try:
+        yield
+    finally:
+        for c, (color, width, height) in zip(consoles, saved, strict=True):
+            c._color_system, c._width, c._height = color, width, height
