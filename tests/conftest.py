@@ -16,7 +16,13 @@ from tests.support import ci_guard
 from tests.support.browser import chromium  # noqa: F401 - the one Chromium of the whole run
 from tests.support.console import admin_page, console_admin, console_ext, console_server  # noqa: F401 - the console's
 from tests.support.oci import Pusher
-from tests.support.processes import STARTED_REGISTRY_PORTS, ByoiServer, free_port, start_registry
+from tests.support.processes import (
+    LENIENT_INSPECTION,
+    STARTED_REGISTRY_PORTS,
+    ByoiServer,
+    free_port,
+    start_registry,
+)
 from tests.support.token_server import TokenIssuer, serve
 
 REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pw"
@@ -129,14 +135,43 @@ def server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def rstudio_server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
-    """One byoi server for the modules that open sessions in a browser (the session proxy's and the launcher's):
-    each makes its own domains, and they share the stand-in image registered once (`rstudio_image`), so its
-    414 MB are pushed and inspected once."""
+def catalog_server(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
+    """A `server` shared by the modules that take it as theirs (`server = catalog_server`): the catalog, CLI
+    and build modules (test_images, test_versions, test_cli, test_domains_cli, test_builds), whose tests make
+    their own uniquely named images, domains and builds and never count what they did not make. A server
+    starts in 5-10 s (most of it importing byoi), once here instead of once per module."""
+    srv = ByoiServer(data_dir=tmp_path_factory.mktemp("byoi-catalog"), registries=[f"http://{registry}"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_inspection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/support/inspection-lenient.toml plus one layer cache for the whole run (`cache_dir`), for the
+    servers that register the 414 MB stand-in and test something else than inspection (`rstudio_server`, the
+    restart tests' servers): its layers are read and indexed once, not once per server. Layers are
+    content-addressed, so a shared cache changes no report but its LayersFromCache."""
+    root = tmp_path_factory.mktemp("inspection")
+    config = root / "inspection-lenient-shared-cache.toml"
+    config.write_text(f'cache_dir = "{root / "cache"}"\n' + LENIENT_INSPECTION.read_text())
+    return config
+
+
+@pytest.fixture(scope="session")
+def rstudio_server(
+    registry: str, shared_inspection: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ByoiServer]:
+    """One byoi server for the modules that run sessions and need no server of their own (test_sessions, the
+    session proxy's, the launcher's, the console's, the AWS CLI's create-app steps): each makes its own
+    domains, and they share the stand-in image registered once (`rstudio_image`), so its 414 MB are pushed and
+    inspected once."""
     from tests.support import sessions
 
     srv = ByoiServer(
-        data_dir=tmp_path_factory.mktemp("byoi-rstudio"), registries=[f"http://{registry}"], env=sessions.SESSION_ENV
+        data_dir=tmp_path_factory.mktemp("byoi-rstudio"),
+        registries=[f"http://{registry}"],
+        env=sessions.SESSION_ENV,
+        inspection_config=shared_inspection,
     ).start()
     yield srv
     srv.stop()
@@ -156,10 +191,11 @@ def rstudio_image(rstudio_server: ByoiServer, registry: str) -> str:
     return image
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def strict(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoiServer]:
     """A byoi server with the RStudio contract's default rule levels (an empty inspection config), unlike
-    `server`, whose lenient rules let tests register tiny synthetic images."""
+    `server`, whose lenient rules let tests register tiny synthetic images. One for the whole run (the
+    inspection modules and test_sessions take it): their tests make uniquely named images and layers."""
     data_dir = tmp_path_factory.mktemp("byoi-strict")
     config = data_dir.parent / f"{data_dir.name}-defaults.toml"
     config.write_text("# the contract's default levels\n")

@@ -26,6 +26,7 @@ from byoi.cli.client import extension_client
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.docker_images import BASE_IMAGE, containers, docker_available, docker_client, ensure_base_image
 from tests.support.errors import code
+from tests.support.processes import ByoiServer, byoi_cli
 
 pytestmark = [
     pytest.mark.docker,
@@ -35,6 +36,11 @@ pytestmark = [
 BYOI = str(Path(sys.executable).parent / "byoi")
 IMAGES = Path(__file__).parent / "images"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@pytest.fixture(scope="module")
+def server(catalog_server: ByoiServer) -> ByoiServer:
+    return catalog_server  # shared with the other catalog, CLI and build modules (tests/conftest.py)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,6 +55,12 @@ def ext(server):
 
 
 def byoi(server, *args: str) -> subprocess.CompletedProcess[str]:
+    """`byoi ARGS` in-process (tests/support/processes.py `byoi_cli`): the same command, no Python start-up."""
+    return byoi_cli(list(args), {**server.aws_env(), "COLUMNS": "200"})
+
+
+def byoi_process(server, *args: str) -> subprocess.CompletedProcess[str]:
+    """`byoi ARGS` as a process of the console script (as `--follow` and Ctrl-C below need one anyway)."""
     env = {**server.aws_env(), "COLUMNS": "200"}
     return subprocess.run([BYOI, *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -163,8 +175,8 @@ def all_events(server, build_id: str) -> list[tuple[str, dict[str, Any]]]:
 
 def test_cli_build_with_register_pins_the_pushed_digest(server, sm, ext, registry, name, tmp_path):
     root = context(tmp_path, f'ARG FLAVOUR=plain\nRUN echo "flavour=$FLAVOUR {name}" > /flavour && cat /flavour')
-    result = byoi(server, "build", str(root), "--image", name, "--tag", "v1", "--register",
-                  "--build-arg", "FLAVOUR=tidy", "--label", "team=r")  # fmt: skip
+    result = byoi_process(server, "build", str(root), "--image", name, "--tag", "v1", "--register",
+                          "--build-arg", "FLAVOUR=tidy", "--label", "team=r")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     digest = registry_digest(registry, name, "v1")
     assert f"pushed {registry}/{name}:v1@{digest}" in result.stdout
@@ -193,7 +205,7 @@ def test_cli_build_with_register_pins_the_pushed_digest(server, sm, ext, registr
 
 def test_failing_run_names_the_step_and_registers_nothing(server, sm, ext, name):
     result = byoi(server, "build", str(IMAGES / "run-fails"), "--image", name, "--register")
-    assert result.returncode == 1
+    assert result.returncode == 7
     assert "FAILED" in result.stderr and "Step 3/4" in result.stderr
     [build] = ext.list_image_builds(ImageNameEquals=name)["ImageBuilds"]
     d = ext.describe_image_build(BuildId=build["BuildId"])
@@ -280,11 +292,25 @@ def test_server_killed_mid_build_resumes_after_restart(server_factory, registry,
     assert "restarted after the server stopped (restart 1)" in log_text(srv2, build_id)
 
 
-def test_builds_beyond_the_limit_queue_in_order(server_factory, registry, name, tmp_path):
-    srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_CONCURRENCY": "1"})
+@pytest.fixture(scope="module")
+def limited(registry: str, tmp_path_factory: pytest.TempPathFactory):
+    """A server that runs one build at a time and caps build logs at 3000 bytes: the queue's test and the log
+    cap's, each about one of these settings (the queue's builds write short logs; the cap's is one build)."""
+    srv = ByoiServer(
+        data_dir=tmp_path_factory.mktemp("byoi-limited"),
+        registries=[f"http://{registry}"],
+        env={"BYOI_BUILD_CONCURRENCY": "1", "BYOI_BUILD_LOG_LIMIT": "3000"},
+    ).start()
+    yield srv
+    srv.stop()
+
+
+def test_builds_beyond_the_limit_queue_in_order(limited, name, tmp_path):
+    srv = limited
     srv.session()
     ext = extension_client(srv.endpoint, "byoi")
-    first = start(srv, ext, context(tmp_path / "a", f"RUN echo first {name} && sleep 12"), Repository=name, Tag="a")
+    # The first build sleeps long enough for the checks below to see the others QUEUED behind it.
+    first = start(srv, ext, context(tmp_path / "a", f"RUN echo first {name} && sleep 6"), Repository=name, Tag="a")
     second = start(srv, ext, context(tmp_path / "b", f"RUN echo second {name}"), Repository=name, Tag="b")
     third = start(srv, ext, context(tmp_path / "c", f"RUN echo third {name}"), Repository=name, Tag="c")
     wait(ext, first, ("BUILDING",), timeout=30)
@@ -423,7 +449,7 @@ def test_build_pushes_to_a_registry_that_wants_credentials(server_factory, regis
     without = _registries_file(tmp_path / "without.toml", basic_registry, None)
     srv2 = server_factory([f"http://{registry}"], extra_args=["--registries-file", without])
     result = byoi(srv2, "build", str(root), "--image", f"{basic_registry}/{repository}", "--tag", "v2")
-    assert result.returncode == 1
+    assert result.returncode == 7
     srv2.session()
     [build] = extension_client(srv2.endpoint, "byoi").list_image_builds()["ImageBuilds"]
     assert build["BuildStatus"] == "FAILED"
@@ -454,8 +480,8 @@ def test_push_progress_is_reported_per_layer(server, ext, name, tmp_path):
     assert [e for e, _ in events].index("push") > pushing  # nothing was pushed before PUSHING
 
 
-def test_log_is_capped_on_a_real_server(server_factory, registry, name, tmp_path):
-    srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_LOG_LIMIT": "3000"})
+def test_log_is_capped_on_a_real_server(limited, name, tmp_path):
+    srv = limited
     srv.session()
     ext = extension_client(srv.endpoint, "byoi")
     lines = f'RUN for i in $(seq 1 300); do echo "line-$i-{name}"; done'

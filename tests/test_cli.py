@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -18,15 +19,30 @@ from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support import sessions as s
 from tests.support.docker_images import containers, docker_available, push_test_image
 from tests.support.oci import Pusher
-from tests.support.processes import free_port, wait_http
+from tests.support.processes import ByoiServer, byoi_cli, free_port, wait_http
 
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="module")
+def server(catalog_server: ByoiServer) -> ByoiServer:
+    return catalog_server  # shared with the other catalog, CLI and build modules (tests/conftest.py)
+
+
 def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    return _checked(result, check)
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`byoi ARGS` in-process (tests/support/processes.py `byoi_cli`): the same command against the same real
+    server, without a Python start-up per command. `run([BIN / "byoi", ...])` starts the console script."""
+    return _checked(byoi_cli(list(args), env), check)
+
+
+def _checked(result: subprocess.CompletedProcess[str], check: bool) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"{result.args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -109,15 +125,22 @@ def _aws_until(server, *args: str, field: str, until: tuple[str, ...], timeout: 
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.skipif(not docker_available(), reason="Docker Engine is not running (scripts/services.sh)")
-def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(server_factory, registry, name):
+def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(rstudio_server, registry, name):
     """The rest of the create steps: the image attached to an RStudio domain, then `aws sagemaker create-app`.
-    The image is the RStudio Server STAND-IN (tests/images/rstudio-standin), a TEST DOUBLE for the IDE binary."""
-    srv = server_factory([f"http://{registry}"], env={"BYOI_SESSION_STOP_TIMEOUT": "2"})
+    The image is the RStudio Server STAND-IN (tests/images/rstudio-standin), a TEST DOUBLE for the IDE binary.
+    On the session servers' shared `rstudio_server` (tests/conftest.py): its own image, domain and user."""
+    srv, sm = rstudio_server, rstudio_server.client()
+    app_arn = None
     try:
         digest = push_test_image("rstudio-standin", registry, f"cli/{name}", "v1")
         image_arn = json.loads(aws(srv, "create-image", "--image-name", name, "--role-arn", s.ROLE).stdout)["ImageArn"]
         aws(srv, "create-image-version", "--image-name", name, "--base-image", f"{registry}/cli/{name}:v1")
-        # The waiter polls every 60 s: let the stand-in's inspection finish first, so it answers on its first poll.
+        # The waiter polls every 60 s: let the stand-in's inspection finish first, so it answers on its first poll
+        # (waited for through boto3, which costs no process per poll; the AWS CLI then describes the outcome).
+        deadline = time.monotonic() + 180
+        while sm.describe_image_version(ImageName=name, Version=1)["ImageVersionStatus"] == "CREATING":
+            assert time.monotonic() < deadline, "version 1 is still CREATING"
+            time.sleep(0.2)
         version_args = ("describe-image-version", "--image-name", name, "--version-number", "1")
         _aws_until(srv, *version_args, field="ImageVersionStatus", until=("CREATED", "CREATE_FAILED"))
         wait_version_created(srv, name, 1)
@@ -149,8 +172,10 @@ def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(server_factory, re
         created = json.loads(
             aws(srv, "create-app", *app, "--app-name", "analysis", "--resource-spec", json.dumps(spec)).stdout
         )
+        app_arn = created["AppArn"]
         assert created["AppArn"].endswith(f":app/{domain}/ana/RSessionGateway/analysis")
 
+        s.wait_app(sm, domain, "ana", "analysis", ("InService", "Failed"), timeout=180)  # then the AWS CLI's view
         described = _aws_until(
             srv, "describe-app", *app, "--app-name", "analysis", field="Status", until=("InService", "Failed")
         )
@@ -165,31 +190,36 @@ def test_aws_cli_creates_an_rstudio_app_from_the_custom_image(server_factory, re
         ]
 
         aws(srv, "delete-app", *app, "--app-name", "analysis")
+        s.wait_app(sm, domain, "ana", "analysis", ("Deleted",), timeout=180)
         gone = _aws_until(srv, "describe-app", *app, "--app-name", "analysis", field="Status", until=("Deleted",))
         assert gone["AppArn"] == created["AppArn"]
         assert not containers(label=f"byoi.app-arn={created['AppArn']}")
     finally:
-        srv.stop()
-        s.remove_sessions_of(srv.data_dir)
+        # The server is shared: remove this test's session only (if it is still there, the test failed).
+        import docker.errors
+
+        for container in containers(label=f"byoi.app-arn={app_arn}") if app_arn else ():
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
 
 
 def test_byoi_cli_catalog_commands(server, pusher, name):
     pushed = pusher.image("cli/img", "v1")
     env = server.aws_env()
-    byoi = str(BIN / "byoi")
-    assert name in run([byoi, "images", "create", name, "--display-name", "From CLI"], env).stdout
-    out = run([byoi, "versions", "create", name, "cli/img:v1", "--alias", "stable"], env).stdout
+    # The console script once, then the same commands in-process.
+    assert name in run([str(BIN / "byoi"), "images", "create", name, "--display-name", "From CLI"], env).stdout
+    out = cli(env, "versions", "create", name, "cli/img:v1", "--alias", "stable").stdout
     assert "CREATED" in out and pushed.digest in out
-    listed = json.loads(run([byoi, "versions", "list", name, "-o", "json"], env).stdout)
+    listed = json.loads(cli(env, "versions", "list", name, "-o", "json").stdout)
     assert [v["Version"] for v in listed["ImageVersions"]] == [1]
-    described = json.loads(run([byoi, "versions", "describe", name, "--alias", "stable"], env).stdout)
+    described = json.loads(cli(env, "versions", "describe", name, "--alias", "stable").stdout)
     assert described["ContainerImage"].endswith(pushed.digest)
-    assert name in run([byoi, "images", "list"], env).stdout
+    assert name in cli(env, "images", "list").stdout
 
-    failed = run([byoi, "versions", "create", name, "cli/never:v1"], env, check=False)
-    assert failed.returncode == 1 and "CREATE_FAILED" in failed.stdout and "does not exist" in failed.stdout
-    missing = run([byoi, "images", "describe", name + "-x"], env, check=False)
-    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr and "Traceback" not in missing.stderr
+    failed = cli(env, "versions", "create", name, "cli/never:v1", check=False)
+    assert failed.returncode == 7 and "CREATE_FAILED" in failed.stdout and "does not exist" in failed.stdout
+    missing = cli(env, "images", "describe", name + "-x", check=False)
+    assert missing.returncode == 5 and "ResourceNotFound" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_byoi_cli_falls_back_to_the_local_data_dir(server, name):
@@ -207,7 +237,7 @@ def test_byoi_cli_reports_an_unreachable_server(tmp_path):
     result = run(
         [str(BIN / "byoi"), "images", "list", "--endpoint-url", f"http://127.0.0.1:{free_port()}"], env, check=False
     )
-    assert result.returncode == 1 and "cannot reach byoi" in result.stderr
+    assert result.returncode == 69 and "cannot reach byoi" in result.stderr
 
 
 def _offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -233,8 +263,9 @@ def _offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     ],
 )
 def test_byoi_cli_bad_input_is_one_clear_line(tmp_path, args, extra_env, message):
-    result = run([str(BIN / "byoi"), *args], _offline_env(tmp_path, **extra_env), check=False)
-    assert result.returncode == 2, result.stderr
+    result = cli(_offline_env(tmp_path, **extra_env), *args, check=False)
+    # A value the API's rules refuse is invalid input (4); a wrong setting is a usage error (2). Nothing is sent.
+    assert result.returncode == (4 if message.startswith("invalid input") else 2), result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
@@ -254,9 +285,16 @@ def test_byoi_cli_bad_input_is_one_clear_line(tmp_path, args, extra_env, message
         ("BYOI_SESSION_UID", "root", "BYOI_SESSION_UID must be"),
     ],
 )
-def test_byoi_server_refuses_a_bad_numeric_setting_by_name(tmp_path, variable, value, message):
+def test_byoi_server_refuses_a_bad_numeric_setting_by_name(tmp_path, monkeypatch, variable, value, message):
+    """In-process (the console script refusing a bad setting: the instance-types test below)."""
+    import byoi.cli.server
+
+    def started(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError(f"byoi server started with {variable}={value!r}")
+
+    monkeypatch.setattr(byoi.cli.server, "run_server", started)  # in this process: fail, never serve
     env = {**os.environ, variable: value, "BYOI_DATA_DIR": str(tmp_path / "data")}
-    result = run([str(BIN / "byoi"), "server", "--port", str(free_port())], env, check=False)
+    result = cli(env, "server", "--port", str(free_port()), check=False)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     text = " ".join(result.stderr.replace("│", " ").split())  # typer boxes usage errors and wraps them
@@ -266,9 +304,9 @@ def test_byoi_server_refuses_a_bad_numeric_setting_by_name(tmp_path, variable, v
 
 @pytest.mark.parametrize("command", ["server", "up"])
 def test_help_shows_square_brackets(command):
-    """Help texts are rich markup: an unescaped "[[registry]]" would be shown as "[]"."""
+    """Help texts are rich markup: an unescaped "[[registry]]" would be shown as "[]" (rendered in-process)."""
     env = {**os.environ, "COLUMNS": "200"}
-    out = run([str(BIN / "byoi"), command, "--help"], env).stdout
+    out = cli(env, command, "--help").stdout
     assert "TOML file of [[registry]] url/username/password." in out
 
 
@@ -356,14 +394,14 @@ def test_byoi_up_starts_registry_and_server_and_stops_both(tmp_path, pusher, reg
         user_env = {**env, "AWS_ENDPOINT_URL_SAGEMAKER": f"http://127.0.0.1:{port}"}
         user_env = {k: v for k, v in user_env.items() if k not in ("AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE")}
         run([str(BIN / "byoi"), "images", "create", "up-img"], user_env)
-        out = run([str(BIN / "byoi"), "versions", "create", "up-img", "team/up:v1"], user_env).stdout
+        out = cli(user_env, "versions", "create", "up-img", "team/up:v1").stdout
         assert "CREATED" in out and f"127.0.0.1:{registry_port}/team/up@{pushed.digest}" in out
         # The Basic-auth registry's credentials come from --registries-file, the token registry's from --docker-config.
         for ref, pinned in (
             (f"{basic_registry}/private/up:v1", f"{basic_registry}/private/up@{private.digest}"),
             (f"{token_host}/team/up-tok:v1", f"{token_host}/team/up-tok@{tokened.digest}"),
         ):
-            out = run([str(BIN / "byoi"), "versions", "create", "up-img", ref], user_env).stdout
+            out = cli(user_env, "versions", "create", "up-img", ref).stdout
             assert "CREATED" in out and pinned in out, out
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C

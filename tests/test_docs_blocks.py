@@ -195,7 +195,7 @@ def test_the_pages_that_share_a_server_run_on_it_in_order():
 # docs/cli.md: `['cli-demo']`), and two pages that create the same image do not share one (README.md and
 # examples/README.md make `rstudio`, docs/build.md and docs/compatibility.md `team-r`). Starting a server takes
 # seconds of imports: the next one is started in the background while a page runs.
-SHARED_SERVERS = (("README.md", "docs/build.md"), ("docs/compatibility.md", "examples/README.md"))
+SHARED_SERVERS = (("README.md", "docs/build.md"), ("docs/cli.md", "docs/compatibility.md", "examples/README.md"))
 
 
 def name_of(page: Path) -> str:

@@ -16,10 +16,16 @@ from botocore.exceptions import ClientError
 from byoi.cli.client import extension_client
 from byoi.cli.domains import compare_and_swap
 from tests.support.attach import created_version, entry, gone, new_domain, unique, wait_for
+from tests.support.processes import ByoiServer, byoi_cli
 
 AWS = str(Path(sys.executable).parent / "aws")
 BYOI = str(Path(sys.executable).parent / "byoi")
 ROLE = "arn:aws:iam::000000000000:role/service-role/AmazonSageMaker-ExecutionRole"
+
+
+@pytest.fixture(scope="module")
+def server(catalog_server: ByoiServer) -> ByoiServer:
+    return catalog_server  # shared with the other catalog, CLI and build modules (tests/conftest.py)
 
 
 def aws(server, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -43,15 +49,22 @@ def aws_json(server, *args: str) -> dict:
 
 
 def byoi(server, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**server.aws_env(), "COLUMNS": "200"}
-    proc = subprocess.run([BYOI, *args], env=env, capture_output=True, text=True, timeout=120)
+    """`byoi ARGS` in-process (tests/support/processes.py `byoi_cli`); the concurrent attaches below start
+    real `byoi` processes."""
+    proc = byoi_cli(list(args), {**server.aws_env(), "COLUMNS": "200"})
     if ok:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
 
+def settled(boto3_says, aws_says) -> None:
+    """Wait until `boto3_says()` (no process per poll), then the AWS CLI must say the same (`aws_says()`)."""
+    wait_for(boto3_says)
+    assert aws_says()
+
+
 @pytest.mark.slow
-def test_aws_documentation_create_attach_cleanup(server, registry, pusher, tmp_path):
+def test_aws_documentation_create_attach_cleanup(server, sm, registry, pusher, tmp_path):
     suffix = uuid.uuid4().hex[:6]
     image, config = f"rstudio-custom-image-{suffix}", f"rstudio-custom-config-{suffix}"
     # Create (rstudio-byoi-create): a pushed container image, then image, version, app image config.
@@ -64,13 +77,14 @@ def test_aws_documentation_create_attach_cleanup(server, registry, pusher, tmp_p
         server, "create-image-version", "--image-name", image, "--base-image", f"{repository_uri}:{tag}"
     )["ImageVersionArn"]
     assert version_arn.endswith(f"image-version/{image}/1")
-    wait_for(
+    settled(
+        lambda: sm.describe_image_version(ImageName=image, Version=1)["ImageVersionStatus"] == "CREATED",
         lambda: (
             aws_json(server, "describe-image-version", "--image-name", image, "--version-number", "1")[
                 "ImageVersionStatus"
             ]
             == "CREATED"
-        )
+        ),
     )
     (tmp_path / "app-image-config-input.json").write_text(json.dumps({"AppImageConfigName": config}))
     aws_json(
@@ -158,18 +172,25 @@ def test_aws_documentation_create_attach_cleanup(server, registry, pusher, tmp_p
         )
     aws_json(server, "delete-app-image-config", "--app-image-config-name", config)
     aws_json(server, "delete-image", "--image-name", image)
-    wait_for(lambda: "ResourceNotFound" in aws(server, "describe-image", "--image-name", image, ok=False).stderr)
+    settled(
+        lambda: gone(lambda: sm.describe_image(ImageName=image)),
+        lambda: "ResourceNotFound" in aws(server, "describe-image", "--image-name", image, ok=False).stderr,
+    )
 
     # And the domains: profiles first (a domain with profiles cannot be deleted).
     blocked = aws(server, "delete-domain", "--domain-id", new_id, ok=False)
     assert "ResourceInUse" in blocked.stderr and "rstudio-user" in blocked.stderr
     aws(server, "delete-user-profile", "--domain-id", new_id, "--user-profile-name", "rstudio-user")
-    wait_for(lambda: aws_json(server, "list-user-profiles", "--domain-id-equals", new_id)["UserProfiles"] == [])
+    settled(
+        lambda: sm.list_user_profiles(DomainIdEquals=new_id)["UserProfiles"] == [],
+        lambda: aws_json(server, "list-user-profiles", "--domain-id-equals", new_id)["UserProfiles"] == [],
+    )
     for domain_id in (new_id, existing):
         aws(server, "delete-domain", "--domain-id", domain_id, "--retention-policy", "HomeEfsFileSystem=Delete")
     for domain_id in (new_id, existing):
-        wait_for(
-            lambda d=domain_id: "ResourceNotFound" in aws(server, "describe-domain", "--domain-id", d, ok=False).stderr
+        settled(
+            lambda d=domain_id: gone(lambda: sm.describe_domain(DomainId=d)),
+            lambda d=domain_id: "ResourceNotFound" in aws(server, "describe-domain", "--domain-id", d, ok=False).stderr,
         )
     ids = [d["DomainId"] for d in aws_json(server, "list-domains")["Domains"]]
     assert new_id not in ids and existing not in ids
@@ -210,12 +231,12 @@ def test_byoi_cli_domains_users_attach_detach(server, sm, pusher):
 
     # Errors are one readable line and exit status 1.
     missing = byoi(server, "attach", "no-such-image", "--domain", dom, ok=False)
-    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr and "no-such-image" in missing.stderr
+    assert missing.returncode == 5 and "ResourceNotFound" in missing.stderr and "no-such-image" in missing.stderr
     assert "Traceback" not in missing.stderr
     nodom = byoi(server, "attach", image, "--domain", "no-such-domain", ok=False)
-    assert nodom.returncode == 1 and "no domain with the id or name no-such-domain" in nodom.stderr
+    assert nodom.returncode == 5 and "no domain with the id or name no-such-domain" in nodom.stderr
     bracketed = byoi(server, "attach", image, "--domain", "[team]", ok=False)  # the name as typed, not markup
-    assert bracketed.returncode == 1 and "no domain with the id or name [team]" in bracketed.stderr
+    assert bracketed.returncode == 5 and "no domain with the id or name [team]" in bracketed.stderr
     bad = byoi(server, "attach", "bad:ref:x", "--domain", dom, ok=False)
     assert bad.returncode == 2 and "IMAGE:VERSION" in bad.stderr
     blocked = byoi(server, "domains", "delete", dom, ok=False)
@@ -225,7 +246,7 @@ def test_byoi_cli_domains_users_attach_detach(server, sm, pusher):
     byoi(server, "detach", image, "--domain", dom)
     assert sm.describe_domain(DomainId=domain_id)["DefaultUserSettings"]["RSessionAppSettings"]["CustomImages"] == []
     again = byoi(server, "detach", image, "--domain", dom, ok=False)
-    assert again.returncode == 1 and "is not attached" in again.stderr
+    assert again.returncode == 5 and "is not attached" in again.stderr
     byoi(server, "users", "delete", "ana", "--domain", dom)
     assert "deleted" in byoi(server, "domains", "delete", dom).stdout
     assert gone(lambda: sm.describe_domain(DomainId=domain_id))

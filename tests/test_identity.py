@@ -555,11 +555,11 @@ def test_cli_users(server, sm, domain):
     failures = [
         (["admin", "users", "create", unique("x")], 2, "--domain"),  # neither a user nor --admin
         (["admin", "users", "create", unique("x"), "--admin", "-d", domain["name"], "-u", profile], 2, "--admin"),
-        (["admin", "users", "create", unique("x"), "-d", "no-such-domain", "-u", profile], 1, "no domain"),
-        (["admin", "users", "create", unique("x"), "-d", domain["name"], "-u", "nobody"], 1, "ResourceNotFound"),
-        (["admin", "users", "create", "bad name", "--admin"], 1, "ValidationException"),
-        (["admin", "users", "describe", "nobody-by-this-name"], 1, "ResourceNotFound"),
-        (["admin", "users", "delete", "nobody-by-this-name"], 1, "ResourceNotFound"),
+        (["admin", "users", "create", unique("x"), "-d", "no-such-domain", "-u", profile], 5, "no domain"),
+        (["admin", "users", "create", unique("x"), "-d", domain["name"], "-u", "nobody"], 5, "ResourceNotFound"),
+        (["admin", "users", "create", "bad name", "--admin"], 4, "ValidationException"),
+        (["admin", "users", "describe", "nobody-by-this-name"], 5, "ResourceNotFound"),
+        (["admin", "users", "delete", "nobody-by-this-name"], 5, "ResourceNotFound"),
         (["admin", "users", "delete", "admin"], 1, "ResourceInUse"),  # itself
     ]
     for args, status, text in failures:
@@ -568,7 +568,7 @@ def test_cli_users(server, sm, domain):
         assert text in out.stderr and out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1, args
     out = byoi(server, "admin", "users", "delete", profile)
     assert (out.returncode, out.stdout.strip()) == (0, f"deleted {profile}")
-    assert byoi(server, "admin", "users", "describe", profile).returncode == 1
+    assert byoi(server, "admin", "users", "describe", profile).returncode == 5
 
 
 def test_cli_keys_write_profile_deactivate_activate_delete(server, sm, admin, domain, tmp_path):
@@ -605,21 +605,21 @@ def test_cli_keys_write_profile_deactivate_activate_delete(server, sm, admin, do
 
     assert byoi(server, "admin", "keys", "deactivate", key_id).stdout.strip() == f"deactivated {key_id}"
     refused = byoi(server, "whoami", env=as_user)
-    assert refused.returncode == 1 and "UnrecognizedClientException" in refused.stderr
+    assert refused.returncode == 6 and "UnrecognizedClientException" in refused.stderr
     assert "Inactive" in byoi(server, "admin", "keys", "list", user).stdout
     assert byoi(server, "admin", "keys", "activate", key_id).stdout.strip() == f"activated {key_id}"
     assert byoi(server, "whoami", env=as_user).returncode == 0
     # A user key running an administrator command: refused by the server, one line, status 1.
     denied = byoi(server, "admin", "users", "list", env=as_user)
-    assert denied.returncode == 1 and "AccessDeniedException" in denied.stderr and denied.stdout == ""
+    assert denied.returncode == 6 and "AccessDeniedException" in denied.stderr and denied.stdout == ""
     assert byoi(server, "admin", "keys", "delete", key_id).stdout.strip() == f"deleted {key_id}"
-    assert byoi(server, "whoami", env=as_user).returncode == 1
+    assert byoi(server, "whoami", env=as_user).returncode == 6
     for args, status, text in [
-        (["admin", "keys", "delete", key_id], 1, "ResourceNotFound"),
-        (["admin", "keys", "activate", "BYOINOSUCHKEY0000000"], 1, "ResourceNotFound"),
-        (["admin", "keys", "deactivate", "short"], 2, "invalid input"),  # botocore: too short to be a key id
-        (["admin", "keys", "create", "nobody-by-this-name"], 1, "ResourceNotFound"),
-        (["admin", "keys", "list", "nobody-by-this-name"], 1, "ResourceNotFound"),
+        (["admin", "keys", "delete", key_id], 5, "ResourceNotFound"),
+        (["admin", "keys", "activate", "BYOINOSUCHKEY0000000"], 5, "ResourceNotFound"),
+        (["admin", "keys", "deactivate", "short"], 4, "invalid input"),  # botocore: too short to be a key id
+        (["admin", "keys", "create", "nobody-by-this-name"], 5, "ResourceNotFound"),
+        (["admin", "keys", "list", "nobody-by-this-name"], 5, "ResourceNotFound"),
         (["admin", "keys", "create", user, "--credentials-file", str(creds)], 2, "--write-profile"),
     ]:
         out = byoi(server, *args)
@@ -690,9 +690,9 @@ def test_cli_password_and_sessions(server, sm, admin, domain):
     assert out.returncode == 0 and admin.describe_principal(Name=user)["Principal"]["HasPassword"] is True
     for args, stdin, status, text in [
         (["admin", "password", "set", user], password + "\n", 2, "--password-stdin"),  # no terminal: no prompt
-        (["admin", "password", "set", user, "--password-stdin"], "Qz9#k\n", 2, "at least 8"),
-        (["admin", "password", "set", user, "--password-stdin"], "", 2, "no password"),
-        (["admin", "password", "set", "nobody-by-this-name", "--password-stdin"], password, 1, "ResourceNotFound"),
+        (["admin", "password", "set", user, "--password-stdin"], "Qz9#k\n", 4, "at least 8"),
+        (["admin", "password", "set", user, "--password-stdin"], "", 4, "no password"),
+        (["admin", "password", "set", "nobody-by-this-name", "--password-stdin"], password, 5, "ResourceNotFound"),
     ]:
         out = byoi(server, *args, input=stdin)
         assert (out.returncode, out.stdout) == (status, ""), (args, out.stderr)
@@ -701,7 +701,7 @@ def test_cli_password_and_sessions(server, sm, admin, domain):
     out = byoi(server, "admin", "sessions", "revoke", user)
     assert out.returncode == 0 and f"signed {user} out" in out.stdout
     out = byoi(server, "admin", "sessions", "revoke", "nobody-by-this-name")
-    assert out.returncode == 1 and "ResourceNotFound" in out.stderr
+    assert out.returncode == 5 and "ResourceNotFound" in out.stderr
     revoked = [e for e in all_events(admin, Operation="RevokePrincipalSessions") if e["ResourceArn"].endswith(user)]
     assert [e["Outcome"] for e in revoked] == ["ok"]
 

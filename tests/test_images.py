@@ -9,6 +9,12 @@ from botocore.exceptions import ClientError, WaiterError
 
 from tests.conftest import ROLE
 from tests.support.errors import code
+from tests.support.processes import ByoiServer
+
+
+@pytest.fixture(scope="module")
+def server(catalog_server: ByoiServer) -> ByoiServer:
+    return catalog_server  # shared with the other catalog, CLI and build modules (tests/conftest.py)
 
 
 def test_create_describe_update_image(sm, name):
@@ -16,7 +22,7 @@ def test_create_describe_update_image(sm, name):
         "ImageArn"
     ]
     assert arn == f"arn:aws:sagemaker:us-east-1:000000000000:image/{name}"
-    sm.get_waiter("image_created").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+    sm.get_waiter("image_created").wait(ImageName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
     d = sm.describe_image(ImageName=name)
     assert (d["ImageName"], d["ImageStatus"], d["DisplayName"], d["Description"], d["RoleArn"]) == (
         name,
@@ -29,7 +35,7 @@ def test_create_describe_update_image(sm, name):
 
     time.sleep(0.01)
     sm.update_image(ImageName=name, DisplayName="Team R (new)", DeleteProperties=["Description"])
-    sm.get_waiter("image_updated").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+    sm.get_waiter("image_updated").wait(ImageName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
     d2 = sm.describe_image(ImageName=name)
     assert d2["DisplayName"] == "Team R (new)"
     assert "Description" not in d2
@@ -59,14 +65,16 @@ def test_delete_image_goes_through_deleting_and_takes_versions(sm, name, pusher)
     pusher.image("catalog/delete", "v1")
     sm.create_image(ImageName=name, RoleArn=ROLE)
     sm.create_image_version(ImageName=name, BaseImage="catalog/delete:v1")
-    sm.get_waiter("image_version_created").wait(ImageName=name, Version=1, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    sm.get_waiter("image_version_created").wait(
+        ImageName=name, Version=1, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
     sm.delete_image(ImageName=name)
     try:
         status = sm.describe_image(ImageName=name)["ImageStatus"]
         assert status == "DELETING"
     except ClientError as exc:  # already gone: the background work was quicker than this describe
         assert exc.response["Error"]["Code"] == "ResourceNotFound"
-    sm.get_waiter("image_deleted").wait(ImageName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    sm.get_waiter("image_deleted").wait(ImageName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
     with pytest.raises(ClientError) as e:
         sm.describe_image_version(ImageName=name, Version=1)
     assert code(e) == "ResourceNotFound"

@@ -731,4 +731,4 @@ def test_cli_report_and_diff(sm, pusher, strict):
     diff_json = json.loads(run("diff", name, "1", "2", "--output", "json").stdout)
     assert [p["Name"] for p in diff_json["PackagesAdded"]] == ["glue"]
     missing = run("report", name + "-nope")
-    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 5 and "ResourceNotFound" in missing.stderr and "Traceback" not in missing.stderr

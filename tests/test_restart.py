@@ -63,7 +63,9 @@ def test_restart_keeps_everything(server_factory, registry, pusher):
     sm = srv.client()
     arn = sm.create_image(ImageName="keep", RoleArn=ROLE, Tags=[{"Key": "k", "Value": "v"}])["ImageArn"]
     sm.create_image_version(ImageName="keep", BaseImage="catalog/keep:v1", Aliases=["a"])
-    sm.get_waiter("image_version_created").wait(ImageName="keep", Version=1, WaiterConfig={"Delay": 1})
+    sm.get_waiter("image_version_created").wait(
+        ImageName="keep", Version=1, WaiterConfig={"Delay": 0.2, "MaxAttempts": 500}
+    )
     before = sm.describe_image_version(ImageName="keep", Alias="a")
     key = srv.credentials_file.read_text()
     srv.stop()

@@ -1,8 +1,10 @@
 """RStudio sessions (CreateApp and friends) on a real Docker Engine, from images in a real registry.
 
 RStudio Server here is the STAND-IN image (tests/images/rstudio-standin): a TEST DOUBLE for the IDE binary
-only. The registry, the images, inspection, Docker Engine, the containers and R are all real. One server and
-a few sessions are shared by the tests of this module (in file order) to keep the wall time down.
+only. The registry, the images, inspection, Docker Engine, the containers and R are all real. A few sessions
+are shared by the tests of this module (in file order), and the server is the session's `rstudio_server`
+(tests/conftest.py), shared with the proxy, launcher and console modules, to keep the wall time down: each
+module makes its own domains, and this one removes only their sessions.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from tests.support import sessions as s
 from tests.support.docker_images import containers, docker_available, docker_client, push_test_image
-from tests.support.processes import ByoiServer
+from tests.support.processes import ByoiServer, byoi_cli
 
 pytestmark = [
     pytest.mark.docker,
@@ -26,34 +28,31 @@ pytestmark = [
     pytest.mark.skipif(not docker_available(), reason="Docker Engine is not reachable (scripts/services.sh)"),
 ]
 
-SESSION_ENV = s.SESSION_ENV
+DOMAINS: list[str] = []  # this module's domains: their sessions are removed after it (the server is shared)
 
 
 @pytest.fixture(scope="module")
-def server(registry: str, tmp_path_factory: pytest.TempPathFactory):
-    srv = ByoiServer(data_dir=tmp_path_factory.mktemp("byoi"), registries=[f"http://{registry}"], env=SESSION_ENV)
-    srv.start()
-    yield srv
-    srv.stop()
-    s.remove_sessions_of(srv.data_dir)
+def server(rstudio_server: ByoiServer) -> Any:
+    yield rstudio_server
+    s.remove_sessions_of(rstudio_server.data_dir, DOMAINS)
 
 
 @pytest.fixture(scope="module")
-def world(server: ByoiServer, registry: str) -> dict[str, Any]:
+def world(server: ByoiServer, registry: str, rstudio_image: str) -> dict[str, Any]:
     """A domain with RStudio on, users alice and bob, and the image `standin`: version 1 is the plain stand-in,
-    version 2 the stand-in plus an R package only it has. The image is attached without a version."""
+    version 2 the stand-in plus an R package only it has. The image is attached without a version. `other`
+    is an image attached nowhere here: the shared stand-in image (`rstudio_image`)."""
     sm = server.client()
     image = s.unique("standin")
     v1 = s.register(sm, registry, image, "rstudio-standin", "v1")
     v2 = s.register(sm, registry, image, "rstudio-standin-extra", "v2", create=False)
     s.ensure_config(sm)
     domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
+    DOMAINS.append(domain)
     for user in ("alice", "bob"):
         sm.create_user_profile(DomainId=domain, UserProfileName=user)
-    other = s.unique("unattached")
-    s.register(sm, registry, other, "rstudio-standin", "v1")
     arn = sm.describe_image(ImageName=image)["ImageArn"]
-    return {"sm": sm, "domain": domain, "image": image, "image_arn": arn, "v1": v1, "v2": v2, "other": other}
+    return {"sm": sm, "domain": domain, "image": image, "image_arn": arn, "v1": v1, "v2": v2, "other": rstudio_image}
 
 
 def version_arn(world: dict[str, Any], version: int) -> str:
@@ -334,7 +333,6 @@ def _ext_logs(world: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, registry: str) -> None:
     import subprocess
-    import sys
 
     from docker.errors import ImageNotFound
 
@@ -350,9 +348,8 @@ def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, re
         client.images.get(pinned)
 
     def byoi(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "byoi", *args], env=server.aws_env(), capture_output=True, text=True, timeout=300
-        )
+        # In-process (tests/support/processes.py): the cold launch below runs `byoi launch` as a process.
+        return byoi_cli(list(args), server.aws_env())
 
     dom = world["domain"]
     run = byoi("launch", "-d", dom, "-u", "alice", "--image", f"{world['image']}:{world['v1']}", "--name", "from-cli")
@@ -369,7 +366,7 @@ def test_cli_launch_list_logs_stop(world: dict[str, Any], server: ByoiServer, re
     stopped = byoi("sessions", "stop", "from-cli", "-d", dom, "-u", "alice")
     assert stopped.returncode == 0 and "from-cli: Deleted" in stopped.stdout
     refused = byoi("launch", "-d", dom, "-u", "alice", "--image", world["other"])
-    assert refused.returncode == 1 and "not attached" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 4 and "not attached" in refused.stderr and "Traceback" not in refused.stderr
 
 
 NOISE_MIB = 6  # a layer no other image on the host has: what a cold launch must download
@@ -391,6 +388,7 @@ def relayed(world: dict[str, Any], server: ByoiServer, registry: str) -> Any:
     v2 = s.register_as(sm, image, f"{relay.host}/{repo}:v2", create=False)
     attached = [{"ImageName": n, "AppImageConfigName": s.CONFIG} for n in (image, world["image"])]
     domain = s.rstudio_domain(sm, attached)
+    DOMAINS.append(domain)
     sm.create_user_profile(DomainId=domain, UserProfileName="erin")
     arn = sm.describe_image(ImageName=image)["ImageArn"]
     yield {
@@ -405,7 +403,7 @@ def relayed(world: dict[str, Any], server: ByoiServer, registry: str) -> Any:
         "attached": attached,
     }
     relay.close()
-    s.remove_sessions_of(server.data_dir)  # module teardown: the pulled image may still run a session
+    s.remove_sessions_of(server.data_dir, [domain])  # module teardown: the pulled image may still run a session
     client = docker_client()
     for img in client.images.list():
         if any(ref.startswith(relay.host + "/") for ref in (img.attrs.get("RepoDigests") or []) + img.tags):

@@ -275,7 +275,7 @@ def test_a_build_push_without_credentials_fails_naming_the_push(
     marker = uuid.uuid4().hex[:10]
     repo = f"built/r-{marker}"
     result = byoi(server, "build", str(build_context(tmp_path, marker)), "--image", f"{host}/{repo}", "--tag", "v1")
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 7, result.stdout + result.stderr
     server.session()
     [build] = extension_client(server.endpoint, "byoi").list_image_builds(RepositoryEquals=repo)["ImageBuilds"]
     assert build["BuildStatus"] == "FAILED", build

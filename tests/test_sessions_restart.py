@@ -43,10 +43,11 @@ def _installation(data_dir: Path) -> str:
 
 
 def test_sigkill_during_launch_then_restart_settles_every_app(
-    server_factory: Any, registry: str, tmp_path: Path
+    server_factory: Any, registry: str, tmp_path: Path, shared_inspection: Path
 ) -> None:
+    # The run's layer cache (tests/conftest.py `shared_inspection`): the stand-in's layers are read once.
     data_dir = tmp_path / "crashy"
-    srv = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    srv = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV, inspection_config=shared_inspection)
     sm = srv.client()
     standin, hangs = s.unique("standin"), s.unique("hangs")
     s.register(sm, registry, standin, "rstudio-standin", "v1")
@@ -74,7 +75,7 @@ def test_sigkill_during_launch_then_restart_settles_every_app(
     left = s.containers_of(installation)
     assert left, "the crash should leave containers behind for the restarted server to sort out"
 
-    again = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    again = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV, inspection_config=shared_inspection)
     sm = again.client()
     hung = s.wait_app(sm, domain, "carol", "never-answers", ("Failed", "InService"), timeout=90)
     good = s.wait_app(sm, domain, "carol", "answers", ("Failed", "InService"), timeout=90)
@@ -111,11 +112,13 @@ def test_sigkill_during_launch_then_restart_settles_every_app(
     assert s.containers_of(installation) == []
 
 
-def test_a_running_session_is_adopted_after_a_restart(server_factory: Any, registry: str, tmp_path: Path) -> None:
+def test_a_running_session_is_adopted_after_a_restart(
+    server_factory: Any, registry: str, tmp_path: Path, shared_inspection: Path
+) -> None:
     """SIGTERM stops byoi, not its sessions: the server started again on the same data dir finds the running
     container and keeps the app InService on it (same container, not re-created)."""
     data_dir = tmp_path / "adopt"
-    srv = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    srv = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV, inspection_config=shared_inspection)
     sm = srv.client()
     image = s.unique("standin")
     s.register(sm, registry, image, "rstudio-standin", "v1")
@@ -137,7 +140,7 @@ def test_a_running_session_is_adopted_after_a_restart(server_factory: Any, regis
     assert srv.proc is not None and srv.proc.returncode is not None
     assert docker_client().api.inspect_container(container_id)["State"]["Running"]  # sessions outlive byoi
     restarted_at = time.time()
-    again = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV)
+    again = server_factory([f"http://{registry}"], data_dir=data_dir, env=ENV, inspection_config=shared_inspection)
     sm = again.client()
     # Several reconciler passes (one a second): still InService, with a health check from the new server.
     deadline = time.monotonic() + 30

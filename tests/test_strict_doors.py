@@ -30,7 +30,7 @@ from tests.support.docker_images import (
     local_tag,
     push_test_image,
 )
-from tests.support.processes import ByoiServer
+from tests.support.processes import ByoiServer, byoi_cli
 from tests.test_inspect_images import push_local
 from tests.test_inspect_synthetic import register
 
@@ -85,6 +85,12 @@ def aws(server: ByoiServer, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def byoi(server: ByoiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`byoi ARGS` in-process (tests/support/processes.py `byoi_cli`): the same command, no Python start-up."""
+    return byoi_cli(list(args), {**server.aws_env(), "COLUMNS": "200"})
+
+
+def byoi_process(server: ByoiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`byoi ARGS` as a process, the way a user runs it (`python -m byoi`)."""
     return run([sys.executable, "-m", "byoi", *args], server.aws_env())
 
 
@@ -111,7 +117,13 @@ def test_a_server_without_inspection_config_runs_the_contract_defaults(defaults,
 
 
 def wait_aws(server: ByoiServer, name: str, version: int, timeout: float = 180) -> dict:
+    """The version once it is no longer CREATING, as the AWS CLI describes it. Waited for through boto3 first
+    (no process per poll), then described with the AWS CLI, which must agree."""
     deadline = time.monotonic() + timeout
+    sm = server.client()
+    while sm.describe_image_version(ImageName=name, Version=version)["ImageVersionStatus"] == "CREATING":
+        assert time.monotonic() < deadline, f"version {version} of {name} is still CREATING"
+        time.sleep(0.2)
     while time.monotonic() < deadline:
         out = aws(server, "describe-image-version", "--image-name", name, "--version-number", str(version))
         assert out.returncode == 0, out.stderr
@@ -164,7 +176,7 @@ def test_byoi_versions_create_prints_created_or_the_failure_reason(defaults, ima
     assert status.startswith(f"CREATED: {registry}/strict-doors/standin@sha256:"), status
 
     bad = byoi(defaults, "versions", "create", name, images["debian"])
-    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.returncode == 7, bad.stdout + bad.stderr
     arn, status = bad.stdout.strip().splitlines()
     assert arn == f"{ACCOUNT}:image-version/{name}/2"
     assert status.startswith("CREATE_FAILED: ")
@@ -185,7 +197,7 @@ def test_byoi_build_register_creates_the_standin_and_fails_plain_debian(defaults
     build_test_image("rstudio-standin")  # cached; the build starts FROM it
     sm = defaults.client()
 
-    ok = byoi(defaults, "build", str(standin_ctx), "--image", name, "--tag", "v1", "--register")
+    ok = byoi_process(defaults, "build", str(standin_ctx), "--image", name, "--tag", "v1", "--register")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert f"pushed {registry}/{name}:v1@sha256:" in ok.stdout
     assert f"{ACCOUNT}:image-version/{name}/1 CREATED" in ok.stdout
@@ -193,8 +205,8 @@ def test_byoi_build_register_creates_the_standin_and_fails_plain_debian(defaults
     assert d["ImageVersionStatus"] == "CREATED" and d["ContainerImage"].startswith(f"{registry}/{name}@sha256:")
 
     plain = name + "-plain"
-    bad = byoi(defaults, "build", str(debian_ctx), "--image", plain, "--tag", "v1", "--register")
-    assert bad.returncode == 1, bad.stdout + bad.stderr
+    bad = byoi_process(defaults, "build", str(debian_ctx), "--image", plain, "--tag", "v1", "--register")
+    assert bad.returncode == 7, bad.stdout + bad.stderr
     assert "--> SUCCEEDED" in bad.stdout  # the build itself worked: only the registration failed
     assert f"pushed {registry}/{plain}:v1@sha256:" in bad.stdout
     assert f"{ACCOUNT}:image-version/{plain}/1 CREATE_FAILED" in bad.stdout
@@ -210,9 +222,9 @@ def test_byoi_build_register_creates_the_standin_and_fails_plain_debian(defaults
 
 
 def wide(server: ByoiServer, *args: str) -> subprocess.CompletedProcess[str]:
-    """`byoi` on a terminal wide enough that no table cell wraps (a wrapped cell could split a [tag])."""
-    env = {**server.aws_env(), "COLUMNS": "1000"}
-    return subprocess.run([sys.executable, "-m", "byoi", *args], env=env, capture_output=True, text=True, timeout=300)
+    """`byoi` (in-process) on a terminal wide enough that no table cell wraps (a wrapped cell could split a
+    [tag])."""
+    return byoi_cli(list(args), {**server.aws_env(), "COLUMNS": "1000"})
 
 
 def test_byoi_tables_and_report_keep_the_rule_tags_of_a_failure_reason(defaults, images):
@@ -232,7 +244,7 @@ def test_byoi_build_prints_a_failed_steps_reason_with_its_brackets(defaults, nam
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(f'FROM {BASE_IMAGE}\nRUN echo "[doors-tag] about to fail" && exit 3\n')
     failed = wide(defaults, "build", str(ctx), "--image", name)
-    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert failed.returncode == 7, failed.stdout + failed.stderr
     [build_id] = [line.split()[1] for line in failed.stdout.splitlines() if line.endswith(" started")]
     defaults.session()
     d = extension_client(defaults.endpoint, "byoi").describe_image_build(BuildId=build_id)
@@ -261,7 +273,7 @@ def test_byoi_launch_prints_a_failed_sessions_reason_with_its_brackets(defaults,
     sm.create_user_profile(DomainId=domain, UserProfileName="ana")
     try:
         launched = wide(defaults, "launch", "-d", domain, "-u", "ana", "--image", name, "--name", "exits")
-        assert launched.returncode == 1, launched.stdout + launched.stderr
+        assert launched.returncode == 7, launched.stdout + launched.stderr
         d = sm.describe_app(DomainId=domain, UserProfileName="ana", AppType="RSessionGateway", AppName="exits")
         assert d["Status"] == "Failed" and "[doors-tag] rserver gives up" in d["FailureReason"], d
         assert launched.stderr.strip() == f"session exits Failed: {d['FailureReason']}", launched.stderr

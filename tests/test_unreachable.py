@@ -133,7 +133,7 @@ def test_docker_engine_going_away_fails_builds_and_launches_with_the_reason(
         assert checks["store"] == "ok" and checks[f"registry {setup.registry.host}"] == "ok"
 
         built = setup.build(scratch_context, "unreach/engine-down")
-        assert built.returncode == 1, built.stdout + built.stderr
+        assert built.returncode == 7, built.stdout + built.stderr
         assert f"FAILED: {gone}" in built.stderr
         assert "Internal error" not in built.stderr and "Traceback" not in built.stderr
         assert setup.last_build("unreach/engine-down")["FailureReason"].startswith(gone)
@@ -173,7 +173,7 @@ def test_the_registry_going_away_fails_pushes_and_versions_with_the_reason(setup
         assert checks[f"registry {host}"] == f"error: {gone}: connection refused (http://{host})"
 
         built = setup.build(scratch_context, "unreach/registry-down")
-        assert built.returncode == 1, built.stdout + built.stderr
+        assert built.returncode == 7, built.stdout + built.stderr
         reason = setup.last_build("unreach/registry-down")["FailureReason"]
         assert reason.startswith(f"Push to {host}/unreach/registry-down:v1 failed: {gone}: "), reason
         assert "connection refused" in reason

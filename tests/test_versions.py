@@ -12,12 +12,18 @@ from botocore.exceptions import ClientError, WaiterError
 from tests.conftest import ROLE
 from tests.support.errors import code
 from tests.support.oci import OCI_MANIFEST
+from tests.support.processes import ByoiServer
+
+
+@pytest.fixture(scope="module")
+def server(catalog_server: ByoiServer) -> ByoiServer:
+    return catalog_server  # shared with the other catalog, CLI and build modules (tests/conftest.py)
 
 
 def wait_version(sm, image: str, version: int) -> dict:
     waiter = sm.get_waiter("image_version_created")
     with contextlib.suppress(WaiterError):  # it stops on CREATE_FAILED too; the caller asserts on the status
-        waiter.wait(ImageName=image, Version=version, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+        waiter.wait(ImageName=image, Version=version, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
     return sm.describe_image_version(ImageName=image, Version=version)
 
 
@@ -158,7 +164,9 @@ def test_aliases(sm, name, pusher):
 
     # Aliases work wherever the model allows: DeleteImageVersion by alias.
     sm.delete_image_version(ImageName=name, Alias="4.2")
-    sm.get_waiter("image_version_deleted").wait(ImageName=name, Version=1, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    sm.get_waiter("image_version_deleted").wait(
+        ImageName=name, Version=1, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
     assert sm.list_aliases(ImageName=name)["SageMakerImageVersionAliases"] == ["stable"]
 
 
@@ -175,7 +183,9 @@ def test_version_numbers_never_reused_and_errors(sm, name, pusher):
     sm.create_image_version(ImageName=name, BaseImage="catalog/reuse:v1")
     wait_version(sm, name, 2)
     sm.delete_image_version(ImageName=name, Version=2)
-    sm.get_waiter("image_version_deleted").wait(ImageName=name, Version=2, WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    sm.get_waiter("image_version_deleted").wait(
+        ImageName=name, Version=2, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
     arn = sm.create_image_version(ImageName=name, BaseImage="catalog/reuse:v1")["ImageVersionArn"]
     assert arn.endswith("/3")
     with pytest.raises(ClientError) as e:

@@ -17,11 +17,13 @@ from botocore.exceptions import ClientError
 from tests.support.docker_images import containers, push_test_image
 
 ROLE = "arn:aws:iam::000000000000:role/byoi-test"
-# Session servers of the tests: quick reconciling, short stops, activity written every half second.
+# Session servers of the tests: quick reconciling, short stops, activity written every half second. The stand-in
+# ignores SIGTERM (R as PID 1, no init: tests/images/rstudio-standin/README.md), so every stop waits out the
+# stop timeout before the kill: 1 s, not more.
 SESSION_ENV = {
     "BYOI_SESSION_RECONCILE_SECONDS": "1",
     "BYOI_SESSION_START_TIMEOUT": "60",
-    "BYOI_SESSION_STOP_TIMEOUT": "2",
+    "BYOI_SESSION_STOP_TIMEOUT": "1",
     "BYOI_SESSION_ACTIVITY_SECONDS": "0.5",
 }
 CONFIG = "rstudio-config"
@@ -69,7 +71,7 @@ def register(sm: Any, registry: str, image: str, test_image: str, tag: str, crea
     arn = sm.create_image_version(ImageName=image, BaseImage=f"{registry}/sessions/{image}:{tag}")["ImageVersionArn"]
     number = int(arn.rsplit("/", 1)[1])
     sm.get_waiter("image_version_created").wait(
-        ImageName=image, Version=number, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240}
+        ImageName=image, Version=number, WaiterConfig={"Delay": 0.2, "MaxAttempts": 600}
     )
     return number
 
@@ -132,15 +134,20 @@ def extension(server: Any) -> Any:
     return extension_client(server.endpoint, "byoi")
 
 
-def remove_sessions_of(data_dir: Any) -> None:
-    """Test teardown: sessions outlive their server by design, so remove the containers a test server started."""
+def remove_sessions_of(data_dir: Any, domains: Any = None) -> None:
+    """Test teardown: sessions outlive their server by design, so remove the containers a test server started;
+    with `domains` (ids), only those of apps in these domains (a shared server's other sessions are kept)."""
     from pathlib import Path
 
     marker = Path(data_dir) / "installation-id"
     if marker.exists():
         import docker.errors
 
+        wanted = [f":app/{d}/" for d in domains] if domains is not None else None
         for c in containers_of(marker.read_text().strip()):
+            arn = c.labels.get("byoi.app-arn", "")
+            if wanted is not None and not any(w in arn for w in wanted):
+                continue
             try:
                 c.remove(force=True)
             except docker.errors.NotFound:
@@ -257,7 +264,7 @@ def register_as(sm: Any, image: str, base_image: str, create: bool = True) -> in
     arn = sm.create_image_version(ImageName=image, BaseImage=base_image)["ImageVersionArn"]
     number = int(arn.rsplit("/", 1)[1])
     sm.get_waiter("image_version_created").wait(
-        ImageName=image, Version=number, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240}
+        ImageName=image, Version=number, WaiterConfig={"Delay": 0.2, "MaxAttempts": 600}
     )
     return number
 

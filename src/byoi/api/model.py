@@ -1,4 +1,5 @@
-"""Service models that drive the API: botocore's SageMaker model, and byoi's own extension model.
+"""Service models that drive the API: botocore's SageMaker model (the part byoi serves, byoi.sagemaker_model),
+and byoi's own extension model.
 
 Requests are validated and responses shaped from these, never from hand-written shapes.
 
@@ -16,19 +17,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 from botocore.model import OperationModel, ServiceModel
+
+from byoi.sagemaker_model import sagemaker_model as sagemaker_model  # re-exported: the API's model of SageMaker
 
 SAGEMAKER_PREFIX = "SageMaker"
 EXTENSION_PREFIX = "Byoi"
 EXTENSION_SERVICE = "byoi"
 EXTENSION_API_VERSION = "2026-11-27"
 FRAGMENTS = Path(__file__).parent / "models"
-
-
-@lru_cache(maxsize=1)
-def sagemaker_model() -> ServiceModel:
-    return botocore.session.get_session().get_service_model("sagemaker")
 
 
 @lru_cache(maxsize=1)

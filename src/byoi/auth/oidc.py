@@ -20,15 +20,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx2 as httpx
-from authlib.common.security import generate_token
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet
+# authlib and joserfc are imported where a sign-in uses them: a server without OIDC never loads them (3 MiB).
 
 FLOW_SECONDS = 600  # a sign-in at the provider must finish within this
 
@@ -128,6 +127,9 @@ class OidcClient:
 
     async def begin(self, redirect_uri: str, domain_id: str, next_path: str) -> tuple[str, Flow]:
         """The provider URL to send the browser to, and the flow to seal into the state cookie."""
+        from authlib.common.security import generate_token
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
         meta = await self.metadata()
         flow = Flow(
             state=generate_token(32),
@@ -178,6 +180,10 @@ class OidcClient:
         return await self._verify(str(id_token), flow.nonce)
 
     async def _verify(self, id_token: str, nonce: str) -> dict[str, Any]:
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         meta = await self.metadata()
         for attempt in range(2):  # a key the cached set lacks: the provider may have rotated; fetch once more
             if self._keys is None or attempt:

@@ -8,6 +8,7 @@ themselves, which the builder needs, as Docker's own client does). Nothing is ev
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -413,10 +414,18 @@ def context_has_file(raw_path: Path, name: str) -> bool:
 
 def filter_context(raw_path: Path, dst_path: Path, dockerfile: str) -> ContextSummary:
     """Copy the checked context to `dst_path` leaving out what its `.dockerignore` excludes. The Dockerfile
-    and `.dockerignore` are always kept (Docker's client does the same; the daemon drops them from COPY)."""
+    and `.dockerignore` are always kept (Docker's client does the same; the daemon drops them from COPY).
+    Without a `.dockerignore` nothing is left out: `dst_path` is then a hard link to the checked context rather
+    than a copy of it (a 16 MB context took 30 to 100 ms to copy)."""
     size = files = excluded = 0
     with tarfile.open(raw_path, mode="r:") as tin:
-        ignore = DockerIgnore(_read_member(tin, DOCKERIGNORE) or "")
+        rules = _read_member(tin, DOCKERIGNORE)
+        if rules is None:
+            kept = [info for info in tin.getmembers() if info.isfile()]
+            with contextlib.suppress(OSError):  # a file system without hard links: copied below
+                os.link(raw_path, dst_path)
+                return ContextSummary(sum(info.size for info in kept), len(kept), 0)
+        ignore = DockerIgnore(rules or "")
         always = {DOCKERIGNORE, dockerfile}
         with dst_path.open("wb") as dst, tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT) as tout:
             for info in tin:

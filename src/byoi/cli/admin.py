@@ -19,11 +19,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from byoi.cli.client import sagemaker_client
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, print_result
-from byoi.cli.domains import Failed, resolve_domain
+from byoi.cli.common import EndpointUrl, ExitCode, Output, Profile, call, console, err, print_document, print_result
+from byoi.cli.domains import resolve_domain
 
 admin_app = typer.Typer(help="Administration: principals, access keys, passwords, audit log.", no_args_is_help=True)
 users_app = typer.Typer(help="Principals: administrators, and users bound to a user profile.", no_args_is_help=True)
@@ -57,22 +56,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(endpoint_url: str | None, profile: str | None, action: Any) -> Any:
-    """`action(extension client)`; a `Failed` is one line on stderr and exit status 1."""
-
-    def wrapped(client: Any) -> Any:
-        try:
-            return action(client)
-        except Failed as exc:
-            err.print(f"[red]error[/red]: {escape(str(exc))}")
-            raise typer.Exit(1) from None
-
-    return call(endpoint_url, profile, wrapped, extension=True)
+    """`action(extension client)`, its failures one line on stderr with their exit status."""
+    return call(endpoint_url, profile, action, extension=True)
 
 
-def _usage(message: str) -> typer.Exit:
-    """A mistake in the command line: one line, exit status 2, nothing sent."""
+def _usage(message: str, code: ExitCode = ExitCode.USAGE) -> typer.Exit:
+    """A mistake in the command line (or, with INVALID_INPUT, a value the server would refuse): one line,
+    nothing sent."""
     err.print(f"[red]error[/red]: {escape(message)}")
-    return typer.Exit(2)
+    return typer.Exit(code)
 
 
 def _pages(client_call: Any, key: str, limit: int | None = None, **args: Any) -> tuple[list[dict[str, Any]], bool]:
@@ -99,13 +91,13 @@ def read_password(password_stdin: bool) -> str:
     if password_stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
         if not password:
-            raise _usage("--password-stdin: stdin held no password")
+            raise _usage("--password-stdin: stdin held no password", ExitCode.INVALID_INPUT)
     elif not sys.stdin.isatty():
         raise _usage("no terminal to prompt for the password on: pipe it in with --password-stdin")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < MIN_PASSWORD:
-        raise _usage(f"the password must have at least {MIN_PASSWORD} characters")
+        raise _usage(f"the password must have at least {MIN_PASSWORD} characters", ExitCode.INVALID_INPUT)
     return password
 
 
@@ -144,10 +136,10 @@ def users_create(
         return ext.create_principal(**args)  # type: ignore[no-any-return]
 
     result = _run(endpoint_url, profile, create)
-    if output == "json":
-        print_result(result, output, [])
+    if output != "table":
+        print_document(result, output)
         return
-    console.print(result["Principal"]["PrincipalArn"])
+    console.print(result["Principal"]["PrincipalArn"], markup=False)
 
 
 @users_app.command("list")
@@ -163,8 +155,8 @@ def users_describe(
 ) -> None:
     """A principal: its role, the user profile it is bound to, and its access keys (never their secrets)."""
     result = _run(endpoint_url, profile, lambda ext: ext.describe_principal(Name=name))
-    if output == "json":
-        print_result(result, output, [])
+    if output != "table":
+        print_document(result, output)
         return
     print_result(result, output, PRINCIPAL_COLUMNS + ["PrincipalArn"], [result["Principal"]])
     if result.get("AccessKeys"):
@@ -254,8 +246,8 @@ def keys_create(
                 f"`byoi admin keys delete {key['AccessKeyId']}`"
             )
             raise typer.Exit(1) from None
-        if output == "json":
-            print_result({"AccessKey": key, "Profile": write_profile_name, "CredentialsFile": str(path)}, output, [])
+        if output != "table":
+            print_document({"AccessKey": key, "Profile": write_profile_name, "CredentialsFile": str(path)}, output)
             return
         verb = "replaced" if replaced else "wrote"
         console.print(
@@ -263,9 +255,11 @@ def keys_create(
             f"{escape(str(path))} (mode 0600); the secret was not printed"
         )
         return
-    if output == "json":
-        print_result({"AccessKey": key}, output, [])
+    if output != "table":
+        print_document({"AccessKey": key}, output)
         return
+    from rich.table import Table
+
     table = Table("AccessKeyId", "SecretAccessKey", "PrincipalName")
     table.add_row(key["AccessKeyId"], key["SecretAccessKey"], escape(key["PrincipalName"]))
     console.print(table)

@@ -3,7 +3,9 @@
 `byoi build` packs the directory (honouring `.dockerignore`), uploads it to the signed context endpoint,
 starts the build with `Byoi.StartImageBuild`, and follows its event stream: build steps as they run, a
 progress bar per layer while pushing, then the pushed reference with its digest, and with `--register`
-the new image version once it is CREATED. Ctrl-C asks whether to stop the build.
+the new image version once it is CREATED. Ctrl-C asks whether to stop the build on the server too (without a
+terminal to ask on, it keeps running and the CLI says how to stop it). With `--output json|yaml`, the log goes to
+stderr and stdout gets the build's description when it ends.
 """
 
 from __future__ import annotations
@@ -20,20 +22,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
-import httpx2 as httpx
 import regex
 import typer
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.console import Console
 
 from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT
-from byoi.build.context import ContextError, pack_directory
-from byoi.cli.client import _session_and_endpoint, sagemaker_client
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, literal, print_result
-from byoi.registry import reference
+from byoi.cli.client import _session_and_endpoint, region_of, sagemaker_client
+from byoi.cli.common import (
+    API_EXIT_CODES,
+    EndpointUrl,
+    ExitCode,
+    Output,
+    Profile,
+    call,
+    console,
+    err,
+    for_people,
+    literal,
+    print_document,
+    print_result,
+    stop_on_server,
+)
+
+if TYPE_CHECKING:
+    import httpx2 as httpx
+    from rich.progress import Progress
 
 builds_app = typer.Typer(help="Image builds: from a Dockerfile to a pushed image.", no_args_is_help=True)
 _ARG = regex.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?:=(?P<value>.*))?", regex.DOTALL)
@@ -48,7 +63,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(builds_app, name="builds")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
+def _fail(message: str, code: ExitCode = ExitCode.USAGE) -> typer.Exit:
     err.print(f"[red]error[/red]: {literal(message)}", soft_wrap=True)
     return typer.Exit(code)
 
@@ -76,14 +91,20 @@ class Signed:
     """Signs requests to byoi's build routes with the same credentials boto3 would use."""
 
     def __init__(self, endpoint_url: str | None, profile: str | None) -> None:
+        from botocore.auth import SigV4Auth
+
         session, self.endpoint = _session_and_endpoint(endpoint_url, profile)
         creds = session.get_credentials()
         if creds is None:
-            raise _fail("no credentials: set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE or use --profile", 1)
-        self.signer = SigV4Auth(creds.get_frozen_credentials(), "sagemaker", session.region_name or "us-east-1")
+            raise _fail(
+                "no credentials: set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE or use --profile", ExitCode.ACCESS_DENIED
+            )
+        self.signer = SigV4Auth(creds.get_frozen_credentials(), "sagemaker", region_of(session))
         self.endpoint = self.endpoint.rstrip("/")
 
     def headers(self, method: str, path: str, extra: dict[str, str] | None = None, query: str = "") -> dict[str, str]:
+        from botocore.awsrequest import AWSRequest
+
         url = f"{self.endpoint}{path}" + (f"?{query}" if query else "")
         request = AWSRequest(method=method, url=url, data=b"", headers=extra or {})
         self.signer.add_auth(request)
@@ -93,21 +114,39 @@ class Signed:
         return self.endpoint + path
 
 
-def _error_text(response: httpx.Response) -> str:
-    """byoi's JSON error as `Code: message`; anything else (a proxy's page, a 404 from elsewhere) as its status."""
+def _error_code(response: httpx.Response) -> str | None:
     try:
         body = response.json()
     except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("__type"):
-        return f"{body['__type']}: {body.get('Message') or body.get('message') or ''}".rstrip(": ")
+        return None
+    return str(body["__type"]) if isinstance(body, dict) and body.get("__type") else None
+
+
+def _error_text(response: httpx.Response) -> str:
+    """byoi's JSON error as `Code: message`; anything else (a proxy's page, a 404 from elsewhere) as its status."""
+    code = _error_code(response)
+    if code:
+        body = response.json()
+        return f"{code}: {body.get('Message') or body.get('message') or ''}".rstrip(": ")
     return f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}".rstrip(": ")
+
+
+def _refused(message: str, response: httpx.Response) -> typer.Exit:
+    """The server refused a request to a build route: the error line, with the exit status of its code."""
+    by_status = {403: ExitCode.ACCESS_DENIED, 404: ExitCode.NOT_FOUND}
+    code = API_EXIT_CODES.get(_error_code(response) or "", by_status.get(response.status_code, ExitCode.ERROR))
+    return _fail(f"{message}{_error_text(response)}", code)
+
+
+def _unreachable(endpoint: str, exc: Exception) -> typer.Exit:
+    return _fail(f"cannot reach byoi at {endpoint}: {exc}", ExitCode.UNAVAILABLE)
 
 
 def check_build_id(build_id: str) -> str:
     """A build id is checked before it is put into a URL path (`../../x` would leave /byoi/builds/)."""
     if not BUILD_ID.fullmatch(build_id):
-        raise _fail(f"{build_id!r} is not a build id ({BUILD_ID_FORMAT}; see `byoi builds list`)")
+        message = f"{build_id!r} is not a build id ({BUILD_ID_FORMAT}; see `byoi builds list`)"
+        raise _fail(message, ExitCode.INVALID_INPUT)
     return build_id
 
 
@@ -117,19 +156,23 @@ def _file_chunks(fh: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def upload_context(signed: Signed, path: Path, dockerfile: str | None) -> tuple[str, str]:
+def upload_context(signed: Signed, path: Path, dockerfile: str | None, say: Console = console) -> tuple[str, str]:
     """Pack and upload `path`; return (ContextId, the Dockerfile's path inside the context)."""
+    import httpx2 as httpx
+
+    from byoi.build.context import ContextError, pack_directory
+
     with tempfile.TemporaryFile() as fh:
         try:
             packed = pack_directory(path, fh, dockerfile)
         except (ContextError, OSError) as exc:
-            raise _fail(str(exc)) from None
+            raise _fail(str(exc), ExitCode.INVALID_INPUT) from None
         size = fh.tell()
         digest = hashlib.sha256()
         for chunk in _file_chunks(fh):
             digest.update(chunk)
         note = f", {packed.excluded} excluded by .dockerignore" if packed.excluded else ""
-        console.print(f"Sending build context: {packed.files} files, {packed.size / 1e6:.1f} MB{note}")
+        say.print(f"Sending build context: {packed.files} files, {packed.size / 1e6:.1f} MB{note}")
         headers = signed.headers(
             "POST",
             "/byoi/build-contexts",
@@ -141,9 +184,9 @@ def upload_context(signed: Signed, path: Path, dockerfile: str | None) -> tuple[
                 signed.url("/byoi/build-contexts"), content=_file_chunks(fh), headers=headers, timeout=None
             )
         except httpx.TransportError as exc:
-            raise _fail(f"cannot reach byoi at {signed.endpoint}: {exc}", 1) from None
+            raise _unreachable(signed.endpoint, exc) from None
     if response.status_code != 200:
-        raise _fail(f"context upload refused: {_error_text(response)}", 1)
+        raise _refused("context upload refused: ", response)
     return str(response.json()["ContextId"]), packed.dockerfile
 
 
@@ -153,13 +196,14 @@ def upload_context(signed: Signed, path: Path, dockerfile: str | None) -> tuple[
 class LogView:
     """Renders build events: steps and output as lines, push progress as one bar per layer."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, out: Console = console) -> None:
         self.quiet = quiet
+        self.out = out  # stdout; stderr when stdout is for the JSON or YAML answer
         self.progress: Progress | None = None
         self.layers: dict[str, Any] = {}
 
     def _print(self, text: str, style: str | None = None) -> None:
-        target = self.progress.console if self.progress else console
+        target = self.progress.console if self.progress else self.out
         target.print(text, style=style, markup=False, highlight=False)
 
     def show(self, event: str, record: dict[str, Any]) -> None:
@@ -179,12 +223,14 @@ class LogView:
     def _status(self, record: dict[str, Any]) -> None:
         status = record.get("s")
         if status == "PUSHING" and self.progress is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
             self.progress = Progress(
                 TextColumn("{task.fields[layer]}"),
                 BarColumn(),
                 DownloadColumn(),
                 TextColumn("{task.fields[state]}"),
-                console=console,
+                console=self.out,
             )
             self.progress.start()
         if status in TERMINAL:
@@ -242,6 +288,8 @@ def _interrupt_after() -> Iterator[None]:
 
 def follow(signed: Signed, build_id: str, view: LogView, position: StreamPosition | None = None) -> None:
     """Read the build's event stream until its `end` event, reconnecting from the last event id."""
+    import httpx2 as httpx
+
     position = position or StreamPosition()
     failures = 0
     path = f"/byoi/builds/{build_id}/events"
@@ -253,7 +301,7 @@ def follow(signed: Signed, build_id: str, view: LogView, position: StreamPositio
             ) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise _fail(f"cannot follow build {build_id}: {_error_text(response)}", 1)
+                    raise _refused(f"cannot follow build {build_id}: ", response)
                 event, data, event_id = "message", "", None
                 for line in response.iter_lines():
                     if line.startswith("event:"):
@@ -275,31 +323,38 @@ def follow(signed: Signed, build_id: str, view: LogView, position: StreamPositio
             failures += 1
             if failures > 5:
                 hint = f"follow it with `byoi builds logs {build_id} -f`"
-                raise _fail(f"lost the log stream of build {build_id}; {hint}", 1) from None
+                raise _fail(f"lost the log stream of build {build_id}; {hint}", ExitCode.UNAVAILABLE) from None
             time.sleep(1)
 
 
-def _follow_with_stop(signed: Signed, ext: Any, build_id: str, view: LogView) -> None:
-    """Follow; on Ctrl-C ask whether to stop the build (no: leave it running and exit)."""
+def _follow_with_stop(signed: Signed, ext: Any, build_id: str, view: LogView) -> bool:
+    """Follow; on Ctrl-C ask whether to stop the build on the server too (no, or no terminal to ask on: leave it
+    running, say how to stop it, and exit). Returns whether the build was stopped that way."""
     position = StreamPosition()  # after the prompt, go on from where the log stopped rather than print it again
+    stopped = False
     while True:
         try:
             follow(signed, build_id, view, position)
-            return
+            return stopped
         except KeyboardInterrupt:
             view.close()
-            if typer.confirm(f"\nStop build {build_id}?", default=True):
+            if not stopped and stop_on_server(f"Stop build {build_id} on the server too?"):
                 ext.stop_image_build(BuildId=build_id)
-                console.print(f"stopping {build_id} ...")
+                view.out.print(f"stopping {build_id} ...")
+                stopped = True
                 continue
-            console.print(f"build {build_id} keeps running; follow it with `byoi builds logs {build_id} -f`")
-            raise typer.Exit(130) from None
+            err.print(
+                f"build {build_id} keeps running on the server; follow it with `byoi builds logs {build_id} -f`, "
+                f"stop it with `byoi builds stop {build_id}`",
+                markup=False,
+            )
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
-def _wait_for_version(endpoint_url: str | None, profile: str | None, arn: str) -> dict[str, Any]:
+def _wait_for_version(endpoint_url: str | None, profile: str | None, arn: str, say: Console) -> dict[str, Any]:
     sm = sagemaker_client(endpoint_url, profile)
     image, number = arn.split(":image-version/", 1)[1].rsplit("/", 1)
-    with console.status(f"registering {arn} ..."):
+    with say.status(f"registering {arn} ..."):
         while True:
             found: dict[str, Any] = sm.describe_image_version(ImageName=image, Version=int(number))
             if found["ImageVersionStatus"] != "CREATING":
@@ -323,10 +378,13 @@ def build(
     ] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Start the build and print its id.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show steps but not their output.")] = False,
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
     """Build an image from a Dockerfile on the byoi server's builder and push it to the registry."""
+    from byoi.registry import reference
+
     # Everything that can be checked here is checked before anything is packed or sent.
     if not path.is_dir():
         raise _fail(f"build context {path} is not a directory")
@@ -334,18 +392,23 @@ def build(
     if not reference.REPOSITORY.fullmatch(repository):
         raise _fail(
             f"--image {image!r} is not a valid repository name: lower-case letters and digits, "
-            "with . _ __ - between them and / between path components"
+            "with . _ __ - between them and / between path components",
+            ExitCode.INVALID_INPUT,
         )
     if not reference.TAG.fullmatch(tag):
-        raise _fail(f"--tag {tag!r} is not a valid tag")
+        raise _fail(f"--tag {tag!r} is not a valid tag", ExitCode.INVALID_INPUT)
     image_name = repository.rsplit("/", 1)[-1] if register_version else None
     if image_name is not None and not _IMAGE_NAME.fullmatch(image_name):
-        raise _fail(f"{image_name!r} cannot be a byoi image name (letters, digits, single - or . between them)")
+        raise _fail(
+            f"{image_name!r} cannot be a byoi image name (letters, digits, single - or . between them)",
+            ExitCode.INVALID_INPUT,
+        )
     args = parse_pairs(build_arg, "--build-arg", from_env=True)
     labels = parse_pairs(label, "--label", from_env=False)
 
+    say = for_people(output)
     signed = Signed(endpoint_url, profile)
-    context_id, dockerfile = upload_context(signed, path, file)
+    context_id, dockerfile = upload_context(signed, path, file, say)
     request: dict[str, Any] = {
         "ContextId": context_id,
         "Repository": image,
@@ -360,19 +423,22 @@ def build(
     if image_name:
         request["ImageName"] = image_name
 
-    def run(ext: Any) -> dict[str, Any]:
+    def run(ext: Any) -> tuple[dict[str, Any], bool]:
         build_id = ext.start_image_build(**request)["BuildId"]
-        console.print(f"Build {build_id} started")
+        say.print(f"Build {build_id} started")
         if detach:
-            return {"BuildId": build_id}
-        _follow_with_stop(signed, ext, build_id, LogView(quiet))
-        return ext.describe_image_build(BuildId=build_id)  # type: ignore[no-any-return]
+            return {"BuildId": build_id}, False
+        stopped = _follow_with_stop(signed, ext, build_id, LogView(quiet, say))
+        return ext.describe_image_build(BuildId=build_id), stopped
 
-    result = call(endpoint_url, profile, run, extension=True)
+    result, stopped = call(endpoint_url, profile, run, extension=True)
     if detach:
-        console.print(result["BuildId"])
+        if output == "table":
+            console.print(result["BuildId"])
+        else:
+            print_document(result, output)
         return
-    _report(result, endpoint_url, profile)
+    _report(result, endpoint_url, profile, output, stopped)
 
 
 def _has_host(image: str) -> bool:
@@ -380,23 +446,31 @@ def _has_host(image: str) -> bool:
     return "/" in image and ("." in first or ":" in first or first == "localhost")
 
 
-def _report(result: dict[str, Any], endpoint_url: str | None, profile: str | None) -> None:
+def _report(
+    result: dict[str, Any], endpoint_url: str | None, profile: str | None, output: str = "table", stopped: bool = False
+) -> None:
+    """How the build ended; with --register, the version once registered. Exit status: 0 when all went well,
+    INTERRUPTED when Ctrl-C stopped it, FAILED when it (or the version) failed."""
+    say = for_people(output)
     status = result["BuildStatus"]
+    pushed = f"pushed {result['ImageUri']}@{result['ImageDigest']}" if result.get("ImageDigest") else None
+    arn = result.get("ImageVersionArn") if status == "SUCCEEDED" else None
+    version = call(endpoint_url, profile, lambda _c: _wait_for_version(endpoint_url, profile, arn, say)) if arn else {}
+    if output != "table":
+        print_document({**result, **({"ImageVersion": version} if version else {})}, output)
     if status != "SUCCEEDED":
         # the reason may quote the failed step's output, [brackets] and all: shown as is, not as markup.
         err.print(f"[red]{status}[/red]: {literal(result.get('FailureReason') or '')}")
-        if result.get("ImageDigest"):
-            console.print(f"pushed {result['ImageUri']}@{result['ImageDigest']}")
-        raise typer.Exit(1)
-    console.print(f"pushed {result['ImageUri']}@{result['ImageDigest']}")
-    arn = result.get("ImageVersionArn")
-    if arn:
-        version = call(endpoint_url, profile, lambda _c: _wait_for_version(endpoint_url, profile, arn))
-        console.print(f"{arn} {version['ImageVersionStatus']}")
+        if pushed:
+            say.print(pushed, markup=False)
+        raise typer.Exit(ExitCode.INTERRUPTED if stopped else ExitCode.FAILED)
+    say.print(pushed, markup=False)
+    if version:
+        say.print(f"{arn} {version['ImageVersionStatus']}", markup=False)
         if version["ImageVersionStatus"] != "CREATED":
             # the reason names each failed rule in [brackets]: shown as is, not as markup.
             err.print(f"[red]error[/red]: {literal(version.get('FailureReason'))}")
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
 
 
 # -- byoi builds … -------------------------------------------------------------------------------
@@ -448,26 +522,34 @@ def builds_logs(
     profile: Profile = None,
 ) -> None:
     """Print a build's log (all of it, or followed live with -f)."""
+    import httpx2 as httpx
+
     check_build_id(build_id)
     signed = Signed(endpoint_url, profile)
     if follow_log:
         ext_call = lambda c: _follow_with_stop(signed, c, build_id, LogView())  # noqa: E731
-        call(endpoint_url, profile, ext_call, extension=True)
+        if call(endpoint_url, profile, ext_call, extension=True):
+            raise typer.Exit(ExitCode.INTERRUPTED)  # Ctrl-C, and the build was stopped
         return
     path = f"/byoi/builds/{build_id}/log"
     try:
         response = httpx.get(signed.url(path), headers=signed.headers("GET", path), timeout=60)
     except httpx.TransportError as exc:
-        raise _fail(f"cannot reach byoi at {signed.endpoint}: {exc}", 1) from None
+        raise _unreachable(signed.endpoint, exc) from None
     if response.status_code != 200:
-        raise _fail(_error_text(response), 1)
+        raise _refused("", response)
     console.print(response.text, end="", markup=False, highlight=False)
 
 
 @builds_app.command("stop")
-def builds_stop(build_id: str, endpoint_url: EndpointUrl = None, profile: Profile = None) -> None:
+def builds_stop(
+    build_id: str, output: Output = "table", endpoint_url: EndpointUrl = None, profile: Profile = None
+) -> None:
     """Stop a queued or running build."""
     check_build_id(build_id)
     result = call(endpoint_url, profile, lambda c: c.stop_image_build(BuildId=build_id), extension=True)
-    console.print(f"{result['BuildId']} {result['BuildStatus']}" + (" (stopping)" if result["BuildStatus"] not in
-                                                                    TERMINAL else ""))  # fmt: skip
+    if output != "table":
+        print_document(result, output)
+        return
+    note = "" if result["BuildStatus"] in TERMINAL else " (stopping)"
+    console.print(f"{result['BuildId']} {result['BuildStatus']}{note}", markup=False)

@@ -13,10 +13,20 @@ from typing import Annotated, Any
 
 import regex
 import typer
-from botocore.exceptions import ClientError
 
 from byoi.cli.client import extension_client
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, literal, print_result
+from byoi.cli.common import (
+    EndpointUrl,
+    ExitCode,
+    Failed,
+    Output,
+    Profile,
+    call,
+    console,
+    error_code,
+    print_line,
+    print_result,
+)
 
 domains_app = typer.Typer(help="Domains: a team's workspace and the images attached to it.", no_args_is_help=True)
 users_app = typer.Typer(help="User profiles: people in a domain.", no_args_is_help=True)
@@ -39,34 +49,24 @@ def register(app: typer.Typer) -> None:
     app.command("detach")(detach)
 
 
-class Failed(Exception):
-    """A user-facing failure of a command, printed as one line."""
+__all__ = ["Failed", "resolve_domain"]  # Failed: common's, here too for the modules that import it from here
 
 
 def resolve_domain(client: Any, ref: str) -> str:
     """A domain id from an id or a name (byoi keeps domain names unique)."""
+    from botocore.exceptions import ClientError
+
     if _DOMAIN_ID.fullmatch(ref):
         try:
             return str(client.describe_domain(DomainId=ref)["DomainId"])
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceNotFound":
+            if error_code(exc) != "ResourceNotFound":
                 raise
     for page in client.get_paginator("list_domains").paginate():
         for domain in page["Domains"]:
             if domain["DomainName"] == ref:
                 return str(domain["DomainId"])
-    raise Failed(f"no domain with the id or name {ref}")
-
-
-def _run(endpoint_url: str | None, profile: str | None, action: Any) -> Any:
-    def wrapped(client: Any) -> Any:
-        try:
-            return action(client)
-        except Failed as exc:
-            err.print(f"[red]error[/red]: {literal(exc)}")
-            raise typer.Exit(1) from None
-
-    return call(endpoint_url, profile, wrapped)
+    raise Failed(f"no domain with the id or name {ref}", ExitCode.NOT_FOUND)
 
 
 # -- domains -------------------------------------------------------------------------------------
@@ -80,6 +80,7 @@ def domains_create(
     auth_mode: Annotated[str, typer.Option(help="IAM or SSO.")] = "IAM",
     connect_url: Annotated[str | None, typer.Option(help="RStudio Connect URL.")] = None,
     package_manager_url: Annotated[str | None, typer.Option(help="RStudio Package Manager URL.")] = None,
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
@@ -97,7 +98,7 @@ def domains_create(
             rs["RStudioPackageManagerUrl"] = package_manager_url
         args["DomainSettings"] = {"RStudioServerProDomainSettings": rs}
     result = call(endpoint_url, profile, lambda c: c.create_domain(**args))
-    console.print(f"{result['DomainId']}  {result['Url']}")
+    print_line(result, output, f"{result['DomainId']}  {result['Url']}")
 
 
 @domains_app.command("list")
@@ -119,7 +120,7 @@ def domains_describe(
     profile: Profile = None,
 ) -> None:
     """Describe a domain."""
-    result = _run(endpoint_url, profile, lambda c: c.describe_domain(DomainId=resolve_domain(c, domain)))
+    result = call(endpoint_url, profile, lambda c: c.describe_domain(DomainId=resolve_domain(c, domain)))
     print_result(result, output, ["DomainId", "DomainName", "Status", "Url"])
 
 
@@ -139,17 +140,19 @@ def domains_delete(
             _wait_gone(lambda: c.describe_domain(DomainId=domain_id))
         return domain_id
 
-    domain_id = _run(endpoint_url, profile, delete)
+    domain_id = call(endpoint_url, profile, delete)
     console.print(f"deleted {domain_id}" if wait else f"deleting {domain_id}")
 
 
 def _wait_gone(describe: Any, timeout: float = 60.0) -> None:
+    from botocore.exceptions import ClientError
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             describe()
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ResourceNotFound":
+            if error_code(exc) == "ResourceNotFound":
                 return
             raise
         time.sleep(0.2)
@@ -172,12 +175,12 @@ def domains_available(
             args["UserProfileName"] = user
         return extension_client(endpoint_url, profile).list_effective_images(**args)  # type: ignore[no-any-return]
 
-    result = _run(endpoint_url, profile, fetch)
+    result = call(endpoint_url, profile, fetch)
     rows = [
         {**e, "ImageVersionNumber": e.get("ImageVersionNumber", "latest"), "Problem": e.get("Problem", "")}
         for e in result["EffectiveImages"]
     ]
-    if output != "json":
+    if output == "table":
         console.print(f"from the {'user profile' if result['Source'] == 'UserProfile' else 'domain'}'s list")
     columns = ["ImageName", "ImageVersionNumber", "ResolvedVersionNumber", "AppImageConfigName", "ContainerImage"]
     print_result(result, output, columns + ["Problem"], rows)
@@ -191,21 +194,21 @@ def users_create(
     name: str,
     domain: Domain,
     user_group: Annotated[str, typer.Option(help="R_STUDIO_USER or R_STUDIO_ADMIN.")] = "R_STUDIO_USER",
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
     """Create a user profile in a domain."""
 
-    def create(c: Any) -> str:
-        return str(
-            c.create_user_profile(
-                DomainId=resolve_domain(c, domain),
-                UserProfileName=name,
-                UserSettings={"RStudioServerProAppSettings": {"AccessStatus": "ENABLED", "UserGroup": user_group}},
-            )["UserProfileArn"]
+    def create(c: Any) -> dict[str, Any]:
+        return c.create_user_profile(  # type: ignore[no-any-return]
+            DomainId=resolve_domain(c, domain),
+            UserProfileName=name,
+            UserSettings={"RStudioServerProAppSettings": {"AccessStatus": "ENABLED", "UserGroup": user_group}},
         )
 
-    console.print(_run(endpoint_url, profile, create))
+    result = call(endpoint_url, profile, create)
+    print_line(result, output, result["UserProfileArn"])
 
 
 @users_app.command("list")
@@ -222,7 +225,7 @@ def users_list(
         pages = c.get_paginator("list_user_profiles").paginate(**args)
         return [u for page in pages for u in page["UserProfiles"]]
 
-    found = _run(endpoint_url, profile, fetch)
+    found = call(endpoint_url, profile, fetch)
     print_result({"UserProfiles": found}, output, ["UserProfileName", "DomainId", "Status", "CreationTime"], found)
 
 
@@ -231,7 +234,7 @@ def users_describe(
     name: str, domain: Domain, output: Output = "json", endpoint_url: EndpointUrl = None, profile: Profile = None
 ) -> None:
     """Describe a user profile."""
-    result = _run(
+    result = call(
         endpoint_url,
         profile,
         lambda c: c.describe_user_profile(DomainId=resolve_domain(c, domain), UserProfileName=name),
@@ -255,7 +258,7 @@ def users_delete(
         if wait:
             _wait_gone(lambda: c.describe_user_profile(DomainId=domain_id, UserProfileName=name))
 
-    _run(endpoint_url, profile, delete)
+    call(endpoint_url, profile, delete)
     console.print(f"deleted {name}" if wait else f"deleting {name}")
 
 
@@ -272,6 +275,8 @@ def parse_image_ref(ref: str) -> tuple[str, int | None]:
 def compare_and_swap(ext: Any, owner: dict[str, Any], change: Any) -> tuple[list[dict[str, Any]], bool]:
     """Apply `change(list) -> new list | None` to the attached list, retrying when someone else wrote
     between our read and our write. Returns the final list and whether it was written."""
+    from botocore.exceptions import ClientError
+
     for attempt in range(CAS_ATTEMPTS):
         current = ext.describe_attached_images(**owner)
         new = change(list(current["CustomImages"]))
@@ -281,23 +286,25 @@ def compare_and_swap(ext: Any, owner: dict[str, Any], change: Any) -> tuple[list
             ext.update_attached_images(**owner, CustomImages=new, ExpectedRevision=current["Revision"])
             return new, True
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConcurrentModification":
+            if error_code(exc) != "ConcurrentModification":
                 raise
         time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311 - jitter, not security
     raise Failed(f"the attached images kept changing; gave up after {CAS_ATTEMPTS} attempts")
 
 
 def _ensure_app_image_config(client: Any, name: str) -> None:
+    from botocore.exceptions import ClientError
+
     try:
         client.describe_app_image_config(AppImageConfigName=name)
     except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ResourceNotFound":
+        if error_code(exc) != "ResourceNotFound":
             raise
         try:
             client.create_app_image_config(AppImageConfigName=name)
             console.print(f"created app image config {name}")
         except ClientError as exc2:  # someone else created it meanwhile: fine
-            if exc2.response["Error"]["Code"] != "ResourceInUse":
+            if error_code(exc2) != "ResourceInUse":
                 raise
 
 
@@ -338,7 +345,7 @@ def attach(
         _, written = compare_and_swap(extension_client(endpoint_url, profile), owner, change)
         return label, written
 
-    label, written = _run(endpoint_url, profile, run)
+    label, written = call(endpoint_url, profile, run)
     console.print(f"attached {image} to {label}" if written else f"{image} was already attached to {label}")
 
 
@@ -363,7 +370,7 @@ def detach(
         owner, label = _owner(c, domain, user)
         _, written = compare_and_swap(extension_client(endpoint_url, profile), owner, change)
         if not written:
-            raise Failed(f"{image} is not attached to {label}")
+            raise Failed(f"{image} is not attached to {label}", ExitCode.NOT_FOUND)
         return label
 
-    console.print(f"detached {image} from {_run(endpoint_url, profile, run)}")
+    console.print(f"detached {image} from {call(endpoint_url, profile, run)}")

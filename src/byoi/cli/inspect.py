@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, literal, print_result, version_args
+from byoi.cli.common import EndpointUrl, Output, Profile, call, console, literal, print_document, version_args
 from byoi.config import Settings
 
 InspectionConfigOpt = Annotated[
@@ -58,6 +57,8 @@ def _size(n: int | None) -> str:
 def _print_report(result: dict[str, Any]) -> None:
     """The report as text. Everything the server says goes through `literal`: a FailureReason names each failed
     rule in [brackets], and names, paths and messages come from the image."""
+    from rich.table import Table
+
     r = result.get("Report", {})
     verdict = "[green]compatible[/green]" if r.get("Compatible") else "[red]not compatible[/red]"
     console.print(
@@ -102,6 +103,8 @@ def _print_report(result: dict[str, Any]) -> None:
 
 def _print_diff(d: dict[str, Any]) -> None:
     """The diff as text; names and values come from the images (ENV X=[a] is one), so all go through `literal`."""
+    from rich.table import Table
+
     name, a, b = literal(d["ImageName"]), d["From"]["Version"], d["To"]["Version"]
     console.print(f"[bold]{name}[/bold]: version {a} -> {b}")
     rv = d.get("RVersion") or {}
@@ -149,8 +152,8 @@ def register(versions_app: typer.Typer) -> None:
         """Show a version's compatibility report: R, RStudio Server, users, packages, each rule's outcome."""
         args = version_args(image, version, alias)
         result = call(endpoint_url, profile, lambda c: c.describe_image_version_report(**args), extension=True)
-        if output == "json":
-            print_result(result, output, [])
+        if output != "table":
+            print_document(result, output)
         else:
             _print_report(result)
 
@@ -166,7 +169,7 @@ def register(versions_app: typer.Typer) -> None:
         """What changed from version A to version B: R version, packages, environment, users, size."""
         args = {"ImageName": image, **_selector(a, "From"), **_selector(b, "To")}
         result = call(endpoint_url, profile, lambda c: c.diff_image_versions(**args), extension=True)
-        if output == "json":
-            print_result(result, output, [])
+        if output != "table":
+            print_document(result, output)
         else:
             _print_diff(result)

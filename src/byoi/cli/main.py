@@ -6,23 +6,37 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-from botocore.exceptions import BotoCoreError, ClientError
 from rich.markup import escape
 from typer.core import TyperGroup
 
 from byoi import logs
-from byoi.build.settings import BuildSettings
 from byoi.cli import admin as admin_cli
 from byoi.cli import builds as builds_cli
+from byoi.cli import doctor as doctor_cli
 from byoi.cli import domains as domains_cli
 from byoi.cli import inspect as inspect_cli
 from byoi.cli import master_key as master_key_cli
 from byoi.cli import sessions as sessions_cli
-from byoi.cli.client import ClientSetupError
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, fail, print_result, version_args
+from byoi.cli.common import (
+    EndpointUrl,
+    ExitCode,
+    Output,
+    Profile,
+    call,
+    console,
+    err,
+    fail,
+    for_people,
+    is_client_failure,
+    print_document,
+    print_line,
+    print_result,
+    stop_on_server,
+    version_args,
+)
 from byoi.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -33,19 +47,22 @@ from byoi.config import (
     parse_registry_url,
     tuning_from_env,
 )
-from byoi.runtime.instance_types import InstanceTypes
-from byoi.runtime.settings import RuntimeSettings
+
+# Client commands import only what they use (`python -X importtime -m byoi --help`): the server's settings,
+# botocore and rich's tables are imported where they are needed, never at start-up.
 
 
 class _OneLineErrors(TyperGroup):
     """The safety net behind `common.call`: a client setup or botocore error that escapes a command (one that
-    signs its own HTTP, say) is printed as one line with a non-zero status, never as a traceback."""
+    signs its own HTTP, say) is printed as one line with its exit status, never as a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (ClientError, ClientSetupError, BotoCoreError) as exc:
-            raise fail(exc) from None
+        except Exception as exc:
+            if is_client_failure(exc):
+                raise fail(exc) from None  # type: ignore[arg-type]
+            raise
 
 
 app = typer.Typer(
@@ -64,6 +81,7 @@ inspect_cli.register(versions_app)  # byoi versions report|diff
 sessions_cli.register(app)  # byoi launch, byoi sessions list|describe|logs|stop
 admin_cli.register(app)  # byoi admin users|keys|password|sessions|audit, byoi whoami
 master_key_cli.register(app)  # byoi rotate-master-key (offline)
+doctor_cli.register(app)  # byoi doctor
 
 # -- server options, shared by `server` and `up` -------------------------------------------------
 
@@ -153,6 +171,10 @@ def _settings(
         raise typer.BadParameter(f"--account-id must be 12 digits, not {account_id!r}")
     if docker_config is None and os.environ.get("DOCKER_CONFIG"):
         docker_config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    from byoi.build.settings import BuildSettings
+    from byoi.runtime.instance_types import InstanceTypes
+    from byoi.runtime.settings import RuntimeSettings
+
     try:
         tuning = tuning_from_env(os.environ)
         # Read here too (the server reads them again on start) so a bad value stops `byoi server` with a
@@ -269,6 +291,7 @@ def images_create(
     ] = "arn:aws:iam::000000000000:role/byoi",
     description: Annotated[str | None, typer.Option()] = None,
     display_name: Annotated[str | None, typer.Option()] = None,
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
@@ -279,7 +302,7 @@ def images_create(
     if display_name:
         args["DisplayName"] = display_name
     result = call(endpoint_url, profile, lambda c: c.create_image(**args))
-    console.print(result["ImageArn"])
+    print_line(result, output, result["ImageArn"])
 
 
 @images_app.command("list")
@@ -315,6 +338,7 @@ def versions_create(
     base_image: str,
     alias: Annotated[list[str] | None, typer.Option("--alias")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the version is CREATED or CREATE_FAILED.")] = True,
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
@@ -322,29 +346,68 @@ def versions_create(
     args: dict[str, Any] = {"ImageName": image, "BaseImage": base_image, "ClientToken": str(uuid.uuid4())}
     if alias:
         args["Aliases"] = alias
-
-    def create(c: Any) -> dict[str, Any]:
-        arn = c.create_image_version(**args)["ImageVersionArn"]
-        number = int(arn.rsplit("/", 1)[1])
-        console.print(arn)
-        if not wait:
-            return {}
-        with console.status(f"resolving {base_image} ..."):
-            import time
-
-            while True:
-                d = c.describe_image_version(ImageName=image, Version=number)
-                if d["ImageVersionStatus"] != "CREATING":
-                    return d  # type: ignore[no-any-return]
-                time.sleep(0.5)
-
-    result = call(endpoint_url, profile, create)
-    if result:
-        status = result["ImageVersionStatus"]
+    say = for_people(output)
+    created = call(endpoint_url, profile, lambda c: c.create_image_version(**args))
+    arn, number = created["ImageVersionArn"], int(created["ImageVersionArn"].rsplit("/", 1)[1])
+    if not wait:
+        print_line(created, output, arn)
+        return
+    say.print(arn, markup=False)
+    try:
+        result = call(endpoint_url, profile, lambda c: _wait_for_version(c, image, number, base_image, say))
+    except KeyboardInterrupt:
+        _version_interrupted(endpoint_url, profile, image, number)
+    status = result["ImageVersionStatus"]
+    if output != "table":
+        print_document(result, output)
+    else:
         # markup off: a FailureReason names each failed rule in [brackets], which rich would swallow.
         console.print(f"{status}: {result.get('ContainerImage') or result.get('FailureReason', '')}", markup=False)
-        if status != "CREATED":
-            raise typer.Exit(1)
+    if status != "CREATED":
+        if output != "table":
+            err.print(f"{status}: {result.get('FailureReason', '')}", markup=False)
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _wait_for_version(c: Any, image: str, number: int, base_image: str, say: Any) -> dict[str, Any]:
+    import time
+
+    with say.status(f"resolving {base_image} ..."):
+        while True:
+            d: dict[str, Any] = c.describe_image_version(ImageName=image, Version=number)
+            if d["ImageVersionStatus"] != "CREATING":
+                return d
+            time.sleep(0.5)
+
+
+def _version_interrupted(endpoint_url: str | None, profile: str | None, image: str, number: int) -> NoReturn:
+    """Ctrl-C while a version resolves: delete it on the server too if the person says so; else it goes on."""
+    if stop_on_server(f"Delete version {number} of {image} on the server too?"):
+        call(endpoint_url, profile, lambda c: c.delete_image_version(ImageName=image, Version=number))
+        err.print(f"deleting version {number} of {image}", markup=False)
+    else:
+        err.print(
+            f"version {number} of {image} is still being created on the server; see it with "
+            f"`byoi versions describe {image} -v {number}`, delete it with `byoi versions delete {image} -v {number}`",
+            markup=False,
+        )
+    raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+@versions_app.command("delete")
+def versions_delete(
+    image: str,
+    version: Annotated[int | None, typer.Option("--version", "-v")] = None,
+    alias: Annotated[str | None, typer.Option("--alias")] = None,
+    endpoint_url: EndpointUrl = None,
+    profile: Profile = None,
+) -> None:
+    """Delete a version (by --version or --alias; the container image in the registry is kept)."""
+    if version is None and not alias:
+        err.print("[red]error[/red]: name the version to delete with --version N or --alias NAME")
+        raise typer.Exit(ExitCode.USAGE)
+    call(endpoint_url, profile, lambda c: c.delete_image_version(**version_args(image, version, alias)))
+    console.print(f"deleting version {version if version is not None else alias} of {image}", markup=False)
 
 
 @versions_app.command("list")

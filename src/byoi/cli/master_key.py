@@ -19,14 +19,9 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import sqlalchemy as sa
 import typer
-from cryptography.fernet import Fernet
 
-from byoi.auth.secrets import SecretBox
 from byoi.config import default_data_dir
-from byoi.store.db import migrate, sync_url
-from byoi.store.schema import access_keys
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -45,6 +40,14 @@ def rotate_master_key(
     ] = None,
 ) -> None:
     """Re-seal every stored secret with a new master key (stop byoi first)."""
+    # The store's stack is loaded here, not when `byoi` starts: other commands never need it.
+    import sqlalchemy as sa
+    from cryptography.fernet import Fernet
+
+    from byoi.auth.secrets import SecretBox
+    from byoi.store.db import migrate, sync_url
+    from byoi.store.schema import access_keys
+
     data_dir = data_dir.expanduser().resolve()
     url = database_url or f"sqlite+aiosqlite:///{data_dir / 'byoi.db'}"
     key_file = data_dir / "master.key"

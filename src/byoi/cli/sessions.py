@@ -4,7 +4,8 @@
 InService or Failed, with a progress bar while the image is pulled. The URL it prints is the session's place
 behind byoi's proxy (`/sessions/<id>/`): only the session's owner gets in, after signing in. `sessions url`
 prints a fresh presigned sign-in link that lands there (CreatePresignedDomainUrl); `sessions open` opens the
-session in a browser where one is available, and prints the link otherwise.
+session in a browser where one is available, and prints the link otherwise. Ctrl-C during a launch asks
+whether to stop the session on the server too (without a terminal to ask on, it keeps starting).
 """
 
 from __future__ import annotations
@@ -12,15 +13,31 @@ from __future__ import annotations
 import secrets
 import time
 import webbrowser
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import regex
 import typer
-from botocore.exceptions import ClientError
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.console import Console
 
-from byoi.cli.common import EndpointUrl, Output, Profile, call, console, err, literal, print_result
-from byoi.cli.domains import Domain, Failed, resolve_domain
+from byoi.cli.client import extension_client
+from byoi.cli.common import (
+    EndpointUrl,
+    ExitCode,
+    Failed,
+    Output,
+    Profile,
+    call,
+    console,
+    err,
+    error_code,
+    for_people,
+    literal,
+    print_document,
+    print_line,
+    print_result,
+    stop_on_server,
+)
+from byoi.cli.domains import Domain, resolve_domain
 
 sessions_app = typer.Typer(help="RStudio sessions (apps of type RSessionGateway).", no_args_is_help=True)
 
@@ -40,17 +57,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(sessions_app, name="sessions")
 
 
-def _run(endpoint_url: str | None, profile: str | None, action: Any, extension: bool = False) -> Any:
-    def wrapped(client: Any) -> Any:
-        try:
-            return action(client)
-        except Failed as exc:
-            err.print(f"[red]error[/red]: {literal(exc)}")
-            raise typer.Exit(1) from None
-
-    return call(endpoint_url, profile, wrapped, extension=extension)
-
-
 def _default_name(image: str) -> str:
     base = regex.sub(r"[^a-zA-Z0-9]+", "-", image).strip("-")[:50] or "session"
     return f"{base}-{secrets.token_hex(3)}"
@@ -59,7 +65,7 @@ def _default_name(image: str) -> str:
 def _resource_spec(sm: Any, image_ref: str, instance_type: str | None) -> dict[str, Any]:
     m = _IMAGE.fullmatch(image_ref)
     if not m:
-        raise Failed(f"--image {image_ref!r} must look like NAME or NAME:VERSION")
+        raise Failed(f"--image {image_ref!r} must look like NAME or NAME:VERSION", ExitCode.USAGE)
     spec: dict[str, Any] = {"SageMakerImageArn": sm.describe_image(ImageName=m["name"])["ImageArn"]}
     if m["version"]:
         version = sm.describe_image_version(ImageName=m["name"], Version=int(m["version"]))
@@ -69,15 +75,17 @@ def _resource_spec(sm: Any, image_ref: str, instance_type: str | None) -> dict[s
     return spec
 
 
-def _follow(ext: Any, domain: str, user: str, name: str, timeout: float) -> dict[str, Any]:
+def _follow(ext: Any, domain: str, user: str, name: str, timeout: float, say: Console = console) -> dict[str, Any]:
     """Show launch progress until InService or Failed; return the last progress."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=console,
+        console=say,
         transient=True,
     ) as bar:
         pull = None
@@ -105,11 +113,13 @@ def launch(
     name: Annotated[str | None, typer.Option("--name", help="App name (default: from the image).")] = None,
     wait: Annotated[bool, typer.Option(help="Follow the launch until RStudio answers.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the session.")] = 600.0,
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
     """Launch an RStudio session on a custom image attached for the user."""
     app_name = name or _default_name(image)
+    say = for_people(output)
 
     def create(sm: Any) -> tuple[str, str]:
         domain_id = resolve_domain(sm, domain)
@@ -119,18 +129,47 @@ def launch(
         )["AppArn"]
         return domain_id, arn
 
-    domain_id, arn = _run(endpoint_url, profile, create)
-    console.print(f"launching {literal(arn)}")
+    domain_id, arn = call(endpoint_url, profile, create)
+    say.print(f"launching {literal(arn)}")
     if not wait:
+        if output != "table":
+            print_document({"AppArn": arn, "DomainId": domain_id, "UserProfileName": user, "AppName": app_name}, output)
         return
-    p = _run(endpoint_url, profile, lambda ext: _follow(ext, domain_id, user, app_name, timeout), extension=True)
+    try:
+        p = call(
+            endpoint_url, profile, lambda ext: _follow(ext, domain_id, user, app_name, timeout, say), extension=True
+        )
+    except KeyboardInterrupt:
+        _interrupted(endpoint_url, profile, domain_id, domain, user, app_name)
+    if output != "table":
+        print_document({"AppArn": arn, **p}, output)
     if p["Status"] != "InService":
         # the reason quotes the container's or the Engine's words, [brackets] and all: shown as is.
         reason = p.get("FailureReason") or p.get("Message")
         err.print(f"[red]session {literal(app_name)} {literal(p['Status'])}[/red]: {literal(reason)}")
-        raise typer.Exit(1)
-    console.print(f"RStudio is ready at {literal(p['Url'])}")
-    console.print(SIGN_IN_NOTE)
+        raise typer.Exit(ExitCode.FAILED)
+    say.print(f"RStudio is ready at {literal(p['Url'])}")
+    say.print(SIGN_IN_NOTE)
+
+
+def _interrupted(
+    endpoint_url: str | None, profile: str | None, domain_id: str, domain: str, user: str, name: str
+) -> NoReturn:
+    """Ctrl-C while a session starts: stop it on the server too if the person says so; else it keeps starting."""
+    if stop_on_server(f"Stop session {name} on the server too?"):
+        call(
+            endpoint_url,
+            profile,
+            lambda sm: sm.delete_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name),
+        )
+        err.print(f"stopping session {literal(name)}")
+    else:
+        err.print(
+            f"session {name} keeps starting on the server; stop it with "
+            f"`byoi sessions stop {name} -d {domain} -u {user}`",
+            markup=False,
+        )
+    raise typer.Exit(ExitCode.INTERRUPTED)
 
 
 @sessions_app.command("list")
@@ -151,7 +190,7 @@ def sessions_list(
             args["UserProfileNameEquals"] = user
         return [a for page in sm.get_paginator("list_apps").paginate(**args) for a in page["Apps"]]
 
-    found = _run(endpoint_url, profile, fetch)
+    found = call(endpoint_url, profile, fetch)
 
     def urls(ext: Any) -> list[str]:
         out = []
@@ -165,7 +204,7 @@ def sessions_list(
             out.append(p.get("Url") or "")
         return out
 
-    links = _run(endpoint_url, profile, urls, extension=True) if found else []
+    links = call(endpoint_url, profile, urls, extension=True) if found else []
     for a, link in zip(found, links, strict=True):
         if link:
             a["Url"] = link
@@ -190,8 +229,8 @@ def sessions_describe(
         domain_id = resolve_domain(sm, domain)
         return domain_id, sm.describe_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name)
 
-    domain_id, described = _run(endpoint_url, profile, fetch)
-    p = _run(
+    domain_id, described = call(endpoint_url, profile, fetch)
+    p = call(
         endpoint_url,
         profile,
         lambda ext: ext.describe_app_progress(DomainId=domain_id, UserProfileName=user, AppName=name),
@@ -213,8 +252,8 @@ def sessions_logs(
     profile: Profile = None,
 ) -> None:
     """The last lines RStudio Server wrote in the session's container."""
-    domain_id = _run(endpoint_url, profile, lambda sm: resolve_domain(sm, domain))
-    result = _run(
+    domain_id = call(endpoint_url, profile, lambda sm: resolve_domain(sm, domain))
+    result = call(
         endpoint_url,
         profile,
         lambda ext: ext.get_app_logs(DomainId=domain_id, UserProfileName=user, AppName=name, Lines=lines),
@@ -238,6 +277,8 @@ def sessions_stop(
     """Stop a session (DeleteApp); the user's home is kept."""
 
     def stop(sm: Any) -> str:
+        from botocore.exceptions import ClientError
+
         domain_id = resolve_domain(sm, domain)
         sm.delete_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name)
         if not wait:
@@ -246,28 +287,29 @@ def sessions_stop(
         while time.monotonic() < deadline:
             try:
                 status = sm.describe_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name)
-            except ClientError:
+            except ClientError as exc:
+                if error_code(exc) != "ResourceNotFound":
+                    raise
                 return "Deleted"
             if status["Status"] in ("Deleted", "Failed"):
                 return str(status["Status"])
             time.sleep(0.3)
         raise Failed(f"session {name} is still stopping")
 
-    console.print(f"{literal(name)}: {literal(_run(endpoint_url, profile, stop))}")
+    console.print(f"{literal(name)}: {literal(call(endpoint_url, profile, stop))}")
 
 
 def _session_url(endpoint_url: str | None, profile: str | None, domain: str, user: str, name: str) -> tuple[str, str]:
-    domain_id = _run(endpoint_url, profile, lambda sm: resolve_domain(sm, domain))
-    p = _run(
-        endpoint_url,
-        profile,
-        lambda ext: ext.describe_app_progress(DomainId=domain_id, UserProfileName=user, AppName=name),
-        extension=True,
-    )
-    if p["Status"] not in ("Pending", "InService"):
-        err.print(f"[red]error[/red]: session {literal(name)} is {literal(p['Status'])}: there is nothing to open")
-        raise typer.Exit(1)
-    return domain_id, str(p["Url"])
+    def find(sm: Any) -> tuple[str, str]:
+        domain_id = resolve_domain(sm, domain)
+        ext = extension_client(endpoint_url, profile)
+        p = ext.describe_app_progress(DomainId=domain_id, UserProfileName=user, AppName=name)
+        if p["Status"] not in ("Pending", "InService"):
+            code = ExitCode.FAILED if p["Status"] == "Failed" else ExitCode.NOT_FOUND
+            raise Failed(f"session {name} is {p['Status']}: there is nothing to open", code)
+        return domain_id, str(p["Url"])
+
+    return call(endpoint_url, profile, find)  # type: ignore[no-any-return]
 
 
 @sessions_app.command("url")
@@ -276,20 +318,21 @@ def sessions_url(
     domain: Domain,
     user: User,
     expires: Annotated[int, typer.Option(help="Seconds the link may be used within (5-300).")] = 300,
+    output: Output = "table",
     endpoint_url: EndpointUrl = None,
     profile: Profile = None,
 ) -> None:
     """Print a fresh presigned sign-in link for the user that lands on their session (used once)."""
     domain_id, url = _session_url(endpoint_url, profile, domain, user, name)
     path = "/" + url.split("://", 1)[-1].split("/", 1)[-1]
-    link = _run(
+    link = call(
         endpoint_url,
         profile,
         lambda sm: sm.create_presigned_domain_url(
             DomainId=domain_id, UserProfileName=user, ExpiresInSeconds=expires, LandingUri=path
         )["AuthorizedUrl"],
     )
-    console.print(literal(link), soft_wrap=True)
+    print_line({"AuthorizedUrl": link}, output, link)
 
 
 @sessions_app.command("open")

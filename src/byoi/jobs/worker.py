@@ -12,6 +12,9 @@ with exponential back-off; after `max_failures` such failures in a row for the s
 nothing stays in a transitional state for ever). A task without one keeps retrying, at most every
 `max_failure_delay` seconds. The count is kept in memory: a restarted server starts it again, which
 still bounds the work per process and needs no column.
+
+A service that records new work calls `wake(table)`: the loop runs at once instead of at its next poll, and
+looks at that table's tasks first, so the new row is claimed after one query rather than after a query per task.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Worker:
         self._slots = asyncio.Semaphore(concurrency)
         self._own_pools: dict[str, asyncio.Semaphore] = {}
         self._wake = asyncio.Event()
+        self._woken: set[str] = set()  # tables with new work since the last pass: looked at first
         self._stopping = asyncio.Event()
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._handlers: dict[tuple[str, int], asyncio.Task[None]] = {}  # the handler part of a running row
@@ -108,8 +112,10 @@ class Worker:
         if task.concurrency is not None:
             self._own_pools[task.name] = asyncio.Semaphore(task.concurrency)
 
-    def wake(self) -> None:
-        """Called after a service records new work, so it starts now rather than at the next poll."""
+    def wake(self, table: sa.Table | None = None) -> None:
+        """Called after a service records new work (on `table`), so it starts now rather than at the next poll."""
+        if table is not None:
+            self._woken.add(table.name)
         self._wake.set()
 
     @property
@@ -152,7 +158,8 @@ class Worker:
         if self._stopping.is_set():
             return
         now = time.time()
-        for task in self.tasks:
+        woken, self._woken = self._woken, set()
+        for task in sorted(self.tasks, key=lambda task: task.table.name not in woken):  # stable: woken first
             t = task.table
             due = sa.and_(
                 t.c.status.in_(task.statuses),

@@ -150,8 +150,9 @@ class SessionRuntime(Protocol):
         """Where the proxy reaches the session's RStudio; None while the backend cannot say yet."""
         ...
 
-    async def answers(self, name: str, root_path: str, timeout: float = 2.0) -> bool:
-        """Whether RStudio answers HTTP at the session's endpoint (any status), asked as the proxy asks."""
+    async def answers(self, name: str, root_path: str, timeout: float = 2.0, endpoint: Endpoint | None = None) -> bool:
+        """Whether RStudio answers HTTP at the session's endpoint (any status), asked as the proxy asks; at
+        `endpoint` when the caller has it already (one request, nothing else asked of the backend)."""
         ...
 
     async def logs_tail(self, name: str, lines: int = 50) -> list[str]: ...

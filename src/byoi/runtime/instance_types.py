@@ -165,7 +165,6 @@ def _entry(source: str, name: str, entry: object) -> tuple[float, float]:
 @cache
 def model_instance_types() -> frozenset[str]:
     """The AppInstanceType enum of botocore's SageMaker model (the values CreateApp requests are checked against)."""
-    import botocore.session
+    from byoi.sagemaker_model import sagemaker_model  # the model the API validates with, loaded once
 
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    return frozenset(model.shape_for("AppInstanceType").enum)
+    return frozenset(sagemaker_model().shape_for("AppInstanceType").enum)

@@ -209,7 +209,7 @@ class AppService:
                 await write_tags(conn, arn, tags)
         if app_type == RSTUDIO_SERVER_PRO:
             await self._settle_shared(row_id)
-        self.ctx.worker.wake()
+        self.ctx.worker.wake(apps)
         return {"AppArn": arn}
 
     @staticmethod
@@ -443,7 +443,7 @@ class AppService:
                     progress={"Phase": "deleting", "Message": "Stopping the session", "UpdatedAt": now},
                 )
             )
-        self.ctx.worker.wake()
+        self.ctx.worker.wake(apps)
         return {}
 
     async def list_apps(

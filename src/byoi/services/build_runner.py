@@ -271,10 +271,15 @@ class BuildRunner:
                 .returning(builds_t.c.build_id)
             )
             build_id = result.scalar_one_or_none()
+            if build_id is not None:
+                # A slot is free: the queued builds are due now, not at their next QUEUE_POLL.
+                await conn.execute(
+                    sa.update(builds_t).where(builds_t.c.status == "QUEUED").values(next_attempt_at=None)
+                )
         if build_id is None:
             return  # another worker took the row over; it writes the outcome
         blog.write("status", s=status, m=values.get("failure_reason"))
         folder = self.root / build_id
         for name in ("raw.tar", "context.tar"):
             (folder / name).unlink(missing_ok=True)
-        self.ctx.worker.wake()  # the next queued build may start now
+        self.ctx.worker.wake(builds_t)  # the next queued build starts now

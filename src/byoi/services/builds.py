@@ -316,7 +316,7 @@ class BuildService:
             if claimed:
                 await asyncio.to_thread(self._unclaim_context, context_id, build_id)
             raise
-        self.ctx.worker.wake()
+        self.ctx.worker.wake(builds_t)
         return {"BuildId": build_id, "BuildStatus": "QUEUED"}
 
     async def _by_token(self, client_token: str) -> sa.Row[Any] | None:
@@ -468,7 +468,7 @@ class BuildService:
             await asyncio.to_thread(self._forget_context, row.build_id)
         elif status in ACTIVE:
             self.runner.request_stop(row.build_id)
-            self.ctx.worker.wake()
+            self.ctx.worker.wake(builds_t)
         return {"BuildId": row.build_id, "BuildStatus": status}
 
     def _forget_context(self, build_id: str) -> None:

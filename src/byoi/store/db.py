@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -52,6 +51,12 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 
 def migrate(url: str) -> None:
     """Upgrade the database to the newest schema (idempotent; run on every start)."""
+    # alembic's templates (mako) load pygments' lexers for highlighting their own error pages: 4 MiB of a server's
+    # memory that it never uses. Without that plug-in mako escapes those pages as plain text.
+    sys.modules.setdefault("mako.ext.pygmentplugin", None)  # type: ignore[arg-type]
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
