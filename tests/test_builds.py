@@ -557,13 +557,13 @@ def test_ctrl_c_in_byoi_build_asks_and_stops_the_build(server, ext, name, tmp_pa
             assert proc.poll() is None and time.monotonic() < deadline, "the CLI never blocked on the full terminal"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
-        term.wait_for(rf"Stop build {build_id}\? \[Y/n\]", 30)
+        term.wait_for(rf"Stop build {build_id} on the server too\? \[y/N\]", 30)
         assert ext.describe_image_build(BuildId=build_id)["BuildStatus"] == "BUILDING"  # asked, not yet stopped
         interrupted_at = max(int(n) for n in regex.findall(rf"line-(\d+)-{name}\n", term.text))
         term.type("y\n")
         term.wait_for(f"stopping {build_id}", 30)
         term.wait_for("--> STOPPED", 60)
-        assert proc.wait(timeout=30) == 1
+        assert proc.wait(timeout=30) == 130  # interrupted, whatever was answered
         assert term.text.count(f"\nworking-{name}\n") == 1  # after the prompt it went on, not from the start
         printed = [int(n) for n in regex.findall(rf"line-(\d+)-{name}", term.text)]
         # Every line once, in order, none lost: the one being printed at the Ctrl-C included.
