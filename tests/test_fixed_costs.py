@@ -2,6 +2,7 @@
 
 - new work is claimed at the wake that recorded it (not at the worker's next poll), its table looked at first;
 - a finished build makes the builds queued behind it due at once;
+- a follower of a build log in the writing process gets each record when it is written, not at its next poll;
 - a context without `.dockerignore` reaches the builder as the checked upload itself (no copy);
 - a launch probes RStudio at the endpoint it already has, with no TLS set-up per probe;
 - a second launch of a pinned image does not read the image's Renviron.site from its container again, and R
@@ -34,6 +35,7 @@ from botocore.model import ListShape, MapShape, Shape, StructureShape
 from botocore.session import get_session
 
 from byoi.api.dispatch import snake
+from byoi.build import logstore
 from byoi.build.context import check_upload, filter_context
 from byoi.build.logstore import BuildLog
 from byoi.jobs.worker import Claim, Task, Worker
@@ -181,6 +183,30 @@ def uploaded(tmp_path: Path, files: dict[str, bytes]) -> Path:
     buf.seek(0)
     check_upload(buf, tmp_path / "raw.tar", 1 << 30)
     return tmp_path / "raw.tar"
+
+
+async def test_a_log_follower_is_woken_by_the_next_record_written_here(tmp_path: Path) -> None:
+    """From the event loop or from a worker thread (the builders write from both): the waiter completes at the
+    write, long before its timeout, and leaves nothing registered behind; with no write it times out."""
+    path = tmp_path / "b" / "log.jsonl"
+    blog = BuildLog(path, 1 << 20)
+    for write in (
+        lambda: blog.write("log", m="on the loop"),
+        lambda: asyncio.to_thread(blog.write, "log", m="in a thread"),
+    ):
+        started = time.monotonic()
+        waiting = asyncio.create_task(logstore.wait_appended(path, 30))
+        await asyncio.sleep(0.05)  # the follower is waiting
+        result = write()
+        if inspect.isawaitable(result):
+            await result
+        assert await waiting is True
+        assert time.monotonic() - started < 10  # woken by the write, not by the 30 s timeout
+    assert await logstore.wait_appended(path, 0.05) is False  # nothing written: the poll bounds the wait
+    assert path not in logstore._waiting
+    blog.close()
+    records, _ = logstore.read_records(path)
+    assert [r["m"] for _, r in records] == ["on the loop", "in a thread"]
 
 
 def test_a_context_without_dockerignore_is_built_from_the_upload_itself(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from byoi.api.protocol import error_response
-from byoi.build.logstore import read_records, render_text
+from byoi.build.logstore import read_records, render_text, wait_appended
 from byoi.errors import (
     ByoiError,
     InternalFailure,
@@ -149,9 +149,10 @@ async def _follow(service: Any, build_id: str, offset: int) -> AsyncIterator[str
         if now - checked >= STATUS_POLL:
             status, checked = await service.build_status(build_id), now
             if status in TERMINAL:
-                await asyncio.sleep(POLL)  # the final status record follows the store update
+                await wait_appended(path, POLL)  # the final status record follows the store update
                 continue
         if now - beat >= HEARTBEAT:
             beat = now
             yield ": keep-alive\n\n"
-        await asyncio.sleep(POLL)
+        # Until the next record this process writes, or POLL seconds (a build run by another replica).
+        await wait_appended(path, POLL)

@@ -6,10 +6,15 @@ step starting: "n", "of", "m"), `push` (per-layer push progress: "id", "s", "c",
 new status, "s") and `truncated` (the cap was reached; later `log` and `push` records are dropped, status
 records are still kept so readers always see the end). Readers follow the file by byte offset, which is
 also the SSE event id, so a client can resume where it left off.
+
+A reader in the process that writes the log need not wait for its next poll: `appended(path)` is a future that
+completes at the next record written to `path` by this process. A reader on another server process (another
+replica) has no such signal and reads on its poll, which bounds the wait either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -18,6 +23,40 @@ from pathlib import Path
 from typing import Any
 
 CAPPED_KINDS = ("log", "push")
+
+# path -> futures of readers waiting for the next record (on the event loop that created them)
+_waiting: dict[Path, list[asyncio.Future[None]]] = {}
+
+
+async def wait_appended(path: Path, timeout: float) -> bool:
+    """Wait until this process next appends a record to `path`, at most `timeout` seconds (see the module's
+    docstring); whether one was appended."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = _waiting.setdefault(path, [])
+    waiting.append(future)
+    try:
+        await asyncio.wait_for(future, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting and _waiting.get(path) is waiting:
+            del _waiting[path]
+
+
+def _notify(path: Path) -> None:
+    for future in _waiting.pop(path, ()):
+        if not future.done():
+            # Written from the loop's thread or from a worker thread (asyncio.to_thread): either way the future
+            # completes on its own loop.
+            future.get_loop().call_soon_threadsafe(_complete, future)
+
+
+def _complete(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class BuildLog:
@@ -65,6 +104,8 @@ class BuildLog:
         self._fh.write(data)
         self._fh.flush()  # readers tail the file while the build runs
         self.size += len(data)
+        if self.path in _waiting:
+            _notify(self.path)
 
     def close(self) -> None:
         self.flush_partial()
