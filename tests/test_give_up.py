@@ -21,6 +21,7 @@ import pytest
 
 from byoi.app import build_context
 from byoi.config import RegistryConfig, Settings
+from byoi.services import installation
 from byoi.services.context import ServiceContext
 from byoi.store.db import migrate
 
@@ -38,6 +39,7 @@ def start(ctx: ServiceContext, *services: Any) -> None:
 async def new_context(tmp_path: Path, registry: str) -> ServiceContext:
     ctx = build_context(Settings(data_dir=tmp_path, registries=(RegistryConfig(f"http://{registry}"),)))
     await asyncio.to_thread(migrate, ctx.db.url)
+    ctx.installation = await installation.installation_id(ctx.db, tmp_path)  # as the composition root does
     ctx.worker.poll_seconds = 0.02
     ctx.worker.failure_delay = 0.01  # the default is 5 s, doubling, for tasks that do not set their own
     return ctx

@@ -39,7 +39,9 @@ def _no_leftover_sessions(tmp_path: Path) -> Any:
 
 
 def _installation(data_dir: Path) -> str:
-    return (data_dir / "installation-id").read_text().strip()
+    found = s.installation_of(data_dir)  # from the server's store
+    assert found, f"no installation id in the store of {data_dir}"
+    return found
 
 
 def test_sigkill_during_launch_then_restart_settles_every_app(

@@ -264,18 +264,61 @@ def test_session_files_and_names() -> None:
     assert b"provider=sqlite" in written["/etc/byoi/database.conf"]
     assert files.container_name("inst", "s1", 3) == "byoi-inst-s1-3"
     assert files.root_path("s1") == "/sessions/s1/"
-    assert files.home_dir(Path("/d"), "d-x", "Alice", 200001) == Path("/d/homes/d-x/alice-200001")
+    assert files.home_dir(Path("/d/homes"), "d-x", "Alice", 200001) == Path("/d/homes/d-x/alice-200001")
+    assert files.home_dir(Path("/srv/homes"), "d-x", "Alice", 200001) == Path("/srv/homes/d-x/alice-200001")
 
 
-def test_installation_id_is_stable(tmp_path: Path) -> None:
-    first = files.installation_id(tmp_path)
-    assert len(first) == 16 and files.installation_id(tmp_path) == first
+@pytest.mark.parametrize(("domain", "profile"), [("..", "bob"), ("d-x", "../../etc"), ("d-x/../..", "bob"), ("", "b")])
+def test_no_home_path_leaves_the_homes_root(domain: str, profile: str) -> None:
+    with pytest.raises(files.UnsafeHomePath):
+        files.home_dir(Path("/srv/homes"), domain, profile, 200001)
+
+
+def test_a_symlink_out_of_the_homes_root_is_refused_and_never_removed(tmp_path: Path) -> None:
+    import os
+
+    root, outside = tmp_path / "homes", tmp_path / "elsewhere"
+    (outside / "keep").mkdir(parents=True)
+    root.mkdir()
+    (root / "d-link").symlink_to(outside)
+    with pytest.raises(files.UnsafeHomePath, match="leads out of the homes root"):
+        files.ensure_home(files.home_dir(root, "d-link", "bob", 1), os.getuid(), os.getgid())
+    files.remove_domain_homes(root, "d-link")
+    files.remove_domain_homes(root, "..")
+    assert (outside / "keep").is_dir() and root.is_dir()
+
+
+def test_an_adopted_containers_socket_is_where_its_mount_says() -> None:
+    """Another replica may have made the session's socket directory under its own socket root: the endpoint and
+    the removal follow the container's mount, and only a directory named for that container is taken."""
+    import hashlib
+
+    from byoi.runtime.docker import mounted_socket_dir
+
+    name = "byoi-inst-s1-1"
+    own = hashlib.sha256(name.encode()).hexdigest()[:16]
+    info = {"Mounts": [{"Type": "bind", "Source": "/data/a/homes/d-x/alice-1", "Destination": "/home/sagemaker-user"}]}
+    assert mounted_socket_dir(info, name) is None
+    info["Mounts"].append({"Type": "bind", "Source": f"/data/a/sockets/{own}", "Destination": "/run/byoi-www"})
+    assert mounted_socket_dir(info, name) == Path(f"/data/a/sockets/{own}")
+    info["Mounts"][1]["Source"] = "/etc"  # not a directory byoi made for this container: never taken for one
+    assert mounted_socket_dir(info, name) is None
+
+
+def test_homes_root_setting() -> None:
+    assert RuntimeSettings().homes(Path("/data")) == Path("/data/homes")
+    assert RuntimeSettings.from_env({"BYOI_SESSION_HOMES_ROOT": "/srv/byoi/homes"}).homes(Path("/d")) == Path(
+        "/srv/byoi/homes"
+    )
+    for bad in ("homes", "/srv/../etc", "/srv/./homes"):
+        with pytest.raises(SessionConfigError, match=f"BYOI_SESSION_HOMES_ROOT='{bad}' must be an absolute path"):
+            RuntimeSettings.from_env({"BYOI_SESSION_HOMES_ROOT": bad})
 
 
 def test_home_is_created_owned_and_removed_only_for_its_domain(tmp_path: Path) -> None:
     import os
 
-    home = files.home_dir(tmp_path, "d-abc", "bob", 200002)
+    home = files.home_dir(tmp_path, "d-abc", "bob", 200002)  # tmp_path as the homes root (BYOI_SESSION_HOMES_ROOT)
     files.ensure_home(home, os.getuid(), os.getgid())
     (home / "f").write_text("x")
     files.ensure_home(home, os.getuid(), os.getgid())  # existing homes are left alone

@@ -36,6 +36,7 @@ from byoi.registry.errors import RegistryError
 from byoi.runtime.docker import DockerRuntime, default_socket_root
 from byoi.runtime.instance_types import InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
+from byoi.services import installation
 from byoi.services.access import AccessService
 from byoi.services.access_keys import AccessKeyService
 from byoi.services.activity import ActivityTracker
@@ -106,7 +107,10 @@ class Services:
         # Sessions (CreateApp and friends) on Docker Engine; RStudioServerPro apps are records only.
         self.browser_settings = BrowserSettings.from_env()
         rt = RuntimeSettings.from_env()
-        runtime = DockerRuntime(rt.docker_host, rt.socket_dir or default_socket_root(ctx.settings.data_dir))
+        # Sockets beside the homes (`<data dir>/sockets` by default): replicas given one homes root share them too.
+        runtime = DockerRuntime(
+            rt.docker_host, rt.socket_dir or default_socket_root(rt.homes(ctx.settings.data_dir).parent)
+        )
         types = InstanceTypes.load(rt.instance_types)
         public = self.browser_settings.base_url(ctx.settings)
         self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles, public)
@@ -176,6 +180,9 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         ctx = build_context(settings)
         await asyncio.to_thread(migrate, ctx.db.url)
+        # What every replica on this store must agree on: the master key (checked) and the installation's id.
+        await installation.check_master_key(ctx.db, ctx.secrets)
+        ctx.installation = await installation.installation_id(ctx.db, settings.data_dir)
         services = Services(ctx)
         services.register_tasks()
         key_id, created = await services.access_keys.ensure_admin_key()

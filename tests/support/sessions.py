@@ -134,17 +134,43 @@ def extension(server: Any) -> Any:
     return extension_client(server.endpoint, "byoi")
 
 
-def remove_sessions_of(data_dir: Any, domains: Any = None) -> None:
-    """Test teardown: sessions outlive their server by design, so remove the containers a test server started;
-    with `domains` (ids), only those of apps in these domains (a shared server's other sessions are kept)."""
+def installation_of(data_dir: Any, database_url: str | None = None) -> str | None:
+    """The installation id a test server labels its containers with: from its store (the SQLite file in its data
+    dir, or `database_url`), where byoi keeps it; an old data dir's `installation-id` file as a last resort."""
+    import sqlite3
     from pathlib import Path
 
+    query = "SELECT value FROM installation_settings WHERE key = 'installation-id'"
+    if database_url:
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(query).fetchone()
+        return str(row[0]) if row else None
+    db = Path(data_dir) / "byoi.db"
+    if db.exists():
+        conn = sqlite3.connect(db)
+        try:
+            row = conn.execute(query).fetchone()
+            if row:
+                return str(row[0])
+        except sqlite3.OperationalError:
+            pass  # a store from before the table  # noqa: S110
+        finally:
+            conn.close()
     marker = Path(data_dir) / "installation-id"
-    if marker.exists():
+    return marker.read_text().strip() if marker.exists() else None
+
+
+def remove_sessions_of(data_dir: Any, domains: Any = None, database_url: str | None = None) -> None:
+    """Test teardown: sessions outlive their server by design, so remove the containers a test server started;
+    with `domains` (ids), only those of apps in these domains (a shared server's other sessions are kept)."""
+    installation = installation_of(data_dir, database_url)
+    if installation:
         import docker.errors
 
         wanted = [f":app/{d}/" for d in domains] if domains is not None else None
-        for c in containers_of(marker.read_text().strip()):
+        for c in containers_of(installation):
             arn = c.labels.get("byoi.app-arn", "")
             if wanted is not None and not any(w in arn for w in wanted):
                 continue

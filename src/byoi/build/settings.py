@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -17,17 +18,25 @@ class BuildSettings:
     resume_attempts: int = 2  # times a build is restarted after its server died before it is marked FAILED
     context_ttl: float = 3600.0  # seconds an uploaded context waits for StartImageBuild
     docker_host: str | None = None  # Docker Engine URL; None: DOCKER_HOST or the local socket
+    # Uploaded contexts and build logs; None: <data dir>/builds. Replicas share one (a shared file system), so a
+    # context uploaded to one is built by any, and a build a stopped replica ran is resumed by another.
+    dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> BuildSettings:
         """BYOI_BUILD_CONCURRENCY, BYOI_BUILD_CONTEXT_LIMIT, BYOI_BUILD_LOG_LIMIT, BYOI_BUILD_RESUME_ATTEMPTS,
-        BYOI_BUILD_CONTEXT_TTL, and DOCKER_HOST."""
+        BYOI_BUILD_CONTEXT_TTL, BYOI_BUILD_DIR, and DOCKER_HOST."""
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f in fields(cls):
             key = f"BYOI_BUILD_{f.name.upper()}"
             if f.name == "docker_host":
                 values[f.name] = env.get("BYOI_BUILD_DOCKER_HOST") or env.get("DOCKER_HOST") or None
+            elif f.name == "dir":
+                raw = env.get(key) or ""
+                if raw and (not raw.startswith("/") or any(p in (".", "..") for p in raw.split("/"))):
+                    raise ValueError(f"{key}={raw!r} must be an absolute path without . or .. parts")
+                values[f.name] = Path(raw) if raw else None
             elif key in env:
                 cast = float if f.type in ("float", float) else int
                 try:

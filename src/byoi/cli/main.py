@@ -187,7 +187,8 @@ def _settings(
         InstanceTypes.load(runtime.instance_types)
         from byoi.runtime.docker import default_socket_root, socket_path_problem
 
-        problem = socket_path_problem(runtime.socket_dir or default_socket_root(data_dir.expanduser().resolve()))
+        homes = runtime.homes(data_dir.expanduser().resolve())
+        problem = socket_path_problem(runtime.socket_dir or default_socket_root(homes.parent))
         if problem:
             raise ValueError(problem)
     except ValueError as exc:

@@ -47,6 +47,7 @@ def rotate_master_key(
     from byoi.auth.secrets import SecretBox
     from byoi.store.db import migrate, sync_url
     from byoi.store.schema import access_keys
+    from byoi.store.schema_installation import MASTER_KEY_CHECK, installation_settings
 
     data_dir = data_dir.expanduser().resolve()
     url = database_url or f"sqlite+aiosqlite:///{data_dir / 'byoi.db'}"
@@ -79,6 +80,17 @@ def rotate_master_key(
                     .where(access_keys.c.access_key_id == row.access_key_id)
                     .values(secret_ciphertext=new.seal(secret))
                 )
+            # The check every server makes at start that its key is the store's (services/installation.py).
+            check = installation_settings.c.key == MASTER_KEY_CHECK
+            sealed = conn.execute(sa.select(installation_settings.c.value).where(check)).scalar_one_or_none()
+            if sealed is not None:
+                try:
+                    plain = old.open(sealed)
+                except RuntimeError:
+                    raise typer.BadParameter(
+                        "the store's master key check is not sealed with this master key: nothing was changed"
+                    ) from None
+                conn.execute(sa.update(installation_settings).where(check).values(value=new.seal(plain)))
     except BaseException:
         staged.unlink(missing_ok=True)
         raise

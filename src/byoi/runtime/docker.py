@@ -16,6 +16,7 @@ is published. The fallback for an RStudio too old for `--www-socket` publishes p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ from byoi.runtime.base import (
 )
 from byoi.runtime.docker_args import LISTEN_LABEL, container_args, network_args
 from byoi.runtime.instance_types import HostCapacity
-from byoi.runtime.spec import SESSION_PORT, SOCKET_NAME, PullProgress, SessionSpec
+from byoi.runtime.spec import SESSION_PORT, SOCKET_DIR, SOCKET_NAME, PullProgress, SessionSpec
 
 __all__ = ["DockerRuntime", "RuntimeFailure", "PullTracker", "default_socket_root", "socket_path_problem"]
 
@@ -54,13 +55,15 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 SOCKET_DIR_NAME_LEN = 16
 
 
-def default_socket_root(data_dir: Path) -> Path:
-    """`<data dir>/sockets`, or, when socket paths under it would be too long for a Unix socket (a data dir deep
-    in a temporary tree), a directory of this data dir's own under /run/byoi (root-only, as byoi runs)."""
-    preferred = data_dir / "sockets"
+def default_socket_root(base: Path) -> Path:
+    """`<base>/sockets` (`base` is the directory holding the homes root: the data dir unless
+    BYOI_SESSION_HOMES_ROOT moves the homes, so replicas sharing homes share sockets too), or, when socket paths
+    under it would be too long for a Unix socket (a directory deep in a temporary tree), a directory of that base's
+    own under /run/byoi (root-only, as byoi runs)."""
+    preferred = base / "sockets"
     if socket_path_problem(preferred) is None or not os.access("/run", os.W_OK):
         return preferred
-    return Path("/run/byoi") / hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path("/run/byoi") / hashlib.sha256(str(base).encode()).hexdigest()[:12]
 
 
 def socket_path_problem(socket_root: Path) -> str | None:
@@ -295,7 +298,10 @@ class DockerRuntime:
         if info is None:
             return None
         if ((info.get("Config") or {}).get("Labels") or {}).get(LISTEN_LABEL) == "socket":
-            return Endpoint(socket=str(self.socket_dir(name) / SOCKET_NAME))
+            # Where the container's socket directory really is (another replica may have created it under its own
+            # socket root), else where this server would have put it.
+            mounted = mounted_socket_dir(info, name)
+            return Endpoint(socket=str((mounted or self.socket_dir(name)) / SOCKET_NAME))
         port = host_port(info, SESSION_PORT)
         return Endpoint(host="127.0.0.1", port=port) if port else None
 
@@ -338,11 +344,14 @@ class DockerRuntime:
         """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove, with its socket directory; a missing
         container is fine."""
         c = self.docker.containers.container(name)
+        mounted = None
+        with contextlib.suppress(RuntimeFailure):  # the socket directory to remove: where the container has it
+            mounted = mounted_socket_dir(await self._inspect(name) or {}, name)
         try:
             await c.stop(t=stop_timeout)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
-                await self._remove_socket_dir(name)
+                await self._remove_socket_dir(name, mounted)
                 return
             # 304 (already stopped) and other states: removal below forces it
         except CONNECTION_ERRORS as exc:
@@ -352,9 +361,11 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status not in (404, 409):  # 409: removal already in progress
                 raise RuntimeFailure(_message(exc)) from None
-        await self._remove_socket_dir(name)
+        await self._remove_socket_dir(name, mounted)
 
-    async def _remove_socket_dir(self, name: str) -> None:
+    async def _remove_socket_dir(self, name: str, mounted: Path | None = None) -> None:
+        if mounted is not None:
+            await asyncio.to_thread(shutil.rmtree, mounted, True)
         if self.socket_root is not None:
             await asyncio.to_thread(shutil.rmtree, self.socket_dir(name), True)
 
@@ -401,6 +412,18 @@ def container_state(info: dict[str, Any] | None) -> SessionState:
         error=state.get("Error") or None,
         finished_at=state.get("FinishedAt") or None,
     )
+
+
+def mounted_socket_dir(info: dict[str, Any], name: str) -> Path | None:
+    """The host directory bind-mounted as the container's socket directory, when it is one byoi made for this
+    container (its own name is the hash of the container name), so no other directory is ever taken for it."""
+    expected = hashlib.sha256(name.encode()).hexdigest()[:SOCKET_DIR_NAME_LEN]
+    for mount in info.get("Mounts") or []:
+        if mount.get("Destination") == SOCKET_DIR and mount.get("Type") == "bind":
+            source = Path(str(mount.get("Source") or ""))
+            if source.is_absolute() and source.name == expected:
+                return source
+    return None
 
 
 def host_port(info: dict[str, Any], port: int) -> int | None:

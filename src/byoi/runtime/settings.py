@@ -40,7 +40,8 @@ class RuntimeSettings:
     docker_host: str | None = None  # Docker Engine URL; None: DOCKER_HOST or the local socket
     idle_timeout_minutes: float = 0.0  # stop sessions unused this long (0: off); a domain tag overrides it
     activity_seconds: float = 15.0  # how often the proxy's activity is written and idle sessions are stopped
-    socket_dir: Path | None = None  # where sessions' socket directories live; None: <data dir>/sockets
+    socket_dir: Path | None = None  # where sessions' socket directories live; None: `sockets` beside homes_root
+    homes_root: Path | None = None  # where homes live on the Docker host; None: <data dir>/homes (one per replica)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> RuntimeSettings:
@@ -51,7 +52,9 @@ class RuntimeSettings:
             key = f"BYOI_SESSION_{f.name.upper()}"
             if f.name == "docker_host":
                 values[f.name] = env.get(key) or env.get("DOCKER_HOST") or None
-            elif f.name == "socket_dir":
+            elif f.name in ("socket_dir", "homes_root"):
+                if f.name == "homes_root" and env.get(key) and not _is_plain_absolute(env[key]):
+                    raise SessionConfigError(f"{key}={env[key]!r} must be an absolute path without . or .. parts")
                 values[f.name] = Path(env[key]) if env.get(key) else None
             elif f.name == "instance_types":
                 values[f.name] = Path(env["BYOI_INSTANCE_TYPES"]) if env.get("BYOI_INSTANCE_TYPES") else None
@@ -60,6 +63,10 @@ class RuntimeSettings:
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
         return settings
+
+    def homes(self, data_dir: Path) -> Path:
+        """The root of the sessions' homes on the Docker host: BYOI_SESSION_HOMES_ROOT, else `<data dir>/homes`."""
+        return self.homes_root or data_dir / "homes"
 
     def check(self) -> None:
         """SessionConfigError naming the first unusable setting (the variable and its value)."""
@@ -97,8 +104,17 @@ class RuntimeSettings:
             raise SessionConfigError(
                 f"BYOI_SESSION_HOME_MOUNT={self.home_mount!r} must be an absolute path without . or .. parts"
             )
+        if self.homes_root is not None and not _is_plain_absolute(self.homes_root):
+            raise SessionConfigError(
+                f"BYOI_SESSION_HOMES_ROOT={str(self.homes_root)!r} must be an absolute path without . or .. parts"
+            )
         if not _NETWORK.fullmatch(self.network):
             raise SessionConfigError(f"BYOI_SESSION_NETWORK={self.network!r} is not a valid Docker network name")
+
+
+def _is_plain_absolute(path: Path | str) -> bool:
+    text = str(path)
+    return text.startswith("/") and not any(part in (".", "..") for part in text.split("/"))
 
 
 def _bound(low: float, inclusive: bool) -> str:

@@ -76,12 +76,23 @@ class Launcher:
         self.ctx = ctx
         self.runtime = runtime
         self.settings = settings
-        self.installation = files.installation_id(ctx.settings.data_dir)
         self._loop: asyncio.Task[None] | None = None
         # What this process's launches pulled, by app row: kept in every later progress record, so the bytes
         # pulled stay readable after the (often brief) pulling phase.
         self._pulled: dict[int, dict[str, int]] = {}
         self._image_files: dict[tuple[str, str], bytes | None] = {}  # (pinned image, path) -> content (None: absent)
+
+    @property
+    def installation(self) -> str:
+        """The installation's id, from the store (shared by every replica), on every container's name and labels."""
+        if not self.ctx.installation:
+            raise RuntimeError("the installation id is not read from the store yet (services.installation)")
+        return self.ctx.installation
+
+    @property
+    def homes_root(self) -> Path:
+        """BYOI_SESSION_HOMES_ROOT, else `<data dir>/homes`: replicas given one root give a user one home."""
+        return self.settings.homes(Path(self.ctx.settings.data_dir))
 
     def tasks(self) -> list[Task]:
         return [
@@ -216,7 +227,7 @@ class Launcher:
         launch = row.spec["Launch"]
         await self._pull(claim, row, launch["ContainerImage"])
         await self._progress(claim, row, "creating", "Creating the container")
-        home = files.home_dir(self.ctx.settings.data_dir, row.domain_id, row.profile_name, row.home_uid)
+        home = files.home_dir(self.homes_root, row.domain_id, row.profile_name, row.home_uid)
         await asyncio.to_thread(files.ensure_home, home, self.settings.uid, self.settings.gid)
         spec = self.session_spec(row, name, str(home))
         await self.runtime.create(spec)
@@ -499,4 +510,4 @@ class Launcher:
         """Called after a domain is deleted: its homes go only if its RetentionPolicy says Delete."""
         policy = (domain.spec.get("RetentionPolicy") or {}).get("HomeEfsFileSystem", "Retain")
         if policy == "Delete":
-            await asyncio.to_thread(files.remove_domain_homes, Path(self.ctx.settings.data_dir), domain.domain_id)
+            await asyncio.to_thread(files.remove_domain_homes, self.homes_root, domain.domain_id)

@@ -63,7 +63,7 @@ class BuildService:
         self.ctx = ctx
         self.settings = settings
         self.builder = builder
-        self.root = ctx.settings.data_dir / "builds"
+        self.root = settings.dir or ctx.settings.data_dir / "builds"  # BYOI_BUILD_DIR: shared by replicas
         self.runner = BuildRunner(ctx, builder, images, versions, settings, self.root)
 
     def tasks(self) -> list[Task]:

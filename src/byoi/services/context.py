@@ -32,6 +32,8 @@ class ServiceContext:
     registry: RegistryClient
     worker: Worker
     secrets: SecretBox
+    # The installation's id, from the store (services/installation.py), set by the composition root at start.
+    installation: str = ""
     referrer_checks: list[ReferrerCheck] = field(default_factory=list)
     version_checks: list[VersionCheck] = field(default_factory=list)
 

@@ -21,4 +21,5 @@ class ServerInfoService:
             "Platform": s.platform,
             "Registries": [r.url for r in s.registries],
             "DefaultRegistry": s.default_registry.host,
+            "InstallationId": self.ctx.installation,  # read from the store once, at start
         }

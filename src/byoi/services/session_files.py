@@ -23,22 +23,7 @@ METADATA_FILE = "/opt/ml/metadata/resource-metadata.json"  # where SageMaker put
 # Values R's Renviron parser would mangle (quotes, ${} expansion, escapes, line breaks) are refused.
 _UNSAFE_ENV_VALUE = regex.compile(r"[\x00-\x1f\x7f'\"\\`]|\$\{")
 _ENV_NAME = regex.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def installation_id(data_dir: Path) -> str:
-    """This byoi installation's id (a file in the data dir), on every container it starts, so that servers
-    sharing a Docker Engine never touch each other's sessions. Servers sharing a store share the data dir."""
-    path = data_dir / "installation-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        value = os.urandom(8).hex()
-        try:
-            with path.open("x") as fh:
-                fh.write(value + "\n")
-        except FileExistsError:
-            return path.read_text().strip()
-        return value
+_PATH_NAME = regex.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})")  # domain ids and profile names: one path part
 
 
 def container_name(installation: str, session_id: str, generation: int) -> str:
@@ -93,19 +78,45 @@ def session_files(
     }
 
 
-def home_dir(data_dir: Path, domain_id: str, profile_name: str, home_uid: int) -> Path:
-    """A profile's home on the host. Keyed by name and HomeEfsFileSystemUid, so that a profile deleted and
-    created again under the same name starts with an empty home (as on SageMaker, where it gets a new UID)."""
-    return data_dir / "homes" / domain_id / f"{profile_name.lower()}-{home_uid}"
+class UnsafeHomePath(PermissionError):
+    """A home path that would leave the homes root (a name byoi did not make, or a symlink out of it)."""
+
+
+def home_dir(homes_root: Path, domain_id: str, profile_name: str, home_uid: int) -> Path:
+    """A profile's home on the host: `<homes root>/<domain id>/<profile name, lower case>-<uid>`. Keyed by name and
+    HomeEfsFileSystemUid, so that a profile deleted and created again under the same name starts with an empty home
+    (as on SageMaker, where it gets a new UID). The root is `BYOI_SESSION_HOMES_ROOT` (default `<data dir>/homes`):
+    replicas given the same root give a user the same home. A name that is not one byoi makes is refused, so no
+    request's value can name a path outside the root."""
+    if not _PATH_NAME.fullmatch(domain_id) or not _PATH_NAME.fullmatch(profile_name) or not _uid_ok(home_uid):
+        raise UnsafeHomePath(f"refusing a home for domain {domain_id!r}, profile {profile_name!r}: not a byoi name")
+    return homes_root / domain_id / f"{profile_name.lower()}-{int(home_uid)}"
+
+
+def _uid_ok(uid: object) -> bool:
+    return isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether `path`, symlinks followed, is below `root` (symlinks followed too)."""
+    return path.resolve().is_relative_to(root.resolve())
 
 
 def ensure_home(path: Path, uid: int, gid: int) -> None:
-    """Create the home (0750) owned by the session UID:GID; an existing home is left as it is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent.parent, 0o700)  # homes/: bind mounts need no traversal by the session user
+    """Create the home (0750) owned by the session UID:GID; an existing home is left as it is. The homes root
+    (the home's grandparent) is made 0700 when it is byoi's: bind mounts need no traversal by the session user."""
+    root = path.parent.parent
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if root.stat().st_uid == os.getuid():
+        os.chmod(root, 0o700)
+    path.parent.mkdir(exist_ok=True)
+    if not _inside(root, path.parent):
+        raise UnsafeHomePath(f"refusing the home {path}: {path.parent} leads out of the homes root {root}")
     try:
         path.mkdir(mode=0o750)
     except FileExistsError:
+        if not _inside(root, path):
+            raise UnsafeHomePath(f"refusing the home {path}: it leads out of the homes root {root}") from None
         return
     try:
         os.chown(path, uid, gid)
@@ -117,7 +128,10 @@ def ensure_home(path: Path, uid: int, gid: int) -> None:
             ) from None
 
 
-def remove_domain_homes(data_dir: Path, domain_id: str) -> None:
-    target = data_dir / "homes" / domain_id
-    if target.is_dir() and target.parent == data_dir / "homes":
+def remove_domain_homes(homes_root: Path, domain_id: str) -> None:
+    """Remove a deleted domain's homes: `<homes root>/<domain id>` only, never a symlink or anything outside."""
+    if not _PATH_NAME.fullmatch(domain_id):
+        return
+    target = homes_root / domain_id
+    if target.is_dir() and not target.is_symlink() and target.parent == homes_root and _inside(homes_root, target):
         shutil.rmtree(target, ignore_errors=True)

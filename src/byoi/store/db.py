@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x62796F69  # "byoi": the PostgreSQL advisory lock held while migrating
 
 
 def normalise_url(url: str) -> str:
@@ -65,6 +66,9 @@ def migrate(url: str) -> None:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting at once upgrade one after the other (the lock ends with the transaction).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")  # each area adds its tables on its own branch from 0001
     finally:
