@@ -56,9 +56,9 @@ ALLOWED_RBAC: dict[tuple[str, str], frozenset[str]] = {
 CONTROL_PLANE_LABELS = {"app.kubernetes.io/name": "byoi", "app.kubernetes.io/component": "control-plane"}
 
 # Settings the Deployment sets before `byoi server` has them: excused only while the server has no such option
-# (issue 14 adds `--runtime docker|kubernetes` and `--builder docker|kubernetes`). Once the option exists, its
+# (issue 14 adds `--builder docker|kubernetes`; `--runtime` is there). Once the option exists, its
 # variable must be one the server reads, like every other.
-PENDING = {"BYOI_RUNTIME": "--runtime", "BYOI_BUILDER": "--builder"}
+PENDING = {"BYOI_BUILDER": "--builder"}
 
 
 def yaml_files() -> list[Path]:

@@ -4,6 +4,7 @@ the one ASGI app that serves them. Concrete backends are chosen here and nowhere
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -33,6 +34,7 @@ from byoi.metrics import Metrics
 from byoi.proxy.core import SessionProxy
 from byoi.registry.client import RegistryClient
 from byoi.registry.errors import RegistryError
+from byoi.runtime.base import SessionRuntime
 from byoi.runtime.docker import DockerRuntime, default_socket_root
 from byoi.runtime.instance_types import InstanceTypes
 from byoi.runtime.settings import RuntimeSettings
@@ -107,11 +109,20 @@ class Services:
         # Sessions (CreateApp and friends) on Docker Engine; RStudioServerPro apps are records only.
         self.browser_settings = BrowserSettings.from_env()
         rt = RuntimeSettings.from_env()
-        # Sockets beside the homes (`<data dir>/sockets` by default): replicas given one homes root share them too.
-        runtime = DockerRuntime(
-            rt.docker_host, rt.socket_dir or default_socket_root(rt.homes(ctx.settings.data_dir).parent)
-        )
+        if ctx.settings.runtime:  # `byoi server --runtime` over BYOI_RUNTIME
+            rt = dataclasses.replace(rt, runtime=ctx.settings.runtime)
+            rt.check()
         types = InstanceTypes.load(rt.instance_types)
+        runtime: SessionRuntime
+        if rt.runtime == "kubernetes":
+            from byoi.runtime.kubernetes import runtime_from_settings  # lightkube only when it is used
+
+            runtime = runtime_from_settings(rt, types)
+        else:
+            # Sockets beside the homes (`<data dir>/sockets` by default): replicas given one homes root share them.
+            runtime = DockerRuntime(
+                rt.docker_host, rt.socket_dir or default_socket_root(rt.homes(ctx.settings.data_dir).parent)
+            )
         public = self.browser_settings.base_url(ctx.settings)
         self.apps = AppService(ctx, runtime, rt, types, self.domains, self.user_profiles, public)
         self.all.append(self.apps)
@@ -247,8 +258,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        """The store, Docker Engine (the sessions' and, when it is another one, the builds') and each registry:
-        "ok" or "error: <what is wrong>" each; 503 when one fails."""
+        """The store, the sessions' runtime (`docker`: Docker Engine, `kubernetes`: the cluster's API), the builds'
+        Docker Engine when it is another one, and each registry: "ok" or "error: <what is wrong>" each; 503 when
+        one fails."""
         ctx: ServiceContext = state["ctx"]
         services: Services = state["services"]
         checks: dict[str, str] = {}
@@ -257,7 +269,7 @@ def create_app(settings: Settings) -> FastAPI:
             checks["store"] = "ok"
         except Exception as exc:  # any store failure is reported, not raised
             checks["store"] = f"error: {type(exc).__name__}: {exc}"
-        engines = {"docker": services.apps.runtime.ping}
+        engines = {services.apps.runtime.name: services.apps.runtime.ping}
         if services.builds.settings.docker_host != services.apps.settings.docker_host:
             engines["docker builds"] = services.builds.builder.ping
         for name, ping in engines.items():

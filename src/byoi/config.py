@@ -107,6 +107,8 @@ class Settings:
     # HTTPS: a PEM certificate (chain) and its private key; None serves plain HTTP
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Where sessions run (`byoi server --runtime`): docker or kubernetes; None: BYOI_RUNTIME, else docker
+    runtime: str | None = None
 
     @property
     def sqlite_path(self) -> Path:

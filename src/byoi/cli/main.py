@@ -142,6 +142,14 @@ TlsCert = Annotated[
     Path | None,
     typer.Option(envvar="BYOI_TLS_CERT", help="Serve HTTPS with this PEM certificate (chain); needs --tls-key."),
 ]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        envvar="BYOI_RUNTIME",
+        help="Where sessions run: docker (Docker Engine here) or kubernetes (a cluster; docs/kubernetes.md).",
+    ),
+]
 TlsKey = Annotated[Path | None, typer.Option(envvar="BYOI_TLS_KEY", help="The PEM private key of --tls-cert.")]
 
 
@@ -156,6 +164,7 @@ def _settings(
     region: str,
     account_id: str,
     platform: str,
+    runtime: str | None = None,
 ) -> Settings:
     try:
         urls = [parse_registry_url(u) for u in (registry or [])]
@@ -183,13 +192,14 @@ def _settings(
         from byoi.auth.oidc import OidcSettings  # here: client commands need not load authlib
 
         OidcSettings.from_env(os.environ)
-        runtime = RuntimeSettings.from_env()
-        InstanceTypes.load(runtime.instance_types)
+        session_env = dict(os.environ) if runtime is None else {**os.environ, "BYOI_RUNTIME": runtime}
+        sessions = RuntimeSettings.from_env(session_env)
+        InstanceTypes.load(sessions.instance_types)
         from byoi.runtime.docker import default_socket_root, socket_path_problem
 
-        homes = runtime.homes(data_dir.expanduser().resolve())
-        problem = socket_path_problem(runtime.socket_dir or default_socket_root(homes.parent))
-        if problem:
+        homes = sessions.homes(data_dir.expanduser().resolve())
+        problem = socket_path_problem(sessions.socket_dir or default_socket_root(homes.parent))
+        if problem and sessions.runtime == "docker":  # sessions on Kubernetes listen on a port in their pod
             raise ValueError(problem)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -204,6 +214,7 @@ def _settings(
         account_id=account_id,
         platform=platform,
         master_key=os.environ.get("BYOI_MASTER_KEY"),
+        runtime=runtime,
         **tuning,  # type: ignore[arg-type]
     )
 
@@ -225,12 +236,23 @@ def server(
     inspection_config: inspect_cli.InspectionConfigOpt = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    runtime: RuntimeOpt = "docker",
 ) -> None:
     """Serve the SageMaker-compatible API."""
     from byoi.cli.server import run_server, with_tls
 
     settings = _settings(
-        data_dir, host, port, database_url, registry, registries_file, docker_config, region, account_id, platform
+        data_dir,
+        host,
+        port,
+        database_url,
+        registry,
+        registries_file,
+        docker_config,
+        region,
+        account_id,
+        platform,
+        runtime,
     )
     run_server(
         with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key),

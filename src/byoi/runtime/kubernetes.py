@@ -95,9 +95,10 @@ from byoi.runtime.kubernetes_spec import (
     pull_secret_name,
     selector_labels,
 )
+from byoi.runtime.settings import RuntimeSettings, kube_namespace, label_pairs
 from byoi.runtime.spec import PullProgress, SessionSpec
 
-__all__ = ["KubernetesRuntime", "pod_state", "StartWatch"]
+__all__ = ["KubernetesRuntime", "pod_state", "runtime_from_settings", "StartWatch"]
 
 PING_TIMEOUT = 5.0
 RESYNC_DELAY = 0.5  # seconds before a broken watch is resumed (after a fresh read)
@@ -686,3 +687,24 @@ class KubernetesRuntime:
         """Delete the home claims of a domain (DeleteDomain with RetentionPolicy Delete)."""
         for claim in await self._list(PersistentVolumeClaim, selector_labels({DOMAIN_LABEL: domain_id})):
             await self._delete(PersistentVolumeClaim, str((claim.get("metadata") or {}).get("name")))
+
+
+def runtime_from_settings(rt: RuntimeSettings, types: InstanceTypes) -> KubernetesRuntime:
+    """The runtime `byoi server --runtime kubernetes` runs sessions with, from its BYOI_SESSION_KUBE_* settings:
+    the cluster from BYOI_SESSION_KUBE_CONFIG, else in-cluster config or KUBECONFIG (lightkube's order)."""
+    fixed = None
+    if rt.kube_node_cpus > 0:
+        fixed = HostCapacity(rt.kube_node_cpus, int(rt.kube_node_memory_gib * (1 << 30)))
+    return KubernetesRuntime(
+        kube_namespace(rt.kube_namespace),
+        KubeConfig.from_file(rt.kube_config) if rt.kube_config else None,
+        instance_types=types,
+        storage_class=rt.kube_storage_class or None,
+        access_mode=rt.kube_access_mode,
+        home_size=rt.kube_home_size,
+        image_pull_secrets=tuple(s for s in rt.kube_pull_secrets.split(",") if s),
+        control_plane_labels=label_pairs(rt.kube_control_plane_labels),
+        control_plane_namespace=rt.kube_control_plane_namespace or None,
+        start_timeout=rt.kube_start_timeout,
+        capacity=fixed,
+    )

@@ -42,6 +42,21 @@ class RuntimeSettings:
     activity_seconds: float = 15.0  # how often the proxy's activity is written and idle sessions are stopped
     socket_dir: Path | None = None  # where sessions' socket directories live; None: `sockets` beside homes_root
     homes_root: Path | None = None  # where homes live on the Docker host; None: <data dir>/homes (one per replica)
+    runtime: str = "docker"  # docker | kubernetes (BYOI_RUNTIME, `byoi server --runtime`)
+    kube_config: Path | None = None  # a kubeconfig; None: in-cluster config, else KUBECONFIG / ~/.kube/config
+    # Where session pods, Services, Secrets and home claims live; "": byoi's own namespace when it runs in the
+    # cluster (its service account's), else "default".
+    kube_namespace: str = ""
+    # The most one node gives a session, when byoi may not list nodes (its Role is namespaced); 0: list them.
+    kube_node_cpus: int = 0
+    kube_node_memory_gib: float = 0.0
+    kube_storage_class: str = ""  # the home claims' StorageClass; "": the cluster's default
+    kube_access_mode: str = "ReadWriteOnce"  # ReadWriteMany for a shared file system (NFS, EFS, CephFS)
+    kube_home_size: str = "10Gi"
+    kube_pull_secrets: str = ""  # comma-separated imagePullSecrets every pod gets (besides byoi's own)
+    kube_control_plane_labels: str = "app.kubernetes.io/name=byoi,app.kubernetes.io/component=control-plane"
+    kube_control_plane_namespace: str = ""  # "": byoi runs in the sessions' namespace
+    kube_start_timeout: float = 900.0  # seconds from pod creation until its container runs (pull included)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> RuntimeSettings:
@@ -49,9 +64,11 @@ class RuntimeSettings:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f in fields(cls):
-            key = f"BYOI_SESSION_{f.name.upper()}"
+            key = "BYOI_RUNTIME" if f.name == "runtime" else f"BYOI_SESSION_{f.name.upper()}"
             if f.name == "docker_host":
                 values[f.name] = env.get(key) or env.get("DOCKER_HOST") or None
+            elif f.name == "kube_config":
+                values[f.name] = Path(env[key]) if env.get(key) else None
             elif f.name in ("socket_dir", "homes_root"):
                 if f.name == "homes_root" and env.get(key) and not _is_plain_absolute(env[key]):
                     raise SessionConfigError(f"{key}={env[key]!r} must be an absolute path without . or .. parts")
@@ -82,6 +99,9 @@ class RuntimeSettings:
             ("launch_concurrency", 1, True),
             ("idle_timeout_minutes", 0, True),
             ("activity_seconds", 0, False),
+            ("kube_node_cpus", 0, True),
+            ("kube_node_memory_gib", 0, True),
+            ("kube_start_timeout", 0, False),
         ]
         for name, low, inclusive in bounds:
             value = getattr(self, name)
@@ -108,6 +128,18 @@ class RuntimeSettings:
             raise SessionConfigError(
                 f"BYOI_SESSION_HOMES_ROOT={str(self.homes_root)!r} must be an absolute path without . or .. parts"
             )
+        if self.runtime not in ("docker", "kubernetes"):
+            raise SessionConfigError(f"BYOI_RUNTIME={self.runtime!r} must be docker or kubernetes")
+        if (self.kube_node_cpus > 0) != (self.kube_node_memory_gib > 0):
+            raise SessionConfigError(
+                "BYOI_SESSION_KUBE_NODE_CPUS and BYOI_SESSION_KUBE_NODE_MEMORY_GIB go together: set both, or neither "
+                "(then byoi lists the cluster's nodes)"
+            )
+        if self.kube_access_mode not in ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"):
+            raise SessionConfigError(
+                f"BYOI_SESSION_KUBE_ACCESS_MODE={self.kube_access_mode!r} must be ReadWriteOnce, ReadWriteMany "
+                "or ReadWriteOncePod"
+            )
         if not _NETWORK.fullmatch(self.network):
             raise SessionConfigError(f"BYOI_SESSION_NETWORK={self.network!r} is not a valid Docker network name")
 
@@ -115,6 +147,24 @@ class RuntimeSettings:
 def _is_plain_absolute(path: Path | str) -> bool:
     text = str(path)
     return text.startswith("/") and not any(part in (".", "..") for part in text.split("/"))
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def kube_namespace(configured: str, in_cluster_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+    """BYOI_SESSION_KUBE_NAMESPACE, else the namespace byoi's own pod runs in, else "default"."""
+    if configured:
+        return configured
+    try:
+        return in_cluster_file.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def label_pairs(raw: str) -> dict[str, str]:
+    """`k=v,k=v` (BYOI_SESSION_KUBE_CONTROL_PLANE_LABELS) as a dict."""
+    return dict(pair.split("=", 1) for pair in raw.split(",") if "=" in pair)
 
 
 def _bound(low: float, inclusive: bool) -> str:

@@ -41,6 +41,7 @@ class SessionSpec:
     listen_socket: bool = True
     pids_limit: int = 4096
     run_dir_bytes: int = 256 * 1024 * 1024
+    instance_type: str = ""  # the ml.* type: on Kubernetes its node selector, tolerations and GPUs
 
     def rserver_command(self) -> list[str]:
         if self.listen_socket:

@@ -200,7 +200,8 @@ class Launcher:
         except (LaunchFailed, RuntimeFailure, PermissionError) as exc:
             # Unreachable says "Docker Engine is not reachable at <address>: …" itself; other refusals get the prefix.
             engine_refused = isinstance(exc, RuntimeFailure) and not isinstance(exc, Unreachable)
-            reason = f"Docker Engine: {exc}" if engine_refused else str(exc)
+            backend_name = "Docker Engine" if self.runtime.name == "docker" else "Kubernetes"
+            reason = f"{backend_name}: {exc}" if engine_refused else str(exc)
             await self._fail(claim, row, reason)
             return
         except (OSError, httpx.TransportError) as exc:
@@ -228,7 +229,8 @@ class Launcher:
         await self._pull(claim, row, launch["ContainerImage"])
         await self._progress(claim, row, "creating", "Creating the container")
         home = files.home_dir(self.homes_root, row.domain_id, row.profile_name, row.home_uid)
-        await asyncio.to_thread(files.ensure_home, home, self.settings.uid, self.settings.gid)
+        if self.runtime.name == "docker":  # on Kubernetes the home is the profile's claim, made by create()
+            await asyncio.to_thread(files.ensure_home, home, self.settings.uid, self.settings.gid)
         spec = self.session_spec(row, name, str(home))
         await self.runtime.create(spec)
         container = name
@@ -272,6 +274,7 @@ class Launcher:
             ),
             pids_limit=self.settings.pids_limit,
             listen_socket=bool(launch.get("ListenSocket", True)),
+            instance_type=str(((row.spec or {}).get("ResourceSpec") or {}).get("InstanceType") or ""),
         )
 
     async def _pull(self, claim: Claim, row: Any, image: str) -> None:
@@ -510,4 +513,8 @@ class Launcher:
         """Called after a domain is deleted: its homes go only if its RetentionPolicy says Delete."""
         policy = (domain.spec.get("RetentionPolicy") or {}).get("HomeEfsFileSystem", "Retain")
         if policy == "Delete":
-            await asyncio.to_thread(files.remove_domain_homes, self.homes_root, domain.domain_id)
+            remove = getattr(self.runtime, "remove_domain_homes", None)  # Kubernetes: the domain's claims
+            if remove is not None:
+                await remove(domain.domain_id)
+            else:
+                await asyncio.to_thread(files.remove_domain_homes, self.homes_root, domain.domain_id)

@@ -1,0 +1,195 @@
+"""`byoi server --runtime kubernetes` through its real doors: CreateApp with boto3 runs a session as a pod on an
+emulated cluster, the test playing the kubelet; DescribeApp follows it to InService; the session proxy, signed in
+with a presigned URL, reaches RStudio at the pod's Service; DeleteApp removes pod and Service and keeps the home.
+
+The cluster is kmock's emulator (tests/support/kube.py), a TEST DOUBLE of the Kubernetes API server, on 127.0.0.1
+in a thread of this process. RStudio is a TEST DOUBLE too: a small HTTP server on loopback that answers as rserver
+does, which the Service is pointed at (the "cluster" assigns the Service's address, so the test does). The byoi
+server, its store, the registry and the stand-in image it registers are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2 as httpx
+import pytest
+
+from byoi.runtime.kubernetes_spec import PORT_NAME
+from tests.support import sessions as s
+from tests.support.kube import NAMESPACE, EmulatedCluster, Kubelet, emulated_cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]  # docker: the stand-in image is pushed from Docker Engine
+
+T = TypeVar("T")
+
+
+class ClusterThread:
+    """The emulated cluster on an event loop of its own thread, driven from this (synchronous) test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._cm = emulated_cluster()
+        self.cluster: EmulatedCluster = self.run(self._cm.__aenter__())
+        self.kubelet = Kubelet(self.cluster)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def objects(self, plural: str, group_version: str = "v1") -> dict[str, dict[str, Any]]:
+        async def read() -> dict[str, dict[str, Any]]:
+            return self.cluster.objects(plural, group_version)
+
+        return self.run(read())
+
+    def wait_for(self, plural: str, timeout: float = 60) -> str:
+        """The name of the first object of `plural` to appear."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.objects(plural)):
+            assert time.monotonic() < deadline, f"no {plural} were created"
+            time.sleep(0.05)
+        return next(iter(found))
+
+    def close(self) -> None:
+        self.run(self._cm.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class FakeRStudio(http.server.BaseHTTPRequestHandler):
+    """Answers as rserver behind a root path would: the page, and what the proxy sent it."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = f"rstudio stand-in at {self.path} root={self.headers.get('X-RStudio-Root-Path')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        return
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterThread]:
+    running = ClusterThread()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def rstudio() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeRStudio)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: emulated\n"
+        f"clusters:\n- name: emulated\n  cluster:\n    server: {server}\n"
+        "users:\n- name: nobody\n  user: {}\n"
+        "contexts:\n- name: emulated\n  context:\n    cluster: emulated\n    user: nobody\n"
+        f"    namespace: {NAMESPACE}\n"
+    )
+    return path
+
+
+def test_a_session_on_kubernetes_from_create_app_to_the_browser_and_deleted(
+    server_factory, registry, shared_inspection, cluster, rstudio, tmp_path
+):
+    env = {
+        **s.SESSION_ENV,
+        "BYOI_SESSION_KUBE_CONFIG": str(kubeconfig(tmp_path / "kubeconfig", cluster.cluster.url)),
+        "BYOI_SESSION_KUBE_NAMESPACE": NAMESPACE,
+        "BYOI_SESSION_KUBE_NODE_CPUS": "8",  # byoi's Role is namespaced: it is told the node size
+        "BYOI_SESSION_KUBE_NODE_MEMORY_GIB": "32",
+    }
+    srv = server_factory(
+        [f"http://{registry}"], env=env, extra_args=["--runtime", "kubernetes"], inspection_config=shared_inspection
+    )
+    sm, ext = srv.client(), s.extension(srv)
+    image = s.unique("kube")
+    s.register(sm, registry, image, "rstudio-standin", "v1")
+    s.ensure_config(sm)
+    domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
+    sm.create_user_profile(DomainId=domain, UserProfileName="kim")
+    ext.create_principal(Name=f"{domain}-kim", Role="user", DomainId=domain, UserProfileName="kim")
+    sm.create_app(
+        DomainId=domain,
+        UserProfileName="kim",
+        AppType="RSessionGateway",
+        AppName="on-kube",
+        ResourceSpec={"SageMakerImageArn": sm.describe_image(ImageName=image)["ImageArn"]},
+    )
+
+    # byoi makes the Service, the home claim and the pod; the test, as the cluster, gives the Service an address
+    # (the fake RStudio's) and runs the pod.
+    pod = cluster.wait_for("pods")
+    sent = cluster.objects("pods")[pod]
+    pinned = sm.describe_image_version(ImageName=image, Version=1)["ContainerImage"]
+    container = sent["spec"]["containers"][0]
+    assert container["image"] == pinned and "--www-port=8787" in container["args"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert sent["spec"]["securityContext"]["runAsNonRoot"] is True
+    [claim] = cluster.objects("persistentvolumeclaims")
+    assert s.app_status(sm, domain, "kim", "on-kube")["Status"] == "Pending"
+
+    service = f"/api/v1/namespaces/{NAMESPACE}/services/{pod}"
+    patch = {"spec": {"clusterIP": "127.0.0.1", "ports": [{"name": PORT_NAME, "port": rstudio, "targetPort": 8787}]}}
+    patched = cluster.run(cluster.kubelet.http.patch(service, json=patch))
+    assert patched.status == 200
+    cluster.run(cluster.kubelet.event(pod, "Pulled", f'Container image "{pinned}" already present on machine'))
+    cluster.run(cluster.kubelet.running(pod))
+    described = s.wait_app(sm, domain, "kim", "on-kube", ("InService", "Failed"), timeout=60)
+    assert described["Status"] == "InService", described
+
+    health = httpx.get(srv.endpoint + "/healthz").json()["checks"]
+    assert health["kubernetes"] == "ok" and "docker" not in health, health  # the sessions' runtime is the cluster
+
+    # Through byoi's proxy, signed in as kim with a presigned URL: the request reaches the pod's Service.
+    url = sm.create_presigned_domain_url(DomainId=domain, UserProfileName="kim")["AuthorizedUrl"]
+    with httpx.Client(follow_redirects=False, timeout=30) as browser:
+        signed_in = browser.get(srv.endpoint + "/auth/" + url.split("/auth/", 1)[1])
+        assert signed_in.status_code == 303, signed_in.text
+        session_url = s.progress(ext, domain, "kim", "on-kube")["Url"]
+        page = browser.get(srv.endpoint + "/sessions/" + session_url.split("/sessions/", 1)[1])
+    assert page.status_code == 200, page.text
+    session_id = session_url.split("/sessions/", 1)[1].split("/", 1)[0]
+    assert page.text == f"rstudio stand-in at / root=/sessions/{session_id}", page.text
+    with httpx.Client(follow_redirects=False, timeout=30) as stranger:  # no sign-in: no way in
+        refused = stranger.get(srv.endpoint + f"/sessions/{session_id}/", headers={"Accept": "text/html"})
+    assert refused.status_code == 303 and "/auth/sign-in" in refused.headers["location"]
+
+    # DeleteApp: the pod and its Service go (the test's kubelet has nothing to do: the emulator deletes at once),
+    # the home claim stays for the next session.
+    sm.delete_app(DomainId=domain, UserProfileName="kim", AppType="RSessionGateway", AppName="on-kube")
+    s.wait_app(sm, domain, "kim", "on-kube", ("Deleted",), timeout=60)
+    assert cluster.objects("pods") == {} and cluster.objects("services") == {}
+    assert list(cluster.objects("persistentvolumeclaims")) == [claim]
+
+
+def test_a_bad_runtime_setting_is_a_usage_error_naming_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from byoi.cli.main import app
+
+    result = CliRunner().invoke(
+        app,
+        ["server", "--data-dir", str(tmp_path), "--runtime", "kubernetes"],
+        env={"BYOI_SESSION_KUBE_NODE_CPUS": "4"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "BYOI_SESSION_KUBE_NODE_MEMORY_GIB go together" in " ".join(result.output.replace("│", " ").split())
+    result = CliRunner().invoke(app, ["server", "--data-dir", str(tmp_path), "--runtime", "podman"])
+    assert result.exit_code == 2 and "BYOI_RUNTIME='podman' must be docker or kubernetes" in result.output
