@@ -167,3 +167,62 @@ class Kubelet:
         }
         resp = await self.http.post("/api/v1/nodes", json=body)
         assert resp.status in (200, 201), await resp.text()
+
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+def add_jobs(cluster: EmulatedCluster) -> None:
+    """Also serve batch/v1 Jobs (the Kubernetes image builder's): stored as given, as everything else here."""
+    cluster.emulator.resources["batch/v1/jobs"] = kmock.ResourceInfo(namespaced=True, kind="Job")
+
+
+class JobController:
+    """The test's Job controller: makes a Job's pod from its template (as the controller would, with the
+    job-name label and a suffix) and writes the Job's terminal condition. Pod statuses and logs are the
+    `Kubelet`'s."""
+
+    def __init__(self, cluster: EmulatedCluster) -> None:
+        self.cluster = cluster
+        self.http = cluster.server.client
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return self.cluster.objects("jobs", "batch/v1")
+
+    async def wait_for_job(self, name: str, timeout: float = 5.0, poll: float = 0.01) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while name not in self.jobs():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no Job {name} was created")
+            await asyncio.sleep(poll)
+        return self.jobs()[name]
+
+    async def make_pod(self, job_name: str, suffix: str = "x7k2p") -> str:
+        job = await self.wait_for_job(job_name)
+        template = job["spec"]["template"]
+        name = f"{job_name}-{suffix}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": NAMESPACE,
+                "labels": {**template["metadata"]["labels"], JOB_NAME_LABEL: job_name},
+            },
+            "spec": template["spec"],
+            "status": {"phase": "Pending"},
+        }
+        resp = await self.http.post(f"/api/v1/namespaces/{NAMESPACE}/pods", json=body)
+        assert resp.status in (200, 201), await resp.text()
+        return name
+
+    async def finish(self, job_name: str, condition: str, reason: str = "", message: str = "") -> None:
+        """`condition` "Complete" or "Failed", as the controller writes it when the pod ends."""
+        cond = {"type": condition, "status": "True", "reason": reason, "message": message}
+        counts = {"succeeded": 1} if condition == "Complete" else {"failed": 1}
+        resp = await self.http.patch(
+            f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job_name}/status",
+            json={"status": {"conditions": [cond], **counts}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert resp.status == 200, await resp.text()

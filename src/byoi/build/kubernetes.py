@@ -1,0 +1,535 @@
+"""The Kubernetes backend of the `Builder` seam (build/base.py): a rootless BuildKit Job per build, through
+lightkube's AsyncClient. The objects come from kubernetes_job.py; this module only sends, follows and reads.
+
+- `build()` writes the push-credentials Secret and the Job, follows the Job's pod on a watch (the pod by the
+  build's label, the Job by the same), and once the build container runs, streams its log (`follow=true`) into
+  `emit`: every line as `{"k": "log", "m": line}`, except the first header line of a Dockerfile step in
+  BuildKit's plain progress (`#7 [stage-1 2/3] RUN make`), which becomes `{"k": "step", "n": 2, "of": 3,
+  "m": "[stage-1 2/3] RUN make"}`. The verdict is the Job's condition (Complete / Failed).
+- BuildKit pushes as it builds (`--output ...,push=true`): it needs the destination at build time, so the
+  request must carry it (`push_to`, see `KubernetesBuildRequest`), and the pushed manifest digest is read from
+  its output (`pushing manifest for <name>@sha256:...`, else `exporting manifest list sha256:...`, else
+  `exporting manifest sha256:...`; from the whole log again if the followed stream broke). `build()` returns
+  that digest as the image id; `push()` returns it without pushing again.
+- A failed Job is `BuildJobFailed` (a `BuildFailed`) naming the step BuildKit reported `#N ERROR:` on and its
+  message (`error: failed to solve: ...`), with the last log lines; a push BuildKit could not make is
+  `phase="push"`; a Job that failed without BuildKit's word says why from the Job and pod status (the active
+  deadline, out of memory, the context fetch). An API server that does not answer is `BuilderUnavailable`.
+- Cancelling `build()` deletes the Job (propagationPolicy Background: its pod goes with it) and the Secret.
+  After a build that ended, the Secret is deleted at once (the credentials do not outlive the build) and the
+  Job is left for its ttlSecondsAfterFinished, so its log can still be read.
+- A Job that exists already for the same build (a build resumed on another replica after its server died) is
+  followed rather than made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx2 as httpx
+import regex
+from lightkube import AsyncClient, KubeConfig
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.types import CascadeType, PatchType
+
+from byoi.build.base import BUILD_ID, BuilderUnavailable, BuildFailed, BuildRequest, Emit, PushRequest
+from byoi.build.kubernetes_job import (
+    BUILD_CONTAINER,
+    BUILD_LABEL,
+    DEFAULT_IMAGE,
+    FETCH_CONTAINER,
+    KubernetesBuildSpec,
+    make_build_job,
+    make_push_secret,
+)
+
+__all__ = ["BuildJobFailed", "BuildKitLog", "KubernetesBuildRequest", "KubernetesBuilder"]
+
+PING_TIMEOUT = 5.0
+RESYNC_DELAY = 0.5  # seconds before a broken watch is resumed (after a fresh read)
+RESYNC_EVERY = 10.0  # seconds without a change after which the pod and the Job are read anyway
+LAST_LINES = 20
+PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+
+_STEP = regex.compile(r"#(\d+) \[(?:(\S+) )?(\d+)/(\d+)\] (.+)")
+_VERTEX_ERROR = regex.compile(r"#(\d+) ERROR: (.*)")
+_VERTEX_NAME = regex.compile(r"#(\d+) ([^0-9].*)")
+_PUSHED = regex.compile(r"#\d+ pushing manifest for (\S+)@(sha256:[0-9a-f]{64})")
+_MANIFEST_LIST = regex.compile(r"#\d+ exporting manifest list (sha256:[0-9a-f]{64})")
+_MANIFEST = regex.compile(r"#\d+ exporting manifest (sha256:[0-9a-f]{64})")
+_FINAL_ERROR = regex.compile(r"(?:error|ERROR): (?:failed to solve: )?(.*)")
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class KubernetesBuildRequest(BuildRequest):
+    """A BuildRequest with what this backend needs and the seam does not carry yet (see the report's diff):
+    the build's id (the Job's name and labels, the context URL) and where BuildKit pushes."""
+
+    build_id: str = ""
+    push_to: PushRequest | None = None
+
+
+class BuildJobFailed(BuildFailed):
+    def __init__(
+        self, message: str, step: str | None = None, phase: str = "build", last_lines: list[str] | None = None
+    ):
+        super().__init__(message, step, phase)
+        self.last_lines = list(last_lines or [])
+
+
+@dataclass
+class BuildKitLog:
+    """BuildKit's plain progress, line by line: steps, the vertex that failed, the final error, the digest."""
+
+    emit: Emit
+    steps: dict[str, str] = field(default_factory=dict)  # vertex number -> "[2/3] RUN make"
+    names: dict[str, str] = field(default_factory=dict)  # vertex number -> its first line ("exporting to image")
+    failed_vertex: str | None = None
+    vertex_error: str | None = None
+    final_error: str | None = None
+    pushed: str | None = None
+    manifest_list: str | None = None
+    manifest: str | None = None
+    last: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))
+
+    def line(self, text: str, quiet: bool = False) -> None:
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            return
+        if (m := _PUSHED.match(text)) is not None:
+            self.pushed = m[2]
+        elif (m := _MANIFEST_LIST.match(text)) is not None:
+            self.manifest_list = m[1]
+        elif (m := _MANIFEST.match(text)) is not None:
+            self.manifest = m[1]
+        if (m := _VERTEX_ERROR.match(text)) is not None:
+            self.failed_vertex, self.vertex_error = m[1], m[2].strip()
+        elif (m := _FINAL_ERROR.fullmatch(text)) is not None:
+            self.final_error = m[1].strip()
+        step = _STEP.fullmatch(text)
+        if step is not None and step[1] not in self.steps:
+            label = f"[{step[2] + ' ' if step[2] else ''}{step[3]}/{step[4]}] {step[5]}"
+            self.steps[step[1]] = label
+            self.names.setdefault(step[1], label)
+            if not quiet:
+                self.emit({"k": "step", "n": int(step[3]), "of": int(step[4]), "m": label})
+            return
+        if (m := _VERTEX_NAME.fullmatch(text)) is not None:
+            self.names.setdefault(m[1], m[2])
+        self.last.append(text)
+        if not quiet:
+            self.emit({"k": "log", "m": text})
+
+    @property
+    def digest(self) -> str | None:
+        return self.pushed or self.manifest_list or self.manifest
+
+    def failure(self) -> BuildJobFailed | None:
+        """BuildKit's own account of a failure, if it gave one."""
+        message = self.final_error or self.vertex_error
+        if message is None:
+            return None
+        vertex = self.failed_vertex
+        name = self.names.get(vertex or "", "")
+        push = "failed to push" in message or name.startswith(("exporting to image", "pushing"))
+        step = self.steps.get(vertex or "")
+        return BuildJobFailed(message, step, "push" if push else "build", list(self.last))
+
+
+def _container_status(pod: dict[str, Any], name: str, init: bool = False) -> dict[str, Any]:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    for status in (pod.get("status") or {}).get(key) or []:
+        if status.get("name") == name:
+            return dict(status)
+    return {}
+
+
+def _condition(job: dict[str, Any]) -> tuple[str, str, str] | None:
+    """("Complete" | "Failed", reason, message) once the Job has finished."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"]), str(cond.get("reason") or ""), str(cond.get("message") or "")
+    return None
+
+
+def _status(exc: httpx.HTTPStatusError) -> tuple[int, str]:
+    code = exc.response.status_code
+    try:
+        body = exc.response.json()
+        message = str(body.get("message") or body.get("reason") or exc.response.reason_phrase)
+    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        message = exc.response.reason_phrase
+    return code, message.strip()
+
+
+class KubernetesBuilder:
+    """Builds as rootless BuildKit Jobs in one namespace of one cluster (in-cluster config, or a kubeconfig)."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        namespace: str,
+        config: KubeConfig | None = None,
+        *,
+        installation: str,
+        context_url: Callable[[str], str],
+        image: str = DEFAULT_IMAGE,
+        fetch_image: str | None = None,
+        active_deadline: int = 3600,
+        ttl_after_finished: int = 600,
+        start_timeout: float = 900.0,
+        request_timeout: float = 10.0,
+        trust_env: bool = True,
+    ) -> None:
+        self.namespace = namespace
+        self.installation = installation
+        self.context_url = context_url
+        self.image = image
+        self.fetch_image = fetch_image
+        self.active_deadline = active_deadline
+        self.ttl_after_finished = ttl_after_finished
+        self.start_timeout = start_timeout
+        self._config = config
+        self._trust_env = trust_env
+        self._timeout = httpx.Timeout(request_timeout)
+        self._client: AsyncClient | None = None
+        self._pushed: dict[str, tuple[str, str]] = {}  # digest -> (repository, tag) this builder pushed it to
+
+    # -- the client and its errors ----------------------------------------------------------------
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            try:
+                config = self._config or KubeConfig.from_env()
+            except Exception as exc:  # lightkube's ConfigError, a broken kubeconfig
+                raise BuilderUnavailable(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}") from None
+            self._client = AsyncClient(
+                config=config, namespace=self.namespace, timeout=self._timeout, trust_env=self._trust_env
+            )
+        return self._client
+
+    def _server(self) -> str:
+        try:
+            return str(self.client.config.cluster.server)
+        except (AttributeError, BuilderUnavailable):
+            return "the configured server"
+
+    def _gone(self, exc: BaseException) -> BuilderUnavailable:
+        return BuilderUnavailable(
+            f"the Kubernetes API server at {self._server()} is not reachable: {str(exc) or type(exc).__name__}"
+        )
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[R]]) -> R | None:
+        """One API call: 404 gives None, another refusal BuildFailed, no answer BuilderUnavailable."""
+        try:
+            return await call()
+        except httpx.HTTPStatusError as exc:
+            code, message = _status(exc)
+            if code == 404:
+                return None
+            raise BuildFailed(f"the Kubernetes API refused to {what} ({code}): {message}") from None
+        except (httpx.TransportError, OSError) as exc:
+            raise self._gone(exc) from None
+
+    # -- the seam ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async def first() -> None:
+            async for _ in self.client.list(Job, namespace=self.namespace, chunk_size=1):
+                break
+
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self._call("list Jobs", first)
+        except TimeoutError:
+            raise BuilderUnavailable(
+                f"the Kubernetes API server at {self._server()} gave no answer within {PING_TIMEOUT:g} s"
+            ) from None
+        except BuildFailed as exc:
+            raise BuilderUnavailable(exc.message) from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def build_spec(self, request: BuildRequest) -> KubernetesBuildSpec:
+        """The build's Kubernetes spec; BuildFailed when the request lacks the destination or holds a bad value."""
+        build_id = str(getattr(request, "build_id", "") or request.context_tar.parent.name)
+        push_to: PushRequest | None = getattr(request, "push_to", None)
+        if not BUILD_ID.fullmatch(build_id):
+            raise BuildFailed("the Kubernetes builder needs the build's id with the request (BuildRequest.build_id)")
+        if push_to is None:
+            raise BuildFailed(
+                "the Kubernetes builder pushes as it builds and needs the destination with the request "
+                "(BuildRequest.push_to)"
+            )
+        try:
+            return KubernetesBuildSpec(
+                build_id=build_id,
+                namespace=self.namespace,
+                installation=self.installation,
+                context_url=self.context_url(build_id),
+                repository=push_to.repository,
+                tag=push_to.tag,
+                dockerfile=request.dockerfile,
+                build_args=dict(request.build_args),
+                target=request.target,
+                labels=dict(request.labels),
+                platform=request.platform,
+                no_cache=request.no_cache,
+                image=self.image,
+                fetch_image=self.fetch_image,
+                active_deadline=self.active_deadline,
+                ttl_after_finished=self.ttl_after_finished,
+            )
+        except ValueError as exc:
+            raise BuildFailed(f"the build cannot run on Kubernetes: {exc}") from None
+
+    async def build(self, request: BuildRequest, emit: Emit) -> str:
+        spec = self.build_spec(request)
+        push_to: PushRequest = getattr(request, "push_to")  # noqa: B009 - checked by build_spec
+        await self._write_secret(spec, push_to.auth)
+        try:
+            await self._create_job(spec)
+            digest = await self._follow(spec, emit)
+        except asyncio.CancelledError:
+            # Stopped: the Job goes (its pod with it), and the credentials. Shielded: the caller waits for it.
+            await asyncio.shield(self._remove(spec, job=True))
+            raise
+        except BaseException:
+            with contextlib.suppress(BuilderUnavailable, BuildFailed):
+                await asyncio.shield(self._remove(spec, job=False))
+            raise
+        await self._remove(spec, job=False)
+        self._pushed[digest] = (spec.repository, spec.tag)
+        return digest
+
+    async def push(self, request: PushRequest, emit: Emit) -> str:
+        """BuildKit pushed during build(): the digest it pushed, after checking it went where it is asked to."""
+        where = self._pushed.get(request.image_id)
+        if where != (request.repository, request.tag):
+            raise BuildFailed(
+                f"the Kubernetes builder pushes while it builds; {request.image_id} was not pushed to "
+                f"{request.repository}:{request.tag} by this build",
+                phase="push",
+            )
+        emit({"k": "log", "m": f"pushed by BuildKit during the build: {request.repository}:{request.tag}"})
+        return request.image_id
+
+    # -- the objects ------------------------------------------------------------------------------
+
+    async def _write_secret(self, spec: KubernetesBuildSpec, auth: dict[str, str] | None) -> None:
+        secret: Any = Secret.from_dict(make_push_secret(spec, auth))
+        try:
+            await self.client.create(secret)
+        except httpx.HTTPStatusError as exc:
+            code, message = _status(exc)
+            if code != 409:
+                raise BuildFailed(f"the Kubernetes API refused to create the push Secret ({code}): {message}") from None
+            await self._call(
+                "update the push Secret",
+                lambda: self.client.patch(
+                    Secret, spec.secret_name, secret.to_dict(), namespace=self.namespace, patch_type=PatchType.MERGE
+                ),
+            )
+        except (httpx.TransportError, OSError) as exc:
+            raise self._gone(exc) from None
+
+    async def _create_job(self, spec: KubernetesBuildSpec) -> None:
+        try:
+            job: Any = Job.from_dict(make_build_job(spec))
+            await self.client.create(job)
+        except httpx.HTTPStatusError as exc:
+            code, message = _status(exc)
+            if code != 409:
+                raise BuildFailed(f"the Kubernetes API refused to create the build Job ({code}): {message}") from None
+            existing = await self._get(Job, spec.job_name)
+            labels = ((existing or {}).get("metadata") or {}).get("labels") or {}
+            if labels.get(BUILD_LABEL) != spec.build_id:
+                raise BuildFailed(f"a Job named {spec.job_name} exists and is not this build's") from None
+            # The same build's Job, made by a server that stopped: follow it.
+        except (httpx.TransportError, OSError) as exc:
+            raise self._gone(exc) from None
+
+    async def _get(self, res: Any, name: str) -> dict[str, Any] | None:
+        obj = await self._call(
+            f"read {res.__name__} {name}", lambda: self.client.get(res, name, namespace=self.namespace)
+        )
+        return obj.to_dict() if obj is not None else None
+
+    async def _pods(self, spec: KubernetesBuildSpec) -> list[dict[str, Any]]:
+        async def collect() -> list[dict[str, Any]]:
+            return [
+                o.to_dict()
+                async for o in self.client.list(Pod, namespace=self.namespace, labels={BUILD_LABEL: spec.build_id})
+            ]
+
+        found = await self._call("list the build's pods", collect) or []
+        return [p for p in found if ((p.get("metadata") or {}).get("labels") or {}).get(BUILD_LABEL) == spec.build_id]
+
+    async def _remove(self, spec: KubernetesBuildSpec, job: bool) -> None:
+        if job:
+            await self._call(
+                f"delete the Job {spec.job_name}",
+                lambda: self.client.delete(
+                    Job, spec.job_name, namespace=self.namespace, cascade=CascadeType.BACKGROUND
+                ),
+            )
+        await self._call(
+            f"delete the Secret {spec.secret_name}",
+            lambda: self.client.delete(Secret, spec.secret_name, namespace=self.namespace),
+        )
+
+    # -- following the Job ------------------------------------------------------------------------
+
+    async def _pump(
+        self, queue: asyncio.Queue[tuple[str, str, dict[str, Any]]], kind: str, res: Any, spec: KubernetesBuildSpec
+    ) -> None:
+        while True:
+            try:
+                watch = self.client.watch(res, namespace=self.namespace, labels={BUILD_LABEL: spec.build_id})
+                async for change, obj in watch:
+                    queue.put_nowait((kind, change, obj.to_dict()))
+            except asyncio.CancelledError:
+                raise
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                queue.put_nowait(("resync", str(exc), {}))
+            await asyncio.sleep(RESYNC_DELAY)
+
+    async def _follow(self, spec: KubernetesBuildSpec, emit: Emit) -> str:
+        queue: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
+        pumps = [
+            asyncio.create_task(self._pump(queue, "pod", Pod, spec), name=f"byoi-build-pod-watch-{spec.build_id}"),
+            asyncio.create_task(self._pump(queue, "job", Job, spec), name=f"byoi-build-job-watch-{spec.build_id}"),
+        ]
+        queue.put_nowait(("resync", "", {}))
+        parsed = BuildKitLog(emit)
+        pod: dict[str, Any] | None = None
+        job: dict[str, Any] | None = None
+        streamed = False
+        try:
+            async with asyncio.timeout(self.active_deadline + self.start_timeout):
+                while True:
+                    try:
+                        kind, change, obj = await asyncio.wait_for(queue.get(), RESYNC_EVERY)
+                    except TimeoutError:
+                        kind, change, obj = "resync", "", {}
+                    if kind == "resync":
+                        job = await self._get(Job, spec.job_name)
+                        if job is None:
+                            raise BuildJobFailed(f"the build's Job {spec.job_name} was deleted outside byoi")
+                        pods = await self._pods(spec)
+                        pod = pods[-1] if pods else pod
+                    elif kind == "job" and change != "DELETED":
+                        job = obj
+                    elif kind == "job":
+                        raise BuildJobFailed(f"the build's Job {spec.job_name} was deleted outside byoi")
+                    elif change != "DELETED":
+                        pod = obj
+                    if pod is not None and not streamed and self._started(pod):
+                        streamed = True
+                        await self._stream(spec, pod, parsed)
+                    verdict = _condition(job or {})
+                    if verdict is not None:
+                        return await self._verdict(spec, verdict, pod, parsed, streamed)
+        except TimeoutError:
+            raise BuildJobFailed(
+                f"the build's Job did not finish within {self.active_deadline + self.start_timeout:g} s",
+                last_lines=list(parsed.last),
+            ) from None
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    def _started(self, pod: dict[str, Any]) -> bool:
+        """Whether the build container has started (its log can be followed); raise when it cannot start."""
+        for name, init in ((FETCH_CONTAINER, True), (BUILD_CONTAINER, False)):
+            state = _container_status(pod, name, init).get("state") or {}
+            waiting = state.get("waiting") or {}
+            reason, message = str(waiting.get("reason") or ""), str(waiting.get("message") or "").strip()
+            if reason in PULL_FAILURES | CREATE_FAILURES:
+                raise BuildJobFailed(f"the build's {name} container could not start: {reason}: {message}".rstrip(": "))
+        state = _container_status(pod, BUILD_CONTAINER).get("state") or {}
+        return state.get("running") is not None or state.get("terminated") is not None
+
+    async def _lines(self, pod: str, container: str, follow: bool) -> AsyncIterator[str]:
+        stream = self.client.log(pod, namespace=self.namespace, container=container, follow=follow)
+        try:
+            async for line in stream:
+                yield line
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(self, spec: KubernetesBuildSpec, pod: dict[str, Any], parsed: BuildKitLog) -> None:
+        """Follow the build container's log to its end (the container's), each line through `parsed`."""
+        name = str((pod.get("metadata") or {}).get("name"))
+        try:
+            async for line in self._lines(name, BUILD_CONTAINER, follow=True):
+                parsed.line(line)
+        except httpx.HTTPStatusError as exc:
+            code, message = _status(exc)
+            parsed.emit({"k": "log", "m": f"(the build's log could not be read: {code} {message})"})
+        except (httpx.TransportError, OSError) as exc:
+            parsed.emit({"k": "log", "m": f"(the build's log was cut: {str(exc) or type(exc).__name__})"})
+
+    async def _verdict(
+        self,
+        spec: KubernetesBuildSpec,
+        verdict: tuple[str, str, str],
+        pod: dict[str, Any] | None,
+        parsed: BuildKitLog,
+        streamed: bool,
+    ) -> str:
+        kind, reason, message = verdict
+        if parsed.digest is None and pod is not None and not (kind == "Failed" and parsed.failure()):
+            # The followed stream broke (or never started): BuildKit's whole output is read once more, quietly.
+            reread = BuildKitLog(parsed.emit)
+            name = str((pod.get("metadata") or {}).get("name"))
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                async for line in self._lines(name, BUILD_CONTAINER, follow=False):
+                    reread.line(line, quiet=streamed)
+            parsed = reread if reread.digest or reread.failure() else parsed
+        if kind == "Complete":
+            if parsed.digest is None:
+                raise BuildJobFailed(
+                    "BuildKit finished without reporting the pushed manifest's digest", last_lines=list(parsed.last)
+                )
+            return parsed.digest
+        failure = parsed.failure()
+        if failure is not None:
+            raise failure
+        # The Job's watch may run ahead of the pod's: the pod as it ended, read afresh.
+        pods = await self._pods(spec)
+        pod = pods[-1] if pods else pod
+        raise BuildJobFailed(self._why(spec, reason, message, pod), last_lines=list(parsed.last))
+
+    def _why(self, spec: KubernetesBuildSpec, reason: str, message: str, pod: dict[str, Any] | None) -> str:
+        """Why a Job failed when BuildKit did not say: its deadline, the context fetch, memory, the exit code."""
+        if reason == "DeadlineExceeded":
+            return (
+                f"the build ran longer than {spec.active_deadline} s (the Job's activeDeadlineSeconds) and was stopped"
+            )
+        if pod is not None:
+            fetch = (_container_status(pod, FETCH_CONTAINER, True).get("state") or {}).get("terminated") or {}
+            if fetch.get("exitCode") not in (None, 0):
+                said = f": {fetch['message']}" if fetch.get("message") else ""
+                return f"the build context could not be fetched (exit code {fetch['exitCode']}){said}"
+            term = (_container_status(pod, BUILD_CONTAINER).get("state") or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                return f"BuildKit ran out of memory (the build's limit is {spec.memory})"
+            if term.get("exitCode") is not None:
+                return f"BuildKit exited with code {term['exitCode']}: {term.get('reason') or ''}".rstrip(": ")
+        return f"the build's Job failed: {': '.join(p for p in (reason, message) if p) or 'no reason given'}"
