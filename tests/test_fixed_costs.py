@@ -383,3 +383,20 @@ def test_the_model_is_found_where_botocore_finds_it(tmp_path: Path, monkeypatch:
     document = load_service_document()
     assert document["metadata"]["serviceFullName"] == "SageMaker from AWS_DATA_PATH"
     assert "documentation" not in document["operations"]["CreateApp"]
+
+
+def test_the_cli_builds_no_tls_context_for_a_plain_http_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA bundle took 50 to 130 ms a request: a build's upload and log stream to an http:// byoi skip
+    it; an https:// one is verified, with AWS_CA_BUNDLE when set, as botocore verifies it."""
+    import ssl
+
+    from byoi.cli.builds import Signed
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "BYOIEXAMPLE000000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    assert Signed("http://127.0.0.1:8080", None).verify is False
+    assert Signed("https://byoi.example.test", None).verify is True
+    monkeypatch.setenv("AWS_CA_BUNDLE", ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    assert isinstance(Signed("https://byoi.example.test", None).verify, ssl.SSLContext)

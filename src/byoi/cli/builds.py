@@ -101,6 +101,14 @@ class Signed:
             )
         self.signer = SigV4Auth(creds.get_frozen_credentials(), "sagemaker", region_of(session))
         self.endpoint = self.endpoint.rstrip("/")
+        # Plain HTTP needs no TLS context, and building one (loading the CA bundle) took 130 ms a request here;
+        # HTTPS is verified as botocore verifies it: AWS_CA_BUNDLE when set, else the system's CAs.
+        self.verify: Any = False
+        if not self.endpoint.startswith("http://"):
+            import ssl
+
+            bundle = os.environ.get("AWS_CA_BUNDLE")
+            self.verify = ssl.create_default_context(cafile=bundle) if bundle else True
 
     def headers(self, method: str, path: str, extra: dict[str, str] | None = None, query: str = "") -> dict[str, str]:
         from botocore.awsrequest import AWSRequest
@@ -181,7 +189,11 @@ def upload_context(signed: Signed, path: Path, dockerfile: str | None, say: Cons
         headers["Content-Length"] = str(size)
         try:
             response = httpx.post(
-                signed.url("/byoi/build-contexts"), content=_file_chunks(fh), headers=headers, timeout=None
+                signed.url("/byoi/build-contexts"),
+                content=_file_chunks(fh),
+                headers=headers,
+                timeout=None,
+                verify=signed.verify,
             )
         except httpx.TransportError as exc:
             raise _unreachable(signed.endpoint, exc) from None
@@ -297,7 +309,11 @@ def follow(signed: Signed, build_id: str, view: LogView, position: StreamPositio
         query = f"offset={position.offset}"
         try:
             with httpx.stream(
-                "GET", signed.url(path) + "?" + query, headers=signed.headers("GET", path, query=query), timeout=None
+                "GET",
+                signed.url(path) + "?" + query,
+                headers=signed.headers("GET", path, query=query),
+                timeout=None,
+                verify=signed.verify,
             ) as response:
                 if response.status_code != 200:
                     response.read()
@@ -533,7 +549,7 @@ def builds_logs(
         return
     path = f"/byoi/builds/{build_id}/log"
     try:
-        response = httpx.get(signed.url(path), headers=signed.headers("GET", path), timeout=60)
+        response = httpx.get(signed.url(path), headers=signed.headers("GET", path), timeout=60, verify=signed.verify)
     except httpx.TransportError as exc:
         raise _unreachable(signed.endpoint, exc) from None
     if response.status_code != 200:
