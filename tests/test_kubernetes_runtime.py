@@ -431,7 +431,7 @@ async def test_rwx_homes_and_gpu_placement_reach_the_cluster(
 async def test_capacity_is_the_largest_node(runtime: KubernetesRuntime, kubelet: Kubelet) -> None:
     await kubelet.node("node-1", "3500m", "16302084Ki")
     await kubelet.node("node-2", "8", "32Gi")
-    assert await runtime.capacity() == HostCapacity(cpus=8, memory_bytes=32 * GiB)
+    assert await runtime.capacity() == HostCapacity(cpus=8, memory_bytes=32 * GiB, where="the largest node")
 
 
 async def test_a_cluster_without_nodes_says_so(runtime: KubernetesRuntime) -> None:

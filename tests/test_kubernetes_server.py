@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx2 as httpx
 import pytest
+from botocore.exceptions import ClientError
 
 from byoi.runtime.kubernetes_spec import PORT_NAME
 from tests.support import sessions as s
@@ -125,6 +126,18 @@ def test_a_session_on_kubernetes_from_create_app_to_the_browser_and_deleted(
     domain = s.rstudio_domain(sm, [{"ImageName": image, "AppImageConfigName": s.CONFIG}])
     sm.create_user_profile(DomainId=domain, UserProfileName="kim")
     ext.create_principal(Name=f"{domain}-kim", Role="user", DomainId=domain, UserProfileName="kim")
+    with pytest.raises(ClientError) as too_big:  # 96 vCPU on nodes of 8: refused, saying what a node has
+        sm.create_app(
+            DomainId=domain,
+            UserProfileName="kim",
+            AppType="RSessionGateway",
+            AppName="too-big",
+            ResourceSpec={
+                "SageMakerImageArn": sm.describe_image(ImageName=image)["ImageArn"],
+                "InstanceType": "ml.m5.24xlarge",
+            },
+        )
+    assert "but a node (BYOI_SESSION_KUBE_NODE_CPUS, _MEMORY_GIB) has 8 CPUs and 32.0 GiB" in str(too_big.value)
     sm.create_app(
         DomainId=domain,
         UserProfileName="kim",

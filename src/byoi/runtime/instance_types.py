@@ -9,9 +9,10 @@ Operators override or add entries with a TOML file (`BYOI_INSTANCE_TYPES=FILE`):
     memory_gib = 2
 
 A type is offered only if this host can give one session that much: a type asking for more CPUs or
-memory than the Docker host has is refused with a message saying what the host has. Names must be
-`ml.*` values of the SageMaker model's AppInstanceType enum (requests are validated against it), checked when
-the table is loaded; a bad file raises `SessionConfigError` naming the file, the key and the value.
+memory than the Docker host (or the largest Kubernetes node) has is refused with a message saying what it
+has. Names must be `ml.*` values of the SageMaker model's AppInstanceType enum (requests are validated
+against it), checked when the table is loaded; a bad file raises `SessionConfigError` naming the file, the
+key and the value.
 
 On Kubernetes an entry may also say where its pods go (the Docker runtime ignores these three keys):
 
@@ -134,6 +135,7 @@ NO_PLACEMENT = Placement()
 class HostCapacity:
     cpus: int
     memory_bytes: int
+    where: str = "the Docker host"  # what has this much, as a refusal says it: "but <where> has 4 CPUs …"
 
 
 class InstanceTypes:
@@ -196,7 +198,7 @@ class InstanceTypes:
         wanted = InstanceType(name, vcpu, int(mem_gib * GiB))
         if vcpu > host.cpus or wanted.memory_bytes > host.memory_bytes:
             raise InstanceTypeError(
-                f"InstanceType {name} needs {vcpu:g} vCPU and {mem_gib:g} GiB of memory, but the Docker host has "
+                f"InstanceType {name} needs {vcpu:g} vCPU and {mem_gib:g} GiB of memory, but {host.where} has "
                 f"{host.cpus} CPUs and {host.memory_bytes / GiB:.1f} GiB; pick a smaller type "
                 f"(offered on this host: {', '.join(sorted(self.offered(host))) or 'none'})"
             )

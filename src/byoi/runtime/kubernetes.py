@@ -490,7 +490,7 @@ class KubernetesRuntime:
             memory = max(memory, int(mem) if mem is not None else 0)
         if not cpus or not memory:
             raise RuntimeFailure("the cluster reports no node with allocatable CPU and memory")
-        self._capacity = (time.monotonic(), HostCapacity(cpus, memory))
+        self._capacity = (time.monotonic(), HostCapacity(cpus, memory, "the largest node"))
         return self._capacity[1]
 
     async def ensure_image(self, ref: str, auth: dict[str, str] | None, on_progress: ProgressCallback) -> bool:
@@ -694,7 +694,11 @@ def runtime_from_settings(rt: RuntimeSettings, types: InstanceTypes) -> Kubernet
     the cluster from BYOI_SESSION_KUBE_CONFIG, else in-cluster config or KUBECONFIG (lightkube's order)."""
     fixed = None
     if rt.kube_node_cpus > 0:
-        fixed = HostCapacity(rt.kube_node_cpus, int(rt.kube_node_memory_gib * (1 << 30)))
+        fixed = HostCapacity(
+            rt.kube_node_cpus,
+            int(rt.kube_node_memory_gib * (1 << 30)),
+            "a node (BYOI_SESSION_KUBE_NODE_CPUS, _MEMORY_GIB)",
+        )
     return KubernetesRuntime(
         kube_namespace(rt.kube_namespace),
         KubeConfig.from_file(rt.kube_config) if rt.kube_config else None,
