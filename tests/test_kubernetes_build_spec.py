@@ -298,3 +298,24 @@ def test_the_job_mounts_the_secret_it_is_given() -> None:
     s = replace(spec(), build_id="b-fedcba9876543210")
     volumes = make_build_job(s)["spec"]["template"]["spec"]["volumes"]
     assert volumes[2]["secret"]["secretName"] == make_push_secret(s, None)["metadata"]["name"]
+
+
+def test_a_context_url_is_good_for_its_build_and_its_time_only() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from byoi.build import context_url
+
+    key, build = b"k" * 32, "b-" + "1" * 16
+    url = context_url.sign("https://byoi.example.test/", key, build, now=1000.0)
+    assert url.startswith(f"https://byoi.example.test/byoi/builds/{build}/context.tar?expires=1900&sig=")
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert context_url.check(key, build, q["expires"], q["sig"], now=1000.0) is None
+    assert context_url.check(key, build, q["expires"], q["sig"], now=1901.0) == "the URL has expired"
+    assert context_url.check(b"x" * 32, build, q["expires"], q["sig"], now=1000.0) == "the signature does not match"
+    assert context_url.check(key, "b-" + "2" * 16, q["expires"], q["sig"], now=1000.0) == "the signature does not match"
+    assert context_url.check(key, "../x", q["expires"], q["sig"], now=1000.0) == "not a build id"
+    for expires in ("", "19e2", "²", "1" * 13):
+        assert context_url.check(key, build, expires, q["sig"], now=1000.0) == "expires is not a time"
+    longer = context_url.sign("https://byoi.example.test", key, build, now=1000.0, ttl=86400)
+    q2 = {k: v[0] for k, v in parse_qs(urlsplit(longer).query).items()}
+    assert "longer than byoi makes them" in str(context_url.check(key, build, q2["expires"], q2["sig"], now=1000.0))

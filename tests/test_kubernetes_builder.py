@@ -19,7 +19,7 @@ from lightkube import KubeConfig
 from lightkube.config.models import Cluster, User
 
 from byoi.build.base import Builder, BuilderUnavailable, BuildFailed, BuildRequest, PushRequest
-from byoi.build.kubernetes import BuildJobFailed, BuildKitLog, KubernetesBuilder, KubernetesBuildRequest
+from byoi.build.kubernetes import BuildJobFailed, BuildKitLog, KubernetesBuilder
 from byoi.build.kubernetes_job import buildctl_args, job_name, make_build_job, secret_name
 from tests.support.kube import NAMESPACE, EmulatedCluster, JobController, Kubelet, add_jobs, emulated_cluster
 
@@ -80,7 +80,7 @@ FAILURE_LOG = [
 ]
 
 
-def request(tmp_path: Path, **over: Any) -> KubernetesBuildRequest:
+def request(tmp_path: Path, **over: Any) -> BuildRequest:
     folder = tmp_path / BUILD
     folder.mkdir(exist_ok=True)
     values: dict[str, Any] = {
@@ -90,7 +90,7 @@ def request(tmp_path: Path, **over: Any) -> KubernetesBuildRequest:
         "push_to": PushRequest("", REPO, "v1", {"username": "alice", "password": "pw"}),
     }
     values.update(over)
-    return KubernetesBuildRequest(**values)
+    return BuildRequest(**values)
 
 
 def context_url(build_id: str) -> str:

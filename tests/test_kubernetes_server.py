@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import io
+import tarfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -22,9 +24,11 @@ import httpx2 as httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from byoi.build.kubernetes_job import job_name
 from byoi.runtime.kubernetes_spec import PORT_NAME
 from tests.support import sessions as s
-from tests.support.kube import NAMESPACE, EmulatedCluster, Kubelet, emulated_cluster
+from tests.support.kube import NAMESPACE, EmulatedCluster, JobController, Kubelet, add_jobs, emulated_cluster
+from tests.test_builds_bad_input import member, tar_of, upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]  # docker: the stand-in image is pushed from Docker Engine
 
@@ -206,3 +210,69 @@ def test_a_bad_runtime_setting_is_a_usage_error_naming_it(tmp_path):
     assert "BYOI_SESSION_KUBE_NODE_MEMORY_GIB go together" in " ".join(result.output.replace("│", " ").split())
     result = CliRunner().invoke(app, ["server", "--data-dir", str(tmp_path), "--runtime", "podman"])
     assert result.exit_code == 2 and "BYOI_RUNTIME='podman' must be docker or kubernetes" in result.output
+
+
+def test_a_build_on_kubernetes_from_start_image_build_to_succeeded(server_factory, registry, cluster, tmp_path):
+    """`--builder kubernetes`: StartImageBuild makes a BuildKit Job; its init container's URL serves the checked
+    context (only with its signature, only while the build runs); the Job's log becomes the build log; the digest
+    BuildKit reports is the build's. The test is the Job controller and the kubelet (tests/support/kube.py)."""
+    add_jobs(cluster.cluster)
+    env = {
+        "BYOI_BUILD_KUBE_CONFIG": str(kubeconfig(tmp_path / "kubeconfig", cluster.cluster.url)),
+        "BYOI_BUILD_KUBE_NAMESPACE": NAMESPACE,
+    }
+    srv = server_factory([f"http://{registry}"], env=env, extra_args=["--builder", "kubernetes"])
+    ext = s.extension(srv)
+    dockerfile = b"FROM scratch\nCOPY data.txt /\n"
+    context_id = upload(srv, tar_of([member("Dockerfile")], dockerfile)).json()["ContextId"]
+    build_id = ext.start_image_build(ContextId=context_id, Repository="kube/built", Tag="v1")["BuildId"]
+    job = job_name(build_id)
+    controller, kubelet = JobController(cluster.cluster), Kubelet(cluster.cluster)
+
+    sent = cluster.run(controller.wait_for_job(job, timeout=30))
+    [buildkit] = sent["spec"]["template"]["spec"]["containers"]
+    assert f"type=image,name={registry}/kube/built:v1,push=true" in " ".join(buildkit["args"])
+    [url] = [a for a in sent["spec"]["template"]["spec"]["initContainers"][0]["command"] if "/context.tar?" in a]
+    assert url.startswith(f"{srv.endpoint}/byoi/builds/{build_id}/context.tar?expires=")
+    fetched = httpx.get(url)  # what the init container fetches: the checked context, with no SigV4
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(fetched.content)) as tar:
+        assert tar.getnames() == ["Dockerfile"] and tar.extractfile("Dockerfile").read() == dockerfile
+    for bad in (url[:-1] + ("0" if url[-1] != "0" else "1"), url.replace("expires=", "expires=9")):
+        assert httpx.get(bad).status_code == 403  # a changed signature, or a longer life than byoi gives
+    other = url.replace(build_id, "b-" + "0" * 16)
+    assert httpx.get(other).status_code == 403  # the signature is for this build only
+
+    digest = "sha256:" + "ab" * 32
+    log = [
+        "#1 [internal] load build definition from Dockerfile",
+        "#2 [1/1] COPY data.txt /",
+        "#2 DONE 0.1s",
+        f"#3 pushing manifest for {registry}/kube/built:v1@{digest}",
+        "#3 DONE 0.2s",
+    ]
+    pod = cluster.run(controller.make_pod(job))
+    kubelet.logs(pod, log)
+    running = {"name": "buildkit", "ready": True, "restartCount": 0, "image": "x", "imageID": "x"}
+    cluster.run(
+        kubelet.status(
+            pod,
+            {
+                "phase": "Running",
+                "initContainerStatuses": [
+                    {**running, "name": "fetch-context", "state": {"terminated": {"exitCode": 0}}}
+                ],
+                "containerStatuses": [{**running, "state": {"running": {"startedAt": "2026-12-01T18:00:00Z"}}}],
+            },
+        )
+    )
+    cluster.run(controller.finish(job, "Complete"))
+    deadline = time.monotonic() + 30
+    while (described := ext.describe_image_build(BuildId=build_id))["BuildStatus"] not in ("SUCCEEDED", "FAILED"):
+        assert time.monotonic() < deadline, described
+        time.sleep(0.2)
+    assert described["BuildStatus"] == "SUCCEEDED", described
+    assert described["ImageDigest"] == digest
+    text = httpx.get(srv.endpoint + "/healthz").json()["checks"]
+    assert text["kubernetes builds"] == "ok", text
+    assert httpx.get(url).status_code == 404  # settled: the context is gone, and so is the URL's use

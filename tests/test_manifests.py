@@ -56,9 +56,9 @@ ALLOWED_RBAC: dict[tuple[str, str], frozenset[str]] = {
 CONTROL_PLANE_LABELS = {"app.kubernetes.io/name": "byoi", "app.kubernetes.io/component": "control-plane"}
 
 # Settings the Deployment sets before `byoi server` has them: excused only while the server has no such option
-# (issue 14 adds `--builder docker|kubernetes`; `--runtime` is there). Once the option exists, its
+# (none now: `--runtime` and `--builder` are there). Once an option exists, its
 # variable must be one the server reads, like every other.
-PENDING = {"BYOI_BUILDER": "--builder"}
+PENDING: dict[str, str] = {}
 
 
 def yaml_files() -> list[Path]:

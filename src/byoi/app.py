@@ -25,6 +25,7 @@ from byoi.auth.browser import SESSION_COOKIE, SIGN_IN_CSRF_COOKIE, BrowserSettin
 from byoi.auth.oidc import OidcClient, OidcSettings
 from byoi.auth.principal import SYSTEM
 from byoi.auth.secrets import SecretBox
+from byoi.build.base import Builder
 from byoi.build.docker import DockerBuilder
 from byoi.build.settings import BuildSettings
 from byoi.config import Settings
@@ -100,14 +101,23 @@ class Services:
         self.all.append(self.inspection)
         ctx.version_checks.append(self.inspection.check_version)
 
-        # Image builds: Docker Engine backend; successful builds can register new image versions.
+        # Image builds: on Docker Engine, or as BuildKit Jobs on Kubernetes; successful builds can register versions.
+        self.browser_settings = BrowserSettings.from_env()
         build_settings = BuildSettings.from_env()
-        builder = DockerBuilder(build_settings.docker_host)
+        if ctx.settings.builder:  # `byoi server --builder` over BYOI_BUILDER
+            build_settings = dataclasses.replace(build_settings, builder=ctx.settings.builder)
+        builder: Builder
+        if build_settings.builder == "kubernetes":
+            from byoi.build.kubernetes import builder_from_settings  # lightkube only when it is used
+
+            base = build_settings.context_base_url or self.browser_settings.base_url(ctx.settings)
+            builder = builder_from_settings(build_settings, ctx.installation, base, ctx.secrets)
+        else:
+            builder = DockerBuilder(build_settings.docker_host)
         self.builds = BuildService(ctx, builder, self.images, self.image_versions, build_settings)
         self.all.append(self.builds)
 
-        # Sessions (CreateApp and friends) on Docker Engine; RStudioServerPro apps are records only.
-        self.browser_settings = BrowserSettings.from_env()
+        # Sessions (CreateApp and friends) on Docker Engine or Kubernetes; RStudioServerPro apps are records only.
         rt = RuntimeSettings.from_env()
         if ctx.settings.runtime:  # `byoi server --runtime` over BYOI_RUNTIME
             rt = dataclasses.replace(rt, runtime=ctx.settings.runtime)
@@ -270,7 +280,11 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as exc:  # any store failure is reported, not raised
             checks["store"] = f"error: {type(exc).__name__}: {exc}"
         engines = {services.apps.runtime.name: services.apps.runtime.ping}
-        if services.builds.settings.docker_host != services.apps.settings.docker_host:
+        if services.builds.builder.name != "docker":
+            engines[f"{services.builds.builder.name} builds"] = services.builds.builder.ping
+        elif services.apps.runtime.name != "docker" or (
+            services.builds.settings.docker_host != services.apps.settings.docker_host
+        ):
             engines["docker builds"] = services.builds.builder.ping
         for name, ping in engines.items():
             try:

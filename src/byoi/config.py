@@ -109,6 +109,8 @@ class Settings:
     tls_key: Path | None = None
     # Where sessions run (`byoi server --runtime`): docker or kubernetes; None: BYOI_RUNTIME, else docker
     runtime: str | None = None
+    # How images are built (`byoi server --builder`): docker or kubernetes; None: BYOI_BUILDER, else docker
+    builder: str | None = None
 
     @property
     def sqlite_path(self) -> Path:

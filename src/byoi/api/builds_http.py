@@ -23,9 +23,10 @@ from typing import Any
 import regex
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from byoi.api.protocol import error_response
+from byoi.build import context_url
 from byoi.build.logstore import read_records, render_text, wait_appended
 from byoi.errors import (
     ByoiError,
@@ -85,6 +86,24 @@ def install(app: FastAPI, state: State) -> None:
             return JSONResponse(result)
 
         return await _guarded(handle)
+
+    @app.get("/byoi/builds/{build_id}/context.tar")
+    async def context_for_builder(build_id: str, request: Request) -> Response:
+        """The build's checked context for a builder that fetches it itself (a BuildKit Job): no SigV4, a signed
+        short-lived URL instead (build/context_url.py). 403 for a bad or old URL, 404 once the build settled."""
+        problem = context_url.check(
+            state["ctx"].secrets.derived_key("build context urls"),
+            build_id,
+            request.query_params.get("expires", ""),
+            request.query_params.get("sig", ""),
+        )
+        if problem is not None:
+            log.warning("refused a build context URL for %s: %s", build_id[:40], problem)
+            return PlainTextResponse(f"refused: {problem}\n", status_code=403)
+        path = builds().root / build_id / "context.tar"
+        if not path.is_file():
+            return PlainTextResponse("this build has no context to fetch (it has settled)\n", status_code=404)
+        return FileResponse(path, media_type="application/x-tar")
 
     @app.get("/byoi/builds/{build_id}/log")
     async def full_log(build_id: str, request: Request) -> Response:

@@ -6,6 +6,8 @@ created with mode 0600 on first start. A copy of the database alone therefore re
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -15,6 +17,12 @@ from cryptography.fernet import Fernet, InvalidToken
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for one purpose (e.g. signing build-context URLs), derived from the master key: the same on every
+        replica (they share the master key), never stored, and changed by a master-key rotation."""
+        return hmac.new(self._key, f"byoi {purpose}".encode(), hashlib.sha256).digest()
 
     @classmethod
     def from_settings(cls, data_dir: Path, master_key: str | None) -> SecretBox:

@@ -19,6 +19,14 @@ Emit = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
+class PushRequest:
+    image_id: str  # what `build` returned ("" when the request goes with the build: BuildRequest.push_to)
+    repository: str  # host[:port]/path
+    tag: str
+    auth: dict[str, str] | None = None  # {"username", "password"} or {"identitytoken"}; None: anonymous
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     context_tar: Path  # an uncompressed, already checked tar (see byoi.build.context.sanitize_context)
     dockerfile: str = "Dockerfile"  # path inside the context
@@ -27,14 +35,10 @@ class BuildRequest:
     labels: dict[str, str] = field(default_factory=dict)
     platform: str | None = None
     no_cache: bool = False
-
-
-@dataclass(frozen=True)
-class PushRequest:
-    image_id: str  # what `build` returned
-    repository: str  # host[:port]/path
-    tag: str
-    auth: dict[str, str] | None = None  # {"username", "password"} or {"identitytoken"}; None: anonymous
+    build_id: str = ""  # names a backend's own objects (a Kubernetes Job) and the context's signed URL
+    # Where the image will be pushed: a backend that pushes while it builds (BuildKit) needs it before `push`;
+    # Docker Engine's ignores it and pushes in `push`.
+    push_to: PushRequest | None = None
 
 
 class BuildFailed(Exception):

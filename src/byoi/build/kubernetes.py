@@ -7,7 +7,7 @@ lightkube's AsyncClient. The objects come from kubernetes_job.py; this module on
   BuildKit's plain progress (`#7 [stage-1 2/3] RUN make`), which becomes `{"k": "step", "n": 2, "of": 3,
   "m": "[stage-1 2/3] RUN make"}`. The verdict is the Job's condition (Complete / Failed).
 - BuildKit pushes as it builds (`--output ...,push=true`): it needs the destination at build time, so the
-  request must carry it (`push_to`, see `KubernetesBuildRequest`), and the pushed manifest digest is read from
+  request must carry it (`BuildRequest.push_to`), and the pushed manifest digest is read from
   its output (`pushing manifest for <name>@sha256:...`, else `exporting manifest list sha256:...`, else
   `exporting manifest sha256:...`; from the whole log again if the followed stream broke). `build()` returns
   that digest as the image id; `push()` returns it without pushing again.
@@ -38,6 +38,8 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
+from byoi.auth.secrets import SecretBox
+from byoi.build import context_url
 from byoi.build.base import BUILD_ID, BuilderUnavailable, BuildFailed, BuildRequest, Emit, PushRequest
 from byoi.build.kubernetes_job import (
     BUILD_CONTAINER,
@@ -48,8 +50,9 @@ from byoi.build.kubernetes_job import (
     make_build_job,
     make_push_secret,
 )
+from byoi.build.settings import BuildSettings
 
-__all__ = ["BuildJobFailed", "BuildKitLog", "KubernetesBuildRequest", "KubernetesBuilder"]
+__all__ = ["BuildJobFailed", "BuildKitLog", "KubernetesBuilder", "builder_from_settings"]
 
 PING_TIMEOUT = 5.0
 RESYNC_DELAY = 0.5  # seconds before a broken watch is resumed (after a fresh read)
@@ -67,15 +70,6 @@ _MANIFEST = regex.compile(r"#\d+ exporting manifest (sha256:[0-9a-f]{64})")
 _FINAL_ERROR = regex.compile(r"(?:error|ERROR): (?:failed to solve: )?(.*)")
 
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class KubernetesBuildRequest(BuildRequest):
-    """A BuildRequest with what this backend needs and the seam does not carry yet (see the report's diff):
-    the build's id (the Job's name and labels, the context URL) and where BuildKit pushes."""
-
-    build_id: str = ""
-    push_to: PushRequest | None = None
 
 
 class BuildJobFailed(BuildFailed):
@@ -266,8 +260,8 @@ class KubernetesBuilder:
 
     def build_spec(self, request: BuildRequest) -> KubernetesBuildSpec:
         """The build's Kubernetes spec; BuildFailed when the request lacks the destination or holds a bad value."""
-        build_id = str(getattr(request, "build_id", "") or request.context_tar.parent.name)
-        push_to: PushRequest | None = getattr(request, "push_to", None)
+        build_id = request.build_id or request.context_tar.parent.name
+        push_to = request.push_to
         if not BUILD_ID.fullmatch(build_id):
             raise BuildFailed("the Kubernetes builder needs the build's id with the request (BuildRequest.build_id)")
         if push_to is None:
@@ -298,9 +292,9 @@ class KubernetesBuilder:
             raise BuildFailed(f"the build cannot run on Kubernetes: {exc}") from None
 
     async def build(self, request: BuildRequest, emit: Emit) -> str:
-        spec = self.build_spec(request)
-        push_to: PushRequest = getattr(request, "push_to")  # noqa: B009 - checked by build_spec
-        await self._write_secret(spec, push_to.auth)
+        spec = self.build_spec(request)  # refuses a request without push_to
+        assert request.push_to is not None
+        await self._write_secret(spec, request.push_to.auth)
         try:
             await self._create_job(spec)
             digest = await self._follow(spec, emit)
@@ -533,3 +527,20 @@ class KubernetesBuilder:
             if term.get("exitCode") is not None:
                 return f"BuildKit exited with code {term['exitCode']}: {term.get('reason') or ''}".rstrip(": ")
         return f"the build's Job failed: {': '.join(p for p in (reason, message) if p) or 'no reason given'}"
+
+
+def builder_from_settings(
+    settings: BuildSettings, installation: str, base_url: str, secrets: SecretBox
+) -> KubernetesBuilder:
+    """The builder `byoi server --builder kubernetes` builds with, from its BYOI_BUILD_KUBE_* settings; the Job
+    fetches each context from a signed URL on `base_url` (build/context_url.py)."""
+    from byoi.runtime.settings import kube_namespace
+
+    key = secrets.derived_key("build context urls")
+    return KubernetesBuilder(
+        kube_namespace(settings.kube_namespace),
+        KubeConfig.from_file(settings.kube_config) if settings.kube_config else None,
+        installation=installation,
+        context_url=lambda build_id: context_url.sign(base_url, key, build_id),
+        image=settings.kube_image,
+    )

@@ -21,6 +21,13 @@ class BuildSettings:
     # Uploaded contexts and build logs; None: <data dir>/builds. Replicas share one (a shared file system), so a
     # context uploaded to one is built by any, and a build a stopped replica ran is resumed by another.
     dir: Path | None = None
+    builder: str = "docker"  # docker | kubernetes (BYOI_BUILDER, `byoi server --builder`)
+    # Builds on Kubernetes: a rootless BuildKit Job per build (docs/kubernetes.md)
+    kube_config: Path | None = None  # a kubeconfig; None: in-cluster config, else KUBECONFIG / ~/.kube/config
+    kube_namespace: str = ""  # "": byoi's own namespace in the cluster, else "default"
+    kube_image: str = "moby/buildkit:rootless"  # BuildKit's rootless image (mirror it where the cluster pulls)
+    # Where the Job fetches the context from: a URL of byoi the cluster reaches; "": byoi's public URL
+    context_base_url: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> BuildSettings:
@@ -29,8 +36,13 @@ class BuildSettings:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f in fields(cls):
-            key = f"BYOI_BUILD_{f.name.upper()}"
-            if f.name == "docker_host":
+            key = "BYOI_BUILDER" if f.name == "builder" else f"BYOI_BUILD_{f.name.upper()}"
+            if f.name in ("builder", "kube_namespace", "kube_image", "context_base_url"):
+                if env.get(key):
+                    values[f.name] = env[key]
+            elif f.name == "kube_config":
+                values[f.name] = Path(env[key]) if env.get(key) else None
+            elif f.name == "docker_host":
                 values[f.name] = env.get("BYOI_BUILD_DOCKER_HOST") or env.get("DOCKER_HOST") or None
             elif f.name == "dir":
                 raw = env.get(key) or ""
@@ -46,4 +58,9 @@ class BuildSettings:
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.concurrency < 1:
             raise ValueError("BYOI_BUILD_CONCURRENCY must be at least 1")
+        if settings.builder not in ("docker", "kubernetes"):
+            raise ValueError(f"BYOI_BUILDER={settings.builder!r} must be docker or kubernetes")
+        base = settings.context_base_url
+        if base and not (base.startswith(("http://", "https://")) and "?" not in base and "#" not in base):
+            raise ValueError(f"BYOI_BUILD_CONTEXT_BASE_URL={base!r} must be an http:// or https:// URL")
         return settings

@@ -150,6 +150,14 @@ RuntimeOpt = Annotated[
         help="Where sessions run: docker (Docker Engine here) or kubernetes (a cluster; docs/kubernetes.md).",
     ),
 ]
+BuilderOpt = Annotated[
+    str,
+    typer.Option(
+        "--builder",
+        envvar="BYOI_BUILDER",
+        help="How images are built: docker (Docker Engine) or kubernetes (BuildKit Jobs; docs/kubernetes.md).",
+    ),
+]
 TlsKey = Annotated[Path | None, typer.Option(envvar="BYOI_TLS_KEY", help="The PEM private key of --tls-cert.")]
 
 
@@ -165,6 +173,7 @@ def _settings(
     account_id: str,
     platform: str,
     runtime: str | None = None,
+    builder: str | None = None,
 ) -> Settings:
     try:
         urls = [parse_registry_url(u) for u in (registry or [])]
@@ -188,7 +197,7 @@ def _settings(
         tuning = tuning_from_env(os.environ)
         # Read here too (the server reads them again on start) so a bad value stops `byoi server` with a
         # usage error naming it, rather than failing the app's startup with a traceback.
-        BuildSettings.from_env()
+        BuildSettings.from_env(dict(os.environ) if builder is None else {**os.environ, "BYOI_BUILDER": builder})
         from byoi.auth.oidc import OidcSettings  # here: client commands need not load authlib
 
         OidcSettings.from_env(os.environ)
@@ -215,6 +224,7 @@ def _settings(
         platform=platform,
         master_key=os.environ.get("BYOI_MASTER_KEY"),
         runtime=runtime,
+        builder=builder,
         **tuning,  # type: ignore[arg-type]
     )
 
@@ -237,6 +247,7 @@ def server(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     runtime: RuntimeOpt = "docker",
+    builder: BuilderOpt = "docker",
 ) -> None:
     """Serve the SageMaker-compatible API."""
     from byoi.cli.server import run_server, with_tls
@@ -253,6 +264,7 @@ def server(
         account_id,
         platform,
         runtime,
+        builder,
     )
     run_server(
         with_tls(inspect_cli.with_inspection(settings, inspection_config), tls_cert, tls_key),

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,7 @@ class BuildRunner:
                 summary = await asyncio.to_thread(filter_context, folder / "raw.tar", context, spec["Dockerfile"])
                 excluded = f", {summary.excluded} excluded by .dockerignore" if summary.excluded else ""
                 blog.write("note", m=f"Build context: {summary.files} files, {summary.size} bytes{excluded}")
+            destination = PushRequest("", f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry))
             request = BuildRequest(
                 context_tar=context,
                 dockerfile=spec["Dockerfile"],
@@ -191,14 +193,13 @@ class BuildRunner:
                 labels=spec.get("Labels") or {},
                 platform=spec.get("Platform"),
                 no_cache=bool(spec.get("NoCache")),
+                build_id=row.build_id,
+                push_to=destination,
             )
             image_id = await self.builder.build(request, blog.emit)
             await self._update(claim, status="PUSHING")
             blog.write("status", s="PUSHING", m=where)
-            digest = await self.builder.push(
-                PushRequest(image_id, f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry)),
-                blog.emit,
-            )
+            digest = await self.builder.push(replace(destination, image_id=image_id), blog.emit)
             blog.write("note", m=f"Pushed {where} as {row.registry}/{row.repository}@{digest}")
             await self._update(claim, digest=digest)
         except BuildFailed as exc:
