@@ -225,7 +225,10 @@ def test_a_session_from_the_launcher_to_stop(server: ByoiServer, world: dict[str
     described = s.wait_app(sm, domain, "alice", "from-the-launcher", ("InService", "Failed"))
     assert described["Status"] == "InService", described.get("FailureReason")
     assert described["ResourceSpec"]["SageMakerImageVersionArn"].endswith(f"/{image}/1")
-    # Back on the launcher: listed with its status, image, version and instance type, and an Open link.
+    # Back on the launcher: listed with its status, image, version and instance type, and an Open link. In a page of
+    # its own: the session's page moves on to RStudio by itself once it answers, which must not race this load.
+    page.close()
+    page = context.new_page()
     page.goto(server.endpoint + "/rstudio/default/")
     listed = row(page, "from-the-launcher")
     assert listed.locator(".state").inner_text() == "InService"
