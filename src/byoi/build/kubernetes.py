@@ -38,6 +38,7 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
+from byoi import kube_api
 from byoi.auth.secrets import SecretBox
 from byoi.build import context_url
 from byoi.build.base import BUILD_ID, BuilderUnavailable, BuildFailed, BuildRequest, Emit, PushRequest
@@ -155,16 +156,6 @@ def _condition(job: dict[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
-def _status(exc: httpx.HTTPStatusError) -> tuple[int, str]:
-    code = exc.response.status_code
-    try:
-        body = exc.response.json()
-        message = str(body.get("message") or body.get("reason") or exc.response.reason_phrase)
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
-        message = exc.response.reason_phrase
-    return code, message.strip()
-
-
 class KubernetesBuilder:
     """Builds as rootless BuildKit Jobs in one namespace of one cluster (in-cluster config, or a kubeconfig)."""
 
@@ -205,31 +196,26 @@ class KubernetesBuilder:
     def client(self) -> AsyncClient:
         if self._client is None:
             try:
-                config = self._config or KubeConfig.from_env()
-            except Exception as exc:  # lightkube's ConfigError, a broken kubeconfig
-                raise BuilderUnavailable(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}") from None
-            self._client = AsyncClient(
-                config=config, namespace=self.namespace, timeout=self._timeout, trust_env=self._trust_env
-            )
+                self._client = kube_api.make_client(self._config, self.namespace, self._timeout, self._trust_env)
+            except kube_api.NoConfiguration as exc:
+                raise BuilderUnavailable(str(exc)) from None
         return self._client
 
     def _server(self) -> str:
         try:
-            return str(self.client.config.cluster.server)
-        except (AttributeError, BuilderUnavailable):
+            return kube_api.server_of(self.client)
+        except BuilderUnavailable:
             return "the configured server"
 
     def _gone(self, exc: BaseException) -> BuilderUnavailable:
-        return BuilderUnavailable(
-            f"the Kubernetes API server at {self._server()} is not reachable: {str(exc) or type(exc).__name__}"
-        )
+        return BuilderUnavailable(kube_api.not_reachable(self._server(), exc))
 
     async def _call(self, what: str, call: Callable[[], Awaitable[R]]) -> R | None:
         """One API call: 404 gives None, another refusal BuildFailed, no answer BuilderUnavailable."""
         try:
             return await call()
         except httpx.HTTPStatusError as exc:
-            code, message = _status(exc)
+            code, message = kube_api.refusal(exc)
             if code == 404:
                 return None
             raise BuildFailed(f"the Kubernetes API refused to {what} ({code}): {message}") from None
@@ -329,7 +315,7 @@ class KubernetesBuilder:
         try:
             await self.client.create(secret)
         except httpx.HTTPStatusError as exc:
-            code, message = _status(exc)
+            code, message = kube_api.refusal(exc)
             if code != 409:
                 raise BuildFailed(f"the Kubernetes API refused to create the push Secret ({code}): {message}") from None
             await self._call(
@@ -346,7 +332,7 @@ class KubernetesBuilder:
             job: Any = Job.from_dict(make_build_job(spec))
             await self.client.create(job)
         except httpx.HTTPStatusError as exc:
-            code, message = _status(exc)
+            code, message = kube_api.refusal(exc)
             if code != 409:
                 raise BuildFailed(f"the Kubernetes API refused to create the build Job ({code}): {message}") from None
             existing = await self._get(Job, spec.job_name)
@@ -474,7 +460,7 @@ class KubernetesBuilder:
             async for line in self._lines(name, BUILD_CONTAINER, follow=True):
                 parsed.line(line)
         except httpx.HTTPStatusError as exc:
-            code, message = _status(exc)
+            code, message = kube_api.refusal(exc)
             parsed.emit({"k": "log", "m": f"(the build's log could not be read: {code} {message})"})
         except (httpx.TransportError, OSError) as exc:
             parsed.emit({"k": "log", "m": f"(the build's log was cut: {str(exc) or type(exc).__name__})"})

@@ -63,6 +63,7 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from lightkube.utils.quantity import parse_quantity
 
+from byoi import kube_api
 from byoi.runtime.base import (
     GONE,
     Endpoint,
@@ -117,17 +118,6 @@ _INSUFFICIENT = regex.compile(r"Insufficient ([A-Za-z0-9./_-]*[A-Za-z0-9])")
 _PROGRESS: contextvars.ContextVar[ProgressCallback | None] = contextvars.ContextVar("byoi_k8s_progress", default=None)
 
 R = TypeVar("R")
-
-
-def _status(exc: httpx.HTTPStatusError) -> tuple[int, str]:
-    """The HTTP status and the API server's message (a Status object) of a refused request."""
-    code = exc.response.status_code
-    try:
-        body = exc.response.json()
-        message = str(body.get("message") or body.get("reason") or exc.response.reason_phrase)
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
-        message = exc.response.reason_phrase
-    return code, message.strip()
 
 
 def _when(value: Any) -> float:
@@ -375,18 +365,15 @@ class KubernetesRuntime:
     def client(self) -> AsyncClient:
         if self._client is None:
             try:
-                config = self._config or KubeConfig.from_env()
-            except Exception as exc:  # lightkube's ConfigError, a broken kubeconfig
-                raise Unreachable(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}") from None
-            self._client = AsyncClient(
-                config=config, namespace=self.namespace, timeout=self._timeout, trust_env=self._trust_env
-            )
+                self._client = kube_api.make_client(self._config, self.namespace, self._timeout, self._trust_env)
+            except kube_api.NoConfiguration as exc:
+                raise Unreachable(str(exc)) from None
         return self._client
 
     def _server(self) -> str:
         try:
-            return str(self.client.config.cluster.server)
-        except (AttributeError, Unreachable):
+            return kube_api.server_of(self.client)
+        except Unreachable:
             return "the configured server"
 
     async def _call(self, what: str, call: Callable[[], Awaitable[R]]) -> R | None:
@@ -394,21 +381,19 @@ class KubernetesRuntime:
         try:
             return await call()
         except httpx.HTTPStatusError as exc:
-            code, message = _status(exc)
+            code, message = kube_api.refusal(exc)
             if code == 404:
                 return None
             raise RuntimeFailure(f"Kubernetes API refused to {what} ({code}): {message}") from None
         except (httpx.TransportError, OSError) as exc:
-            raise Unreachable(
-                f"the Kubernetes API server at {self._server()} is not reachable: {str(exc) or type(exc).__name__}"
-            ) from None
+            raise Unreachable(kube_api.not_reachable(self._server(), exc)) from None
 
     async def _create(self, what: str, obj: Any, replace_on_conflict: bool = False) -> None:
         """Create `obj`; one that exists already is left (or, with replace_on_conflict, patched to `obj`)."""
         try:
             await self.client.create(obj)
         except httpx.HTTPStatusError as exc:
-            code, message = _status(exc)
+            code, message = kube_api.refusal(exc)
             if code != 409:
                 raise RuntimeFailure(f"Kubernetes API refused to create {what} ({code}): {message}") from None
             if replace_on_conflict:
@@ -420,9 +405,7 @@ class KubernetesRuntime:
                     ),
                 )
         except (httpx.TransportError, OSError) as exc:
-            raise Unreachable(
-                f"the Kubernetes API server at {self._server()} is not reachable: {str(exc) or type(exc).__name__}"
-            ) from None
+            raise Unreachable(kube_api.not_reachable(self._server(), exc)) from None
 
     async def _get(self, res: Any, name: str) -> dict[str, Any] | None:
         obj = await self._call(
