@@ -92,7 +92,7 @@ def install(app: FastAPI, state: State) -> None:
         """The build's checked context for a builder that fetches it itself (a BuildKit Job): no SigV4, a signed
         short-lived URL instead (build/context_url.py). 403 for a bad or old URL, 404 once the build settled."""
         problem = context_url.check(
-            state["ctx"].secrets.derived_key("build context urls"),
+            state["ctx"].secrets.derived_key(context_url.KEY_PURPOSE),
             build_id,
             request.query_params.get("expires", ""),
             request.query_params.get("sig", ""),

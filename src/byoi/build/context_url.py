@@ -19,6 +19,7 @@ import time
 from byoi.build.base import BUILD_ID
 
 TTL = 900.0  # seconds: scheduling the Job's pod and pulling BuildKit's image come first
+KEY_PURPOSE = "build context urls"  # SecretBox.derived_key's purpose: the signer and the route derive one key
 _DIGITS = frozenset("0123456789")
 
 

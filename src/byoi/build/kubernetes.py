@@ -522,7 +522,7 @@ def builder_from_settings(
     fetches each context from a signed URL on `base_url` (build/context_url.py)."""
     from byoi.runtime.settings import kube_namespace
 
-    key = secrets.derived_key("build context urls")
+    key = secrets.derived_key(context_url.KEY_PURPOSE)
     return KubernetesBuilder(
         kube_namespace(settings.kube_namespace),
         KubeConfig.from_file(settings.kube_config) if settings.kube_config else None,
