@@ -19,9 +19,18 @@ from lightkube import KubeConfig
 from lightkube.config.models import Cluster, User
 
 from byoi.build.base import Builder, BuilderUnavailable, BuildFailed, BuildRequest, PushRequest
-from byoi.build.kubernetes import BuildJobFailed, BuildKitLog, KubernetesBuilder
+from byoi.build.kubernetes import BuildJobFailed, BuildKitLog, KubernetesBuilder, LogPosition
 from byoi.build.kubernetes_job import buildctl_args, job_name, make_build_job, secret_name
-from tests.support.kube import NAMESPACE, EmulatedCluster, JobController, Kubelet, add_jobs, emulated_cluster
+from tests.support.kube import (
+    NAMESPACE,
+    EmulatedCluster,
+    JobController,
+    Kubelet,
+    add_jobs,
+    emulated_cluster,
+    log_timestamp,
+)
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -253,15 +262,18 @@ async def test_a_job_left_by_a_stopped_server_is_followed_not_made_again(
 ) -> None:
     controller, kubelet = JobController(cluster), Kubelet(cluster)
     req = request(tmp_path)
-    resp = await controller.http.post(
-        f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", json=make_build_job(builder.build_spec(req))
-    )
+    left = make_build_job(builder.build_spec(req))
+    left["metadata"]["uid"] = "6f1c1c3e-0000-4000-8000-000000000002"  # as the API server gave it
+    resp = await controller.http.post(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", json=left)
     assert resp.status in (200, 201)
     await build_pod_runs(controller, kubelet, SUCCESS_LOG)
     await controller.finish(JOB, "Complete")
     assert await asyncio.wait_for(builder.build(req, lambda e: None), 5) == DIGEST
     creates = [r for r in cluster.emulator if r.method == "POST" and r.url.path.endswith("/jobs")]
     assert len(creates) == 2  # the stopped server's, and this one's, refused as existing (409)
+    # The Secret written again was given that Job as its owner (the uid from the Job found, before following).
+    [owned] = [r for r in cluster.emulator if r.method == "PATCH" and r.url.path.endswith(f"/secrets/{SECRET}")]
+    assert owned.data["metadata"]["ownerReferences"][0]["uid"] == "6f1c1c3e-0000-4000-8000-000000000002"
 
 
 def live_log(cluster: EmulatedCluster, pod: str) -> asyncio.Queue[str]:
@@ -367,3 +379,107 @@ def test_a_refused_push_is_a_push_failure() -> None:
     failure = parsed.failure()
     assert failure is not None and failure.phase == "push" and failure.step is None
     assert failure.message == "failed to push registry.test:5000/team/rstudio:v1: unexpected status: 401"
+
+
+def test_a_log_read_again_from_its_start_gives_only_the_lines_after_the_last_one_seen() -> None:
+    stamped = [f"{log_timestamp(i)} line {i}" for i in range(7)]  # lines 0-1, 2-3, 4-5 share a timestamp
+    seen = LogPosition()
+    assert [seen.new(s) for s in stamped[:3]] == ["line 0", "line 1", "line 2"]
+    seen.again()  # cut after line 2, the first of the pair (2, 3): read from the start again
+    assert [seen.new(s) for s in stamped] == [None, None, None, "line 3", "line 4", "line 5", "line 6"]
+    seen.again()
+    assert [seen.new(s) for s in stamped] == [None] * 7
+    assert seen.count == 7
+    # A line without a timestamp (not from a kubelet) is given out as it is; a line's own spaces are kept.
+    assert seen.new("no stamp here") == "no stamp here"
+    assert seen.new(f"{log_timestamp(40)}   indented ") == "  indented "
+
+
+async def test_a_log_stream_that_breaks_is_opened_again_and_read_on_from_its_last_line(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    # The builder reaches the emulator through a relay the test cuts while the log is followed (every connection
+    # dropped, the watches' too), as an API server restarting or a proxy timing out would.
+    relay = Relay(cluster.server.url.port)
+    config = KubeConfig.from_one(cluster=Cluster(server=f"http://{relay.host}"), user=User(), namespace=NAMESPACE)
+    builder = make_builder(config)
+    controller, kubelet = JobController(cluster), Kubelet(cluster)
+    events: list[dict[str, Any]] = []
+    stamped = [f"{log_timestamp(i)} {line}\n".encode() for i, line in enumerate(SUCCESS_LOG)]
+    served = 0
+    task: asyncio.Task[str] | None = None
+
+    async def open_then_cut() -> AsyncIterator[bytes]:
+        yield b"".join(stamped[:11])  # up to "#4 [2/3] RUN apt-get ...", then it stays open until the cut
+        await asyncio.Event().wait()
+
+    async def whole() -> AsyncIterator[bytes]:
+        yield b"".join(stamped)
+
+    def serve(req: Any) -> AsyncIterator[bytes]:
+        nonlocal served
+        served += 1
+        return open_then_cut() if served == 1 else whole()
+
+    try:
+        task = asyncio.create_task(builder.build(request(tmp_path), events.append))
+        pod = await controller.make_pod(JOB)
+        cluster.emulator[f"get /api/v1/namespaces/{NAMESPACE}/pods/{pod}/log"] << serve
+        await build_pod_runs(controller, kubelet, [], pod=pod)
+        for _ in range(300):
+            if len(events) >= 8:
+                break
+            await asyncio.sleep(0.01)
+        assert served == 1 and len(events) == 8 and events[-1]["m"].startswith("[2/3] RUN apt-get")
+        relay.close()
+        relay.open()
+        for _ in range(300):
+            if len(events) >= len([line for line in SUCCESS_LOG if line]):
+                break
+            await asyncio.sleep(0.01)
+        await controller.finish(JOB, "Complete")
+        assert await asyncio.wait_for(task, 5) == DIGEST
+    finally:
+        if task is not None and not task.done():
+            task.cancel()
+        await builder.close()
+        relay.stop()
+    assert served == 2
+    # Every line once, in order: none lost at the break, none repeated after it.
+    step_lines = ("#3 [", "#4 [", "#5 [")
+    assert [e["m"] for e in events if e["k"] == "log"] == [
+        line for line in SUCCESS_LOG if line and not line.startswith(step_lines)
+    ]
+    assert [e["n"] for e in events if e["k"] == "step"] == [1, 2, 3]
+    reads = [r for r in cluster.emulator if r.method == "GET" and r.url.path.endswith(f"/pods/{pod}/log")]
+    assert len(reads) == 2
+    assert all(r.params.get("timestamps") == "true" and r.params.get("follow") == "true" for r in reads)
+
+
+async def test_the_push_secret_is_owned_by_the_job_so_it_goes_with_it(
+    cluster: EmulatedCluster, builder: KubernetesBuilder, tmp_path: Path
+) -> None:
+    controller, kubelet = JobController(cluster), Kubelet(cluster)
+    task = asyncio.create_task(builder.build(request(tmp_path), lambda e: None))
+    await controller.wait_for_job(JOB)
+    assert "ownerReferences" not in cluster.objects("secrets")[SECRET]["metadata"]  # no uid known yet
+    # The emulator gives objects no uid; the API server would have, in its answer to the create.
+    resp = await controller.http.patch(
+        f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{JOB}",
+        json={"metadata": {"uid": "6f1c1c3e-0000-4000-8000-000000000001"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status == 200
+    for _ in range(300):
+        if "ownerReferences" in cluster.objects("secrets")[SECRET]["metadata"]:
+            break
+        await asyncio.sleep(0.01)
+    secret = cluster.objects("secrets")[SECRET]
+    assert secret["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": JOB, "uid": "6f1c1c3e-0000-4000-8000-000000000001"}
+    ]
+    assert secret["data"]  # the credentials are still there: the patch only adds the owner
+    await build_pod_runs(controller, kubelet, SUCCESS_LOG)
+    await controller.finish(JOB, "Complete")
+    assert await asyncio.wait_for(task, 5) == DIGEST
+    assert SECRET not in cluster.objects("secrets")

@@ -149,6 +149,18 @@ def test_bad_log_format_or_level_is_a_usage_error(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_store_that_does_not_answer_is_one_line_naming_it_without_its_password_and_no_traceback(tmp_path):
+    port = free_port()  # nothing listens there
+    cmd = [*BYOI, "server", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--log-format", "text"]
+    url = f"postgresql://byoi:hunter2@127.0.0.1:{port}/byoi"
+    done = subprocess.run(cmd, env=_env(BYOI_DATABASE_URL=url), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
+    [line] = [line for line in done.stderr.splitlines() if "refuses to start" in line]
+    assert f"the store at postgresql+psycopg://byoi:***@127.0.0.1:{port}/byoi is not reachable" in line
+    assert "Connection refused" in line
+
+
 # -- byoi up: refusals -------------------------------------------------------------------------------------
 
 

@@ -53,6 +53,15 @@ ALLOWED_RBAC: dict[tuple[str, str], frozenset[str]] = {
     ("batch", "jobs"): frozenset({"get", "list", "watch", "create", "delete"}),
 }
 
+# Everything byoi's Role in the builds' namespace may grant (deploy/kubernetes/builds-namespace/role.yaml).
+BUILDS_RBAC: dict[tuple[str, str], frozenset[str]] = {
+    ("batch", "jobs"): frozenset({"get", "list", "watch", "create", "delete"}),
+    ("", "pods"): frozenset({"get", "list", "watch"}),  # the Job controller makes the pod, not byoi
+    ("", "pods/log"): frozenset({"get"}),
+    ("", "secrets"): frozenset({"get", "create", "patch", "delete"}),
+}
+BUILDS_OVERLAY = DEPLOY / "builds-namespace"
+
 CONTROL_PLANE_LABELS = {"app.kubernetes.io/name": "byoi", "app.kubernetes.io/component": "control-plane"}
 
 # Settings the Deployment sets before `byoi server` has them: excused only while the server has no such option
@@ -160,9 +169,11 @@ def test_the_kustomizations_list_every_file_and_only_files_that_exist():
     for directory in kustomization_dirs():
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
         assert kustomization["kind"] == "Kustomization"
-        assert set(kustomization) <= {"apiVersion", "kind", "resources", "namespace", "labels", "images"}, (
+        assert set(kustomization) <= {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches"}, (
             f"{directory}: a new kustomize feature: extend this test to read it"
         )
+        for patch in kustomization.get("patches", []):
+            assert set(patch) == {"target", "patch"}, f"{directory}: only inline patches with a target are read here"
         for entry in kustomization.get("resources", []):
             target = (directory / entry).resolve()
             assert target.is_relative_to(DEPLOY), f"{directory}/kustomization.yaml: {entry} is outside deploy/"
@@ -199,6 +210,8 @@ def test_kustomize_renders_each_kustomization_into_valid_objects(directory):
         labels = doc["metadata"].get("labels", {})
         assert labels.get("app.kubernetes.io/name") == "byoi", f"{doc['kind']} {doc['metadata']['name']} unlabelled"
     expected = names(applied())
+    if directory == BUILDS_OVERLAY:
+        expected |= {("Namespace", "byoi")} | names(overlay_objects())
     if directory == DEPLOY / "namespace":
         expected |= {("Namespace", "byoi")}
         namespaced = [doc for doc in rendered if doc["kind"] != "Namespace"]
@@ -214,21 +227,56 @@ def test_kustomize_renders_each_kustomization_into_valid_objects(directory):
         assert image.startswith("registry.example.org/"), f"{directory}: `images:` does not name byoi's image"
 
 
-# -- RBAC --------------------------------------------------------------------------------------------------
+def overlay_objects() -> list[dict[str, Any]]:
+    return [doc for p, doc in manifests() if p.parent == BUILDS_OVERLAY]
 
 
-def test_the_role_grants_nothing_beyond_the_allow_list():
-    role = one("Role")
-    granted: dict[tuple[str, str], set[str]] = {}
+def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    rights: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert all("*" not in key and "*" not in verbs for key, verbs in granted.items()), "a wildcard in the Role"
+                rights.setdefault((group, resource), set()).update(rule["verbs"])
+    assert all("*" not in key and "*" not in verbs for key, verbs in rights.items()), "a wildcard in a Role"
+    return rights
+
+
+def test_the_builds_namespace_overlay_runs_builds_apart_from_sessions_with_rights_only_there():
+    rendered = kubectl_kustomize(BUILDS_OVERLAY)
+    by_name = {(doc["kind"], doc["metadata"]["name"]): doc for doc in rendered}
+    # Pod Security: enforced `restricted` where byoi and the sessions run, `privileged` only for the builds.
+    assert by_name[("Namespace", "byoi")]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    builds = by_name[("Namespace", "byoi-builds")]["metadata"]["labels"]
+    assert builds["pod-security.kubernetes.io/enforce"] == "privileged"
+    # byoi builds there; everything of its own stays in `byoi`.
+    env = by_name[("Deployment", "byoi")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "BYOI_BUILD_KUBE_NAMESPACE", "value": "byoi-builds"} in env
+    overlay = names(overlay_objects()) - {("Namespace", "byoi-builds")}
+    for key, doc in by_name.items():
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == ("byoi-builds" if key in overlay else "byoi"), key
+    # The Role in `byoi` lost its Jobs rule and nothing else; the one in `byoi-builds` is within its allow-list.
+    sessions = granted(by_name[("Role", "byoi")])
+    assert set(sessions) == set(granted(one("Role"))) - {("batch", "jobs")}
+    assert all(sessions[key] == set(ALLOWED_RBAC[key]) for key in sessions)
+    rights = granted(by_name[("Role", "byoi-builds")])
+    assert rights == {key: set(verbs) for key, verbs in BUILDS_RBAC.items()}
+    binding = by_name[("RoleBinding", "byoi-builds")]
+    assert binding["roleRef"]["name"] == "byoi-builds"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "byoi", "namespace": "byoi"}]
+    # Nothing reaches a build's pod.
+    policy = by_name[("NetworkPolicy", "byoi-builds-no-ingress")]["spec"]
+    assert policy["podSelector"] == {} and policy["policyTypes"] == ["Ingress"] and "ingress" not in policy
+
+
+# -- RBAC --------------------------------------------------------------------------------------------------
+
+
+def test_the_role_grants_nothing_beyond_the_allow_list():
     beyond = {
         key: sorted(verbs - ALLOWED_RBAC.get(key, frozenset()))
-        for key, verbs in granted.items()
+        for key, verbs in granted(one("Role")).items()
         if not verbs <= ALLOWED_RBAC.get(key, frozenset())
     }
     assert beyond == {}, "the Role grants more than ALLOWED_RBAC: widening it is a reviewed change to both"

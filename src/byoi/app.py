@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -30,6 +32,7 @@ from byoi.build.docker import DockerBuilder
 from byoi.build.settings import BuildSettings
 from byoi.config import Settings
 from byoi.console import routes as console_http
+from byoi.errors import StartupRefused
 from byoi.jobs.worker import Worker
 from byoi.metrics import Metrics
 from byoi.proxy.core import SessionProxy
@@ -184,12 +187,25 @@ class SessionsFirst:
         self.state = state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            path = scope.get("raw_path") or scope.get("path", "").encode()
-            if path.startswith(b"/sessions/") or path == b"/sessions":
-                await self.state["proxy"](scope, receive, send)
-                return
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._one_line_refusal(send))
+            return
+        path = scope.get("raw_path") or scope.get("path", "").encode()
+        if path.startswith(b"/sessions/") or path == b"/sessions":
+            await self.state["proxy"](scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    def _one_line_refusal(self, send: Any) -> Any:
+        """Starlette reports a start-up that raised with the whole traceback as the failure's message, which
+        uvicorn logs; a StartupRefused (state["refused"]) is reported as its one line instead."""
+
+        async def lifespan_send(message: dict[str, Any]) -> None:
+            if message.get("type") == "lifespan.startup.failed" and self.state.get("refused"):
+                message = {**message, "message": f"byoi server refuses to start: {self.state['refused']}"}
+            await send(message)
+
+        return lifespan_send
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -200,10 +216,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         ctx = build_context(settings)
-        await asyncio.to_thread(migrate, ctx.db.url)
-        # What every replica on this store must agree on: the master key (checked) and the installation's id.
-        await installation.check_master_key(ctx.db, ctx.secrets)
-        ctx.installation = await installation.installation_id(ctx.db, settings.data_dir)
+        try:
+            await asyncio.to_thread(migrate, ctx.db.url)
+            # What every replica on this store must agree on: the master key (checked) and the installation's id.
+            await installation.check_master_key(ctx.db, ctx.secrets)
+            ctx.installation = await installation.installation_id(ctx.db, settings.data_dir)
+        except StartupRefused as exc:
+            state["refused"] = str(exc)
+            raise
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            where = sa.engine.make_url(ctx.db.url).render_as_string(hide_password=True)
+            state["refused"] = f"the store at {where} is not reachable: {reason}"
+            raise StartupRefused(state["refused"]) from None
         services = Services(ctx)
         services.register_tasks()
         key_id, created = await services.access_keys.ensure_admin_key()

@@ -8,6 +8,12 @@ place (`byoi.api.protocol`) turns them into responses.
 from __future__ import annotations
 
 
+class StartupRefused(Exception):
+    """Why this server will not start, in one line a person can act on (another replica's master key, a store
+    that does not answer). Never sent to a client, so not a ByoiError: the server's log says it, once, without
+    a traceback, and `byoi server` exits with status 3."""
+
+
 class ByoiError(Exception):
     """Base of every error that reaches a client. `status` is the HTTP status AWS uses for it."""
 

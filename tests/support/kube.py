@@ -65,6 +65,12 @@ async def emulated_cluster() -> AsyncIterator[EmulatedCluster]:
         yield EmulatedCluster(emulator, server)
 
 
+def log_timestamp(i: int) -> str:
+    """The kubelet's timestamp (RFC 3339 with nanoseconds) of a container's i-th log line: two lines share each
+    timestamp, as lines written together do."""
+    return f"2026-12-01T18:00:{i // 20:02d}.{(i // 2) % 10 * 100_000_000:09d}Z"
+
+
 class Kubelet:
     """The test's scheduler and kubelet: status, events and logs of pods, written through the API."""
 
@@ -108,8 +114,16 @@ class Kubelet:
         assert resp.status in (200, 201), await resp.text()
 
     def logs(self, name: str, lines: list[str]) -> None:
-        """What the pod's log endpoint serves from now on (the container's stdout and stderr)."""
-        self.cluster.emulator[f"get {self._pod_path(name)}/log"] << ("".join(f"{line}\n" for line in lines)).encode()
+        """What the pod's log endpoint serves from now on (the container's stdout and stderr); each line with
+        its timestamp before it when `timestamps=true` is asked, as the kubelet does (`log_timestamps`)."""
+
+        def serve(request: kmock.Request) -> bytes:
+            stamped = request.params.get("timestamps") == "true"
+            return "".join(
+                f"{log_timestamp(i)} {line}\n" if stamped else f"{line}\n" for i, line in enumerate(lines)
+            ).encode()
+
+        self.cluster.emulator[f"get {self._pod_path(name)}/log"] << serve
 
     async def running(self, name: str, ip: str = "10.1.2.3") -> None:
         await self.status(

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx2 as httpx
@@ -48,6 +50,7 @@ from byoi.build.kubernetes_job import (
     DEFAULT_IMAGE,
     FETCH_CONTAINER,
     KubernetesBuildSpec,
+    job_owner_reference,
     make_build_job,
     make_push_secret,
 )
@@ -71,6 +74,45 @@ _MANIFEST = regex.compile(r"#\d+ exporting manifest (sha256:[0-9a-f]{64})")
 _FINAL_ERROR = regex.compile(r"(?:error|ERROR): (?:failed to solve: )?(.*)")
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
+LOG_REOPENS = 5  # breaks of the followed log in a row, without a new line between, before it is given up
+_STAMP = regex.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) (.*)", regex.DOTALL)
+
+
+@dataclass
+class LogPosition:
+    """How far a timestamped log (`timestamps=true`: `2026-12-01T18:00:00.123456789Z <line>`) has been read, so
+    that the same log sent again from its start gives only the lines after it. Lines that share the last
+    timestamp are counted, so none is lost or repeated when several came in the same nanosecond."""
+
+    last: tuple[int, int] | None = None  # (seconds since the epoch, nanoseconds)
+    at_last: int = 0  # lines read with that timestamp
+    count: int = 0  # lines given out in all
+    _replayed: int = 0  # lines with the last timestamp met again in this reading
+
+    def new(self, stamped: str) -> str | None:
+        """The line without its timestamp if it is new, else None."""
+        m = _STAMP.fullmatch(stamped.rstrip("\r\n"))
+        if m is None:  # not timestamped (never from a kubelet): given out as it is
+            self.count += 1
+            return stamped
+        when = datetime.fromisoformat(m[1] + ("+00:00" if m[3] == "Z" else m[3]))
+        key = (int(when.timestamp()), int((m[2] or "0").ljust(9, "0")))
+        if self.last is not None and key < self.last:
+            return None
+        if key == self.last:
+            self._replayed += 1
+            if self._replayed <= self.at_last:
+                return None
+            self.at_last += 1
+        else:
+            self.last, self.at_last, self._replayed = key, 1, 1
+        self.count += 1
+        return m[4]
+
+    def again(self) -> None:
+        """The log is being read again from its start."""
+        self._replayed = 0
 
 
 class BuildJobFailed(BuildFailed):
@@ -282,8 +324,8 @@ class KubernetesBuilder:
         assert request.push_to is not None
         await self._write_secret(spec, request.push_to.auth)
         try:
-            await self._create_job(spec)
-            digest = await self._follow(spec, emit)
+            job = await self._create_job(spec)
+            digest = await self._follow(spec, emit, job)
         except asyncio.CancelledError:
             # Stopped: the Job goes (its pod with it), and the credentials. Shielded: the caller waits for it.
             await asyncio.shield(self._remove(spec, job=True))
@@ -327,10 +369,12 @@ class KubernetesBuilder:
         except (httpx.TransportError, OSError) as exc:
             raise self._gone(exc) from None
 
-    async def _create_job(self, spec: KubernetesBuildSpec) -> None:
+    async def _create_job(self, spec: KubernetesBuildSpec) -> dict[str, Any]:
+        """The Job as the API server has it (made now, or the same build's, made before)."""
         try:
             job: Any = Job.from_dict(make_build_job(spec))
-            await self.client.create(job)
+            made = await self.client.create(job)
+            return made.to_dict() if made is not None else {}
         except httpx.HTTPStatusError as exc:
             code, message = kube_api.refusal(exc)
             if code != 409:
@@ -339,9 +383,27 @@ class KubernetesBuilder:
             labels = ((existing or {}).get("metadata") or {}).get("labels") or {}
             if labels.get(BUILD_LABEL) != spec.build_id:
                 raise BuildFailed(f"a Job named {spec.job_name} exists and is not this build's") from None
-            # The same build's Job, made by a server that stopped: follow it.
+            return existing or {}  # the same build's Job, made by a server that stopped: follow it
         except (httpx.TransportError, OSError) as exc:
             raise self._gone(exc) from None
+
+    async def _own_secret(self, spec: KubernetesBuildSpec, job: dict[str, Any]) -> bool:
+        """Make the Job the owner of the push Secret once its uid is known (the API server gives it in the answer
+        to the create; an emulator may only show it later); True once done."""
+        uid = str((job.get("metadata") or {}).get("uid") or "")
+        if not uid:
+            return False
+        await self._call(
+            "make the build's Job own its push Secret",
+            lambda: self.client.patch(
+                Secret,
+                spec.secret_name,
+                job_owner_reference(spec, uid),
+                namespace=self.namespace,
+                patch_type=PatchType.MERGE,
+            ),
+        )
+        return True
 
     async def _get(self, res: Any, name: str) -> dict[str, Any] | None:
         obj = await self._call(
@@ -388,7 +450,7 @@ class KubernetesBuilder:
                 queue.put_nowait(("resync", str(exc), {}))
             await asyncio.sleep(RESYNC_DELAY)
 
-    async def _follow(self, spec: KubernetesBuildSpec, emit: Emit) -> str:
+    async def _follow(self, spec: KubernetesBuildSpec, emit: Emit, job: dict[str, Any] | None = None) -> str:
         queue: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
         pumps = [
             asyncio.create_task(self._pump(queue, "pod", Pod, spec), name=f"byoi-build-pod-watch-{spec.build_id}"),
@@ -397,7 +459,7 @@ class KubernetesBuilder:
         queue.put_nowait(("resync", "", {}))
         parsed = BuildKitLog(emit)
         pod: dict[str, Any] | None = None
-        job: dict[str, Any] | None = None
+        owned = await self._own_secret(spec, job or {})
         streamed = False
         try:
             async with asyncio.timeout(self.active_deadline + self.start_timeout):
@@ -418,6 +480,8 @@ class KubernetesBuilder:
                         raise BuildJobFailed(f"the build's Job {spec.job_name} was deleted outside byoi")
                     elif change != "DELETED":
                         pod = obj
+                    if not owned and job is not None:
+                        owned = await self._own_secret(spec, job)
                     if pod is not None and not streamed and self._started(pod):
                         streamed = True
                         await self._stream(spec, pod, parsed)
@@ -445,8 +509,9 @@ class KubernetesBuilder:
         state = _container_status(pod, BUILD_CONTAINER).get("state") or {}
         return state.get("running") is not None or state.get("terminated") is not None
 
-    async def _lines(self, pod: str, container: str, follow: bool) -> AsyncIterator[str]:
-        stream = self.client.log(pod, namespace=self.namespace, container=container, follow=follow)
+    async def _lines(self, pod: str, container: str, follow: bool, timestamps: bool = False) -> AsyncIterator[str]:
+        stream = self.client.log(pod, namespace=self.namespace, container=container, follow=follow,
+                                 timestamps=timestamps)  # fmt: skip
         try:
             async for line in stream:
                 yield line
@@ -454,16 +519,37 @@ class KubernetesBuilder:
             await stream.aclose()  # type: ignore[attr-defined]
 
     async def _stream(self, spec: KubernetesBuildSpec, pod: dict[str, Any], parsed: BuildKitLog) -> None:
-        """Follow the build container's log to its end (the container's), each line through `parsed`."""
+        """Follow the build container's log to its end (the container's), each line through `parsed`.
+
+        The log is asked for with the kubelet's timestamps, so that a stream that breaks (an API server restarted,
+        a proxy's timeout, a replica's network) is opened again and read on from the last line seen: the lines
+        up to it are skipped by their timestamp (the whole log is sent again; the kubelet's clock, not ours, so
+        no skew). After LOG_REOPENS breaks in a row without a new line, it says so in the log and stops
+        following; the verdict then reads the whole log once more for the digest and the failure."""
         name = str((pod.get("metadata") or {}).get("name"))
-        try:
-            async for line in self._lines(name, BUILD_CONTAINER, follow=True):
-                parsed.line(line)
-        except httpx.HTTPStatusError as exc:
-            code, message = kube_api.refusal(exc)
-            parsed.emit({"k": "log", "m": f"(the build's log could not be read: {code} {message})"})
-        except (httpx.TransportError, OSError) as exc:
-            parsed.emit({"k": "log", "m": f"(the build's log was cut: {str(exc) or type(exc).__name__})"})
+        seen = LogPosition()
+        breaks = 0
+        while True:
+            before = seen.count
+            seen.again()
+            try:
+                async for stamped in self._lines(name, BUILD_CONTAINER, follow=True, timestamps=True):
+                    line = seen.new(stamped)
+                    if line is not None:
+                        parsed.line(line)
+                return  # the stream ended: the container has
+            except httpx.HTTPStatusError as exc:
+                code, message = kube_api.refusal(exc)
+                parsed.emit({"k": "log", "m": f"(the build's log could not be read: {code} {message})"})
+                return
+            except (httpx.TransportError, OSError) as exc:
+                breaks = 0 if seen.count > before else breaks + 1
+                why = str(exc) or type(exc).__name__
+                if breaks >= LOG_REOPENS:
+                    parsed.emit({"k": "log", "m": f"(the build's log was cut: {why})"})
+                    return
+                log.info("the log of build %s broke after %d lines (%s); reading on", spec.build_id, seen.count, why)
+            await asyncio.sleep(RESYNC_DELAY)
 
     async def _verdict(
         self,

@@ -45,7 +45,9 @@ requires, and why:
   on some node images, which breaks rootless overlay mounts).
 
 The push credentials are a `kubernetes.io/dockerconfigjson` Secret mounted as `~/.docker/config.json`
-(DOCKER_CONFIG=/home/user/.docker), which buildctl reads to push; anonymous pushes get an empty `auths`.
+(DOCKER_CONFIG=/home/user/.docker), which buildctl reads to push; anonymous pushes get an empty `auths`. It is
+written before the Job (so the pod never waits for its volume) and then given the Job as its owner
+(`job_owner_reference`), so it cannot outlive the Job even when no server is left to delete it.
 
 The Job: backoffLimit 0 (a failed build is reported, not retried behind the user's back), activeDeadlineSeconds
 (a build that hangs is stopped), ttlSecondsAfterFinished (finished Jobs and their pods go by themselves), and
@@ -250,6 +252,16 @@ def make_push_secret(spec: KubernetesBuildSpec, auth: Mapping[str, str] | None) 
         "metadata": spec.metadata(spec.secret_name),
         "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
     }
+
+
+def job_owner_reference(spec: KubernetesBuildSpec, job_uid: str) -> dict[str, Any]:
+    """The merge patch that makes the build's Job the owner of its push Secret: when the Job goes (deleted, or
+    by its ttlSecondsAfterFinished), the cluster's garbage collector deletes the Secret with it, even when the
+    server that made both is gone before it could delete the Secret itself."""
+    if not job_uid:
+        raise ValueError("the Job's uid is needed to own the Secret")
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": spec.job_name, "uid": job_uid}
+    return {"metadata": {"ownerReferences": [owner]}}
 
 
 def kube_escape(arg: str) -> str:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from byoi.auth.secrets import SecretBox
+from byoi.errors import StartupRefused
 from byoi.store.db import Database
 from byoi.store.schema import access_keys
 from byoi.store.schema_installation import INSTALLATION_ID, MASTER_KEY_CHECK, installation_settings
@@ -35,7 +36,7 @@ SUPERSEDED_SUFFIX = ".superseded"
 _CHECK_PLAINTEXT = "byoi master key check"
 
 
-class MasterKeyMismatch(RuntimeError):
+class MasterKeyMismatch(StartupRefused):
     """This server's master key cannot open what another server (or an earlier start) sealed in the store."""
 
 
