@@ -8,7 +8,9 @@
 - a second launch of a pinned image does not read the image's Renviron.site from its container again, and R
   still sees the session's environment through it;
 - the SageMaker model is only what byoi serves (checked against the services both ways), with every shape it
-  reaches exactly as botocore has it.
+  reaches exactly as botocore has it;
+- `byoi server` migrates in a forked child, so the idle server holds neither alembic (nor mako) nor, until a
+  page is served, jinja2; the heads it compares the store with are alembic's own.
 
 Speed and memory themselves are measured by bench/build_overhead.py, bench/launch.py and bench/memory.py.
 The launch test uses the RStudio STAND-IN (tests/images/rstudio-standin), a TEST DOUBLE for the IDE binary
@@ -22,6 +24,9 @@ import gzip
 import inspect
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -38,13 +43,14 @@ from byoi.api.dispatch import snake
 from byoi.build import logstore
 from byoi.build.context import check_upload, filter_context
 from byoi.build.logstore import BuildLog
+from byoi.errors import StartupRefused
 from byoi.jobs.worker import Claim, Task, Worker
 from byoi.runtime.base import Endpoint
 from byoi.runtime.docker import DockerRuntime
 from byoi.runtime.instance_types import model_instance_types
 from byoi.sagemaker_model import SERVED_OPERATIONS, load_service_document, sagemaker_model
 from byoi.services.build_runner import BuildRunner
-from byoi.store.db import Database
+from byoi.store.db import MIGRATIONS, Database, migrate_in_child, schema_heads, schema_is_current
 from byoi.store.schema import _lease_columns
 from byoi.store.schema_builds import image_builds
 from tests.support import sessions as s
@@ -400,3 +406,70 @@ def test_the_cli_builds_no_tls_context_for_a_plain_http_server(monkeypatch: pyte
     assert Signed("https://byoi.example.test", None).verify is True
     monkeypatch.setenv("AWS_CA_BUNDLE", ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
     assert isinstance(Signed("https://byoi.example.test", None).verify, ssl.SSLContext)
+
+
+# -- the idle server's modules ------------------------------------------------------------------------------
+
+IDLE_PROBE = """
+import asyncio, json, sys
+from pathlib import Path
+import byoi.cli.main  # as `python -m byoi server` does
+from byoi.app import create_app
+from byoi.config import RegistryConfig, Settings
+from byoi.store.db import migrate, migrate_in_child, normalise_url
+
+data = Path(sys.argv[1])
+data.mkdir(parents=True)
+settings = Settings(data_dir=data, port=0, registries=(RegistryConfig("http://127.0.0.1:9"),))
+if sys.argv[2] == "child":
+    migrate_in_child(normalise_url(settings.effective_database_url))
+else:
+    migrate(normalise_url(settings.effective_database_url))
+app = create_app(settings)
+
+async def started():
+    async with app.router.lifespan_context(app):
+        return sorted({m.split(".")[0] for m in sys.modules} & {"alembic", "mako", "jinja2"})
+
+print(json.dumps(asyncio.run(started())))
+"""
+
+
+def idle_modules(tmp_path: Path, how: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_PROBE, str(tmp_path / how), how],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "BYOI_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_server_started_as_byoi_server_holds_no_migration_code_and_no_templates(tmp_path: Path) -> None:
+    assert idle_modules(tmp_path, "child") == []
+    # The same start migrating in its own process keeps alembic (and mako) for as long as it runs.
+    assert idle_modules(tmp_path, "in-process") == ["alembic", "mako"]
+
+
+def test_the_schema_heads_read_from_the_files_are_alembics(tmp_path: Path) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert schema_heads() == frozenset(ScriptDirectory.from_config(cfg).get_heads())
+    url = f"sqlite+aiosqlite:///{tmp_path / 'byoi.db'}"
+    db = Database(url)
+    try:
+        assert asyncio.run(schema_is_current(db)) is False  # an empty store
+        migrate_in_child(url)
+        assert asyncio.run(schema_is_current(db)) is True
+    finally:
+        asyncio.run(db.close())
+
+
+def test_a_store_the_migration_child_cannot_open_is_a_refusal_naming_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'byoi.db'}"
+    with pytest.raises(
+        StartupRefused, match=r"the store at sqlite\+aiosqlite:///.*no-such-dir/byoi.db is not reachable"
+    ):
+        migrate_in_child(url)

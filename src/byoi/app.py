@@ -12,10 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -63,7 +61,7 @@ from byoi.services.server_info import ServerInfoService
 from byoi.services.session_access import SessionAccess
 from byoi.services.tags import TagService
 from byoi.services.user_profiles import UserProfileService
-from byoi.store.db import Database, migrate
+from byoi.store.db import UNREACHABLE_ERRORS, Database, migrate, schema_is_current, unreachable
 from byoi.web import auth as auth_http
 from byoi.web import launcher as launcher_http
 from byoi.web import oidc as oidc_http
@@ -217,17 +215,18 @@ def create_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         ctx = build_context(settings)
         try:
-            await asyncio.to_thread(migrate, ctx.db.url)
+            # `byoi server` has brought the schema up to date in a child process (db.migrate_in_child); an app
+            # started otherwise (tests, an ASGI server of the site's) does it here.
+            if not await schema_is_current(ctx.db):
+                await asyncio.to_thread(migrate, ctx.db.url)
             # What every replica on this store must agree on: the master key (checked) and the installation's id.
             await installation.check_master_key(ctx.db, ctx.secrets)
             ctx.installation = await installation.installation_id(ctx.db, settings.data_dir)
         except StartupRefused as exc:
             state["refused"] = str(exc)
             raise
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            where = sa.engine.make_url(ctx.db.url).render_as_string(hide_password=True)
-            state["refused"] = f"the store at {where} is not reachable: {reason}"
+        except UNREACHABLE_ERRORS as exc:
+            state["refused"] = unreachable(ctx.db.url, exc)
             raise StartupRefused(state["refused"]) from None
         services = Services(ctx)
         services.register_tasks()

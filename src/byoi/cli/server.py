@@ -94,9 +94,16 @@ def run_server(
     """Serve until Ctrl-C / SIGTERM. Logs go to stderr; what a person reads once (where byoi is, the
     credentials) goes to stdout when the server is ready: `on_ready`, else the short hint of `byoi server`."""
     from byoi.app import create_app  # here: `byoi up` refuses a missing part before loading the whole server
+    from byoi.errors import StartupRefused
+    from byoi.store.db import migrate_in_child, normalise_url
 
     logs.configure(log_level, log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before any thread starts: the child is forked
+        migrate_in_child(normalise_url(settings.effective_database_url))
+    except (StartupRefused, RuntimeError) as exc:
+        log.error("byoi server refuses to start: %s", exc)
+        raise SystemExit(STARTUP_FAILURE) from None
     app = create_app(settings)
     config = uvicorn.Config(
         app,

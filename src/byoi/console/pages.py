@@ -15,15 +15,15 @@ cannot run. Nothing is fetched from anywhere else at run time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import jinja2
 import regex
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -35,6 +35,9 @@ from byoi.auth.principal import Principal
 from byoi.errors import ByoiError
 from byoi.logs import request_id
 from byoi.services.browser_sessions import BrowserSession
+
+if TYPE_CHECKING:
+    import jinja2
 from byoi.web.auth import MAX_FORM_BYTES, browser_session, read_form
 
 log = logging.getLogger("byoi.console")
@@ -92,7 +95,11 @@ def ago(epoch: float | None) -> str:
     return f"{int(seconds)} s"
 
 
-def _templates() -> jinja2.Environment:
+@functools.cache
+def templates() -> jinja2.Environment:
+    """The console's templates, made at the first page (jinja2 is not loaded by a server no one browses)."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("byoi.console", "templates"),
         autoescape=True,
@@ -104,9 +111,6 @@ def _templates() -> jinja2.Environment:
     env.filters["when"] = when
     env.filters["ago"] = ago
     return env
-
-
-TEMPLATES = _templates()
 
 
 def status_of(err: ByoiError) -> int:
@@ -259,12 +263,16 @@ class Page:
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         """`template` with the page's principal, CSRF token, path and the notice named in `?notice=`."""
-        body = TEMPLATES.get_template(template).render(
-            principal=self.principal,
-            csrf_token=self.session.csrf_token,
-            path=self.request.url.path,
-            prefix=PREFIX,
-            **context,
+        body = (
+            templates()
+            .get_template(template)
+            .render(
+                principal=self.principal,
+                csrf_token=self.session.csrf_token,
+                path=self.request.url.path,
+                prefix=PREFIX,
+                **context,
+            )
         )
         return HTMLResponse(body, status_code=status, headers=HEADERS)
 
@@ -277,8 +285,10 @@ class Page:
 
 
 def error_page(status: int, title: str, message: str, principal: Principal | None = None) -> HTMLResponse:
-    body = TEMPLATES.get_template("error.html").render(
-        title=title, message=message, principal=principal, csrf_token="", path="", prefix=PREFIX
+    body = (
+        templates()
+        .get_template("error.html")
+        .render(title=title, message=message, principal=principal, csrf_token="", path="", prefix=PREFIX)
     )
     return HTMLResponse(body, status_code=status, headers=HEADERS)
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import regex
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from byoi.errors import StartupRefused
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,88 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: sa.Connection) -> None:
     write = conn.get_execution_options().get("byoi_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+_REVISION = regex.compile(r"^revision\s*=\s*['\"](\w+)['\"]", regex.M)
+_DOWN_REVISION = regex.compile(r"^down_revision\s*=\s*(.+)$", regex.M)
+
+
+@functools.cache
+def schema_heads() -> frozenset[str]:
+    """The revisions `alembic upgrade heads` ends at, read from the migration files without importing alembic
+    (tests/test_store.py checks them against alembic's own answer)."""
+    revisions: set[str] = set()
+    below: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        text = path.read_text()
+        revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if revision is None or down is None:
+            raise RuntimeError(f"{path.name}: no revision / down_revision line")
+        revisions.add(revision[1])
+        below.update(regex.findall(r"['\"](\w+)['\"]", down[1]))
+    return frozenset(revisions - below)
+
+
+async def schema_is_current(db: Database) -> bool:
+    """Whether the store's schema is the newest one (so a start need not load alembic at all)."""
+
+    def current(conn: sa.Connection) -> set[str]:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return set()
+        return {str(row[0]) for row in conn.execute(sa.text("SELECT version_num FROM alembic_version"))}
+
+    async with db.read() as conn:
+        return await conn.run_sync(current) == schema_heads()
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """'the store at <url, password hidden> is not reachable: <the driver's first line>'."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    where = sa.engine.make_url(url).render_as_string(hide_password=True)
+    return f"the store at {where} is not reachable: {reason[0] if reason else type(exc).__name__}"
+
+
+UNREACHABLE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, OSError)
+
+
+def migrate_in_child(url: str) -> None:
+    """`migrate(url)` in a forked child process, so that the server never loads alembic (with mako and the
+    parts of SQLAlchemy only migrations use: 12 MiB of resident memory that an idle server would keep for
+    nothing). Forked, not spawned: the child starts in milliseconds with what this process imported already.
+    Called before the server's event loop or any thread starts. StartupRefused when the store does not
+    answer; RuntimeError with the child's traceback when a migration fails."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_migrate_child, args=(url, send), name="byoi-migrate", daemon=True)
+    child.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        outcome = ("failed", f"the migration process ended without an answer (exit code {child.exitcode})")
+    finally:
+        receive.close()
+        child.join()
+    if outcome is None:
+        return
+    kind, message = outcome
+    if kind == "refused":
+        raise StartupRefused(message)
+    raise RuntimeError(f"the store's schema could not be brought up to date:\n{message}")
+
+
+def _migrate_child(url: str, send: Any) -> None:
+    try:
+        migrate(url)
+        send.send(None)
+    except UNREACHABLE_ERRORS as exc:
+        send.send(("refused", unreachable(url, exc)))
+    except BaseException:
+        send.send(("failed", traceback.format_exc()))
+    finally:
+        send.close()
 
 
 def migrate(url: str) -> None:

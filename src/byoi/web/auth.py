@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
-import jinja2
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -56,6 +56,9 @@ from byoi.services.browser_sessions import (
     TokenRefused,
 )
 
+if TYPE_CHECKING:
+    import jinja2
+
 log = logging.getLogger("byoi.web.auth")
 State = dict[str, Any]
 MAX_FORM_BYTES = 16 * 1024
@@ -71,9 +74,16 @@ HEADERS = {
     ),
 }
 _UNRESOLVED = object()
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("byoi.web", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-)
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The sign-in pages' templates, made at the first one (jinja2 is loaded only when a page is served)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("byoi.web", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
 
 
 def _state(request: Request) -> State:
@@ -115,7 +125,7 @@ async def browser_principal(request: Request) -> Principal | None:
 
 def render(name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
     return HTMLResponse(
-        _templates.get_template(name).render(**context), status_code=status, headers=HEADERS | (headers or {})
+        _templates().get_template(name).render(**context), status_code=status, headers=HEADERS | (headers or {})
     )
 
 
