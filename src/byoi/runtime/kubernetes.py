@@ -1,5 +1,6 @@
 """The Kubernetes backend of the `SessionRuntime` seam (runtime/base.py), through lightkube's AsyncClient: I/O
-only (the objects come from kubernetes_spec.py; pod statuses and events stay in this module).
+only: the objects come from kubernetes_spec.py, what pod statuses and events mean from kubernetes_pods.py, and
+the watches launches share from kubernetes_watch.py.
 
 A session is, in one namespace: a pod running rserver on TCP port 8787, a ClusterIP Service in front of it
 (the endpoint byoi's proxy dials), a Secret holding byoi's files, the profile's home claim (kept when the
@@ -51,14 +52,13 @@ import datetime
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import httpx2 as httpx
-import regex
 from lightkube import AsyncClient, KubeConfig
-from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod, Secret, Service
+from lightkube.resources.core_v1 import Node, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from lightkube.utils.quantity import parse_quantity
@@ -75,12 +75,12 @@ from byoi.runtime.base import (
     Unreachable,
 )
 from byoi.runtime.instance_types import HostCapacity, InstanceTypes
+from byoi.runtime.kubernetes_pods import StartWatch, pod_state
 from byoi.runtime.kubernetes_spec import (
     CONTAINER,
     CREATED_ANNOTATION,
     FILES_ANNOTATION,
     INSTALLATION,
-    MANAGED_BY,
     NAME_ANNOTATION,
     PORT_NAME,
     KubernetesSessionSpec,
@@ -96,22 +96,18 @@ from byoi.runtime.kubernetes_spec import (
     pull_secret_name,
     selector_labels,
 )
+from byoi.runtime.kubernetes_watch import SharedWatch
 from byoi.runtime.settings import RuntimeSettings, kube_namespace, label_pairs
-from byoi.runtime.spec import PullProgress, SessionSpec
+from byoi.runtime.spec import SessionSpec
 
 __all__ = ["KubernetesRuntime", "pod_state", "runtime_from_settings", "StartWatch"]
 
 PING_TIMEOUT = 5.0
-RESYNC_DELAY = 0.5  # seconds before a broken watch is resumed (after a fresh read)
 RESYNC_EVERY = 10.0  # seconds without a change after which a waiting start() reads its pod anyway
 GONE_POLL = (0.05, 1.0)  # first and longest wait between reads while a removed pod terminates
 CAPACITY_TTL = 60.0  # nodes come and go (autoscaling): their allocatable is read again after this long
 DOMAIN_LABEL = "byoi.domain-id"
 PROFILE_LABEL = "byoi.user-profile"
-PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-_IMAGE_SIZE = regex.compile(r"Image size: (\d+) bytes")
-_INSUFFICIENT = regex.compile(r"Insufficient ([A-Za-z0-9./_-]*[A-Za-z0-9])")
 
 # The progress callback ensure_image was given, for the rest of the calling task (the launch): start() reports
 # the kubelet's pull through it. Each launch runs in its own task, so concurrent launches never share one.
@@ -127,191 +123,6 @@ def _when(value: Any) -> float:
         with contextlib.suppress(ValueError):
             return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     return 0.0
-
-
-def _container(pod: dict[str, Any]) -> dict[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            return dict(status)
-    return {}
-
-
-def _terminated(term: dict[str, Any], error: str | None = None) -> SessionState:
-    code = term.get("exitCode")
-    reason = str(term.get("reason") or "")
-    kind = StateKind.OUT_OF_MEMORY if reason == "OOMKilled" else StateKind.EXITED
-    words = error or ": ".join(p for p in (reason, str(term.get("message") or "").strip()) if p) or None
-    return SessionState(
-        kind,
-        exit_code=int(code) if code is not None else None,
-        error=words,
-        finished_at=str(term.get("finishedAt") or "") or None,
-    )
-
-
-def pod_state(pod: dict[str, Any] | None) -> SessionState:
-    """The typed state of a pod (a dict as the API server gives it). Being deleted counts as gone, as Docker's
-    "removing": the exit code then is the kill's, not RStudio's."""
-    if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return GONE
-    status = pod.get("status") or {}
-    phase = status.get("phase") or "Pending"
-    container = _container(pod)
-    state = container.get("state") or {}
-    if state.get("running") is not None:  # {} is running too (startedAt is optional)
-        return SessionState(StateKind.RUNNING)
-    if state.get("terminated") is not None:
-        return _terminated(state["terminated"])
-    waiting = state.get("waiting") or {}
-    last = (container.get("lastState") or {}).get("terminated")  # a dict when the container ran before
-    if waiting.get("reason") == "CrashLoopBackOff" and last:
-        return _terminated(last, f"CrashLoopBackOff: {waiting.get('message') or 'back-off restarting the container'}")
-    if phase in ("Failed", "Succeeded", "Unknown"):
-        words = ": ".join(p for p in (status.get("reason"), status.get("message")) if p)
-        if phase == "Unknown":
-            words = words or "the pod's node stopped reporting (phase Unknown)"
-        return SessionState(StateKind.EXITED, exit_code=0 if phase == "Succeeded" else None, error=words or None)
-    error = ": ".join(p for p in (waiting.get("reason"), waiting.get("message")) if p)
-    return SessionState(StateKind.CREATED, error=error or None)
-
-
-def unschedulable_reason(message: str) -> str:
-    """The scheduler's words, led by the resources it found short ("not enough cpu, memory")."""
-    short = sorted(set(_INSUFFICIENT.findall(message)))
-    if short:
-        return f"Unschedulable: no node has enough {', '.join(short)} for this instance type ({message.strip()})"
-    return f"Unschedulable: {message.strip() or 'no node can run this session'}"
-
-
-@dataclass
-class StartWatch:
-    """What `start` has seen of a new pod: its latest state and the events about it. `verdict()` says whether
-    the container started (True), is still on its way (None), or failed (RuntimeFailure raised)."""
-
-    pod: dict[str, Any] | None = None
-    seen_events: set[str] = field(default_factory=set)
-    scheduling: str = ""  # the last FailedScheduling message
-    scaling_up: bool = False  # the cluster autoscaler is adding a node for it
-    pulled: PullProgress | None = None
-    pulling: bool = False
-    deleted: bool = False
-
-    def event(self, ev: dict[str, Any]) -> PullProgress | None:
-        """Take one Event; the pull progress it tells, if any."""
-        meta = ev.get("metadata") or {}
-        key = f"{meta.get('name')}/{ev.get('count')}/{ev.get('reason')}"
-        if key in self.seen_events:
-            return None
-        self.seen_events.add(key)
-        reason, message = str(ev.get("reason") or ""), str(ev.get("message") or "")
-        if reason == "FailedScheduling":
-            self.scheduling = message
-        elif reason == "TriggeredScaleUp":
-            self.scaling_up = True
-        elif reason == "Pulling" and not self.pulling:
-            self.pulling = True
-            return PullProgress(layers=1)
-        elif reason == "Pulled":
-            size = _IMAGE_SIZE.search(message)
-            if size:  # "already present on machine" says no size: nothing was fetched
-                n = int(size.group(1))
-                self.pulled = PullProgress(done=n, total=n, layers=1, layers_done=1)
-                return self.pulled
-        return None
-
-    def verdict(self) -> bool | None:
-        if self.deleted:
-            return True  # gone: the launcher sees it in state()
-        if self.pod is None:
-            return None
-        status = self.pod.get("status") or {}
-        container = _container(self.pod)
-        state = container.get("state") or {}
-        last = (container.get("lastState") or {}).get("terminated")
-        if state.get("running") is not None or state.get("terminated") is not None or last is not None:
-            return True  # started (an exit is state()'s to tell, with the logs)
-        if status.get("phase") in ("Running", "Succeeded", "Failed", "Unknown"):
-            return True
-        waiting = state.get("waiting") or {}
-        reason, message = str(waiting.get("reason") or ""), str(waiting.get("message") or "").strip()
-        if reason in PULL_FAILURES:
-            raise RuntimeFailure(f"{reason}: {message or 'the image could not be pulled'}")
-        if reason in CREATE_FAILURES:
-            raise RuntimeFailure(f"{reason}: {message or 'the container could not be created'}")
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                if cond.get("reason") == "Unschedulable" and not self.scaling_up:
-                    raise RuntimeFailure(unschedulable_reason(str(cond.get("message") or self.scheduling)))
-        return None
-
-    def waiting_for(self) -> str:
-        if self.pod is None:
-            return "the pod to be created"
-        waiting = (_container(self.pod).get("state") or {}).get("waiting") or {}
-        if waiting.get("reason"):
-            return f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
-        if self.scheduling:
-            return f"scheduling ({self.scheduling})"
-        return f"the pod (phase {(self.pod.get('status') or {}).get('phase') or 'Pending'})"
-
-
-Change = tuple[str, str, dict[str, Any]]  # ("pod" | "event" | "resync", watch event type, object)
-
-
-class SharedWatch:
-    """One watch on the namespace's byoi pods and one on its pod events, shared by every `start` waiting at the
-    moment (two connections however many launches run, not two per launch), each change handed to the queue
-    of the pod it is about. Started with the first waiter, stopped with the last. A watch that breaks is
-    resumed after RESYNC_DELAY, and every waiter is told to read its pod afresh ("resync")."""
-
-    def __init__(self, client: Callable[[], AsyncClient], namespace: str) -> None:
-        self._client = client
-        self.namespace = namespace
-        self.queues: dict[str, asyncio.Queue[Change]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def subscribe(self, pod: str) -> asyncio.Queue[Change]:
-        queue: asyncio.Queue[Change] = asyncio.Queue()
-        self.queues[pod] = queue
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._pump("pod", self._pods), name="byoi-k8s-pod-watch"),
-                asyncio.create_task(self._pump("event", self._events), name="byoi-k8s-event-watch"),
-            ]
-        return queue
-
-    async def unsubscribe(self, pod: str) -> None:
-        self.queues.pop(pod, None)
-        if not self.queues:
-            await self.close()
-
-    async def close(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _pods(self) -> AsyncIterator[tuple[str, Any]]:
-        return aiter(self._client().watch(Pod, namespace=self.namespace, labels={MANAGED_BY: "byoi"}))
-
-    def _events(self) -> AsyncIterator[tuple[str, Any]]:
-        return aiter(self._client().watch(Event, namespace=self.namespace, fields={"involvedObject.kind": "Pod"}))
-
-    async def _pump(self, kind: str, stream: Callable[[], AsyncIterator[tuple[str, Any]]]) -> None:
-        while True:
-            try:
-                async for change, obj in stream():
-                    data = obj.to_dict()
-                    about = data.get("metadata") if kind == "pod" else data.get("involvedObject")
-                    queue = self.queues.get(str((about or {}).get("name")))
-                    if queue is not None:
-                        queue.put_nowait((kind, change, data))
-            except asyncio.CancelledError:
-                raise
-            except (httpx.HTTPError, OSError, ValueError, Unreachable) as exc:  # broken: read afresh, resume
-                for queue in self.queues.values():
-                    queue.put_nowait(("resync", str(exc), {}))
-            await asyncio.sleep(RESYNC_DELAY)
 
 
 class KubernetesRuntime:
