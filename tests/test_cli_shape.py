@@ -382,6 +382,26 @@ def test_ctrl_c_without_a_terminal_never_stops_work_on_the_server(monkeypatch):
     assert common.stop_on_server("Stop build b-0 on the server too?") is False
 
 
+def test_ctrl_c_stops_the_work_only_on_yes_and_otherwise_says_how_and_exits_130(monkeypatch, capsys):
+    """The one path the build, launch and version waits take after Ctrl-C (cli.common.ask_to_stop)."""
+    import typer
+
+    from byoi.cli import common
+
+    stops: list[str] = []
+    for answer in (True, False):
+        monkeypatch.setattr(common, "stop_on_server", lambda question, answer=answer: answer)
+        try:
+            common.ask_to_stop("Stop it?", lambda: stops.append("stopped"), "stopping it", "it keeps running")
+            returned = True
+        except typer.Exit as exc:
+            assert exc.exit_code == ExitCode.INTERRUPTED == 130
+            returned = False
+        assert returned is answer  # on yes the caller goes on (a build follows its log to the end)
+    assert stops == ["stopped"]
+    assert capsys.readouterr().err.split("\n")[:2] == ["stopping it", "it keeps running"]
+
+
 # -- builds and sessions (Docker Engine) -------------------------------------------------------------------
 
 docker = pytest.mark.skipif(not docker_available(), reason="Docker Engine is not running (scripts/services.sh)")

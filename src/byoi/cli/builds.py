@@ -36,6 +36,7 @@ from byoi.cli.common import (
     ExitCode,
     Output,
     Profile,
+    ask_to_stop,
     call,
     console,
     err,
@@ -43,7 +44,6 @@ from byoi.cli.common import (
     literal,
     print_document,
     print_result,
-    stop_on_server,
 )
 
 if TYPE_CHECKING:
@@ -354,17 +354,20 @@ def _follow_with_stop(signed: Signed, ext: Any, build_id: str, view: LogView) ->
             return stopped
         except KeyboardInterrupt:
             view.close()
-            if not stopped and stop_on_server(f"Stop build {build_id} on the server too?"):
-                ext.stop_image_build(BuildId=build_id)
-                view.out.print(f"stopping {build_id} ...")
-                stopped = True
-                continue
-            err.print(
+            left_running = (
                 f"build {build_id} keeps running on the server; follow it with `byoi builds logs {build_id} -f`, "
-                f"stop it with `byoi builds stop {build_id}`",
-                markup=False,
+                f"stop it with `byoi builds stop {build_id}`"
             )
-            raise typer.Exit(ExitCode.INTERRUPTED) from None
+            if stopped:  # a second Ctrl-C while the stopped build's log ends
+                err.print(left_running, markup=False)
+                raise typer.Exit(ExitCode.INTERRUPTED) from None
+            ask_to_stop(
+                f"Stop build {build_id} on the server too?",
+                lambda: ext.stop_image_build(BuildId=build_id),
+                f"stopping {build_id} ...",
+                left_running,
+            )
+            stopped = True
 
 
 def _wait_for_version(endpoint_url: str | None, profile: str | None, arn: str, say: Console) -> dict[str, Any]:

@@ -214,6 +214,18 @@ def print_line(data: Any, output: str, line: str) -> None:
         console.print(line, markup=False)
 
 
+def ask_to_stop(question: str, stop: Callable[[], object], stopping: str, left_running: str) -> None:
+    """After Ctrl-C during long work (a build, a launch, a version being resolved): ask `question`; on yes call
+    `stop` and say `stopping`, and return (a build's log is then followed to its end); otherwise say
+    `left_running` (how to follow or stop the work later) and exit with status 130."""
+    if stop_on_server(question):
+        stop()
+        err.print(stopping, markup=False)
+        return
+    err.print(left_running, markup=False)
+    raise typer.Exit(ExitCode.INTERRUPTED)
+
+
 def stop_on_server(question: str) -> bool:
     """After Ctrl-C during long work: whether to stop that work on the server too. Asked on a terminal, where
     the default is no; without a terminal to ask on, the work is left running (the caller says how to stop it)."""

@@ -25,6 +25,7 @@ from byoi.cli.common import (
     ExitCode,
     Output,
     Profile,
+    ask_to_stop,
     call,
     console,
     err,
@@ -34,7 +35,6 @@ from byoi.cli.common import (
     print_document,
     print_line,
     print_result,
-    stop_on_server,
     version_args,
 )
 from byoi.config import (
@@ -417,15 +417,13 @@ def _wait_for_version(c: Any, image: str, number: int, base_image: str, say: Any
 
 def _version_interrupted(endpoint_url: str | None, profile: str | None, image: str, number: int) -> NoReturn:
     """Ctrl-C while a version resolves: delete it on the server too if the person says so; else it goes on."""
-    if stop_on_server(f"Delete version {number} of {image} on the server too?"):
-        call(endpoint_url, profile, lambda c: c.delete_image_version(ImageName=image, Version=number))
-        err.print(f"deleting version {number} of {image}", markup=False)
-    else:
-        err.print(
-            f"version {number} of {image} is still being created on the server; see it with "
-            f"`byoi versions describe {image} -v {number}`, delete it with `byoi versions delete {image} -v {number}`",
-            markup=False,
-        )
+    ask_to_stop(
+        f"Delete version {number} of {image} on the server too?",
+        lambda: call(endpoint_url, profile, lambda c: c.delete_image_version(ImageName=image, Version=number)),
+        f"deleting version {number} of {image}",
+        f"version {number} of {image} is still being created on the server; see it with "
+        f"`byoi versions describe {image} -v {number}`, delete it with `byoi versions delete {image} -v {number}`",
+    )
     raise typer.Exit(ExitCode.INTERRUPTED)
 
 

@@ -26,6 +26,7 @@ from byoi.cli.common import (
     Failed,
     Output,
     Profile,
+    ask_to_stop,
     call,
     console,
     err,
@@ -35,7 +36,6 @@ from byoi.cli.common import (
     print_document,
     print_line,
     print_result,
-    stop_on_server,
 )
 from byoi.cli.domains import Domain, resolve_domain
 
@@ -156,19 +156,16 @@ def _interrupted(
     endpoint_url: str | None, profile: str | None, domain_id: str, domain: str, user: str, name: str
 ) -> NoReturn:
     """Ctrl-C while a session starts: stop it on the server too if the person says so; else it keeps starting."""
-    if stop_on_server(f"Stop session {name} on the server too?"):
-        call(
+    ask_to_stop(
+        f"Stop session {name} on the server too?",
+        lambda: call(
             endpoint_url,
             profile,
             lambda sm: sm.delete_app(DomainId=domain_id, UserProfileName=user, AppType=APP_TYPE, AppName=name),
-        )
-        err.print(f"stopping session {literal(name)}")
-    else:
-        err.print(
-            f"session {name} keeps starting on the server; stop it with "
-            f"`byoi sessions stop {name} -d {domain} -u {user}`",
-            markup=False,
-        )
+        ),
+        f"stopping session {name}",
+        f"session {name} keeps starting on the server; stop it with `byoi sessions stop {name} -d {domain} -u {user}`",
+    )
     raise typer.Exit(ExitCode.INTERRUPTED)
 
 
