@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# nginx-light: the forward-auth gateway the tests run (docs/nginx-forward-auth.conf); wrk: bench/proxy.py.
-PACKAGES=(docker.io docker-registry debootstrap postgresql apache2-utils skopeo python3-venv chromium nginx-light wrk)
+# nginx-light: the forward-auth gateway the tests run (docs/nginx-forward-auth.conf); wrk: bench/proxy.py;
+# busybox: the Kubernetes build Job's context fetch (sh, wget, tar as in the BuildKit image) run for real.
+PACKAGES=(docker.io docker-registry debootstrap postgresql apache2-utils skopeo python3-venv chromium nginx-light wrk busybox)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import http.server
 import io
+import os
+import shutil
+import subprocess
 import tarfile
 import threading
 import time
@@ -24,11 +27,11 @@ import httpx2 as httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from byoi.build.kubernetes_job import job_name
+from byoi.build.kubernetes_job import CONTEXT_DIR, job_name
 from byoi.runtime.kubernetes_spec import PORT_NAME
 from tests.support import sessions as s
 from tests.support.kube import NAMESPACE, EmulatedCluster, JobController, Kubelet, add_jobs, emulated_cluster
-from tests.test_builds_bad_input import member, tar_of, upload
+from tests.test_builds_bad_input import upload
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]  # docker: the stand-in image is pushed from Docker Engine
 
@@ -212,6 +215,73 @@ def test_a_bad_runtime_setting_is_a_usage_error_naming_it(tmp_path):
     assert result.exit_code == 2 and "BYOI_RUNTIME='podman' must be docker or kubernetes" in result.output
 
 
+LONG_PATH = "deep/" + "/".join(["a-directory-with-a-long-name"] * 5) + "/data.txt"  # > 100 bytes: a PAX path
+AWKWARD_NAMES = ["Dockerfile", LONG_PATH, "données/é.txt", "run.sh", "link-to-run"]
+
+
+def awkward_context(dockerfile: bytes) -> bytes:
+    """A context a ustar-only tar would mangle: a path over 100 bytes and a UTF-8 name (PAX headers), an
+    executable, a symlink."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in (
+            ("Dockerfile", dockerfile, 0o644),
+            (LONG_PATH, b"deep\n", 0o644),
+            ("données/é.txt", "café\n".encode(), 0o644),
+            ("run.sh", b"#!/bin/sh\necho hi\n", 0o755),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link-to-run")
+        link.type, link.linkname = tarfile.SYMTYPE, "run.sh"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+def fetch_as_the_init_container(container: dict[str, Any], tmp_path: Path) -> Path:
+    """Run the fetch-context container's command as the kubelet would (`$$` back to `$`), with busybox's
+    applets first on PATH; only the target directory differs (a temporary one, not /work/context)."""
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox is not installed: run scripts/install.sh"
+    applets = tmp_path / "busybox-bin"
+    applets.mkdir()
+    for applet in ("sh", "wget", "tar"):
+        (applets / applet).symlink_to(busybox)
+    into = tmp_path / "work-context"
+    into.mkdir()
+    command = [arg.replace("$$", "$") for arg in container["command"]]
+    assert command[:2] == ["sh", "-c"] and CONTEXT_DIR in command[2]
+    command[2] = command[2].replace(CONTEXT_DIR, str(into))
+    done = subprocess.run(
+        [str(applets / "sh"), *command[1:]], env={"PATH": str(applets)}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return into
+
+
+def tree(root: Path) -> dict[str, tuple[str, int | None, bytes | str]]:
+    found: dict[str, tuple[str, int | None, bytes | str]] = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            found[name] = ("link", None, os.readlink(path))
+        elif path.is_file():
+            found[name] = ("file", path.stat().st_mode & 0o111, path.read_bytes())
+    return found
+
+
+def tree_of_tar(data: bytes) -> dict[str, tuple[str, int | None, bytes | str]]:
+    found: dict[str, tuple[str, int | None, bytes | str]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for info in tar:
+            if info.issym():
+                found[info.name] = ("link", None, info.linkname)
+            elif info.isfile():
+                found[info.name] = ("file", info.mode & 0o111, tar.extractfile(info).read())  # type: ignore[union-attr]
+    return found
+
+
 def test_a_build_on_kubernetes_from_start_image_build_to_succeeded(server_factory, registry, cluster, tmp_path):
     """`--builder kubernetes`: StartImageBuild makes a BuildKit Job; its init container's URL serves the checked
     context (only with its signature, only while the build runs); the Job's log becomes the build log; the digest
@@ -224,7 +294,7 @@ def test_a_build_on_kubernetes_from_start_image_build_to_succeeded(server_factor
     srv = server_factory([f"http://{registry}"], env=env, extra_args=["--builder", "kubernetes"])
     ext = s.extension(srv)
     dockerfile = b"FROM scratch\nCOPY data.txt /\n"
-    context_id = upload(srv, tar_of([member("Dockerfile")], dockerfile)).json()["ContextId"]
+    context_id = upload(srv, awkward_context(dockerfile)).json()["ContextId"]
     build_id = ext.start_image_build(ContextId=context_id, Repository="kube/built", Tag="v1")["BuildId"]
     job = job_name(build_id)
     controller, kubelet = JobController(cluster.cluster), Kubelet(cluster.cluster)
@@ -237,7 +307,11 @@ def test_a_build_on_kubernetes_from_start_image_build_to_succeeded(server_factor
     fetched = httpx.get(url)  # what the init container fetches: the checked context, with no SigV4
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "application/x-tar"
     with tarfile.open(fileobj=io.BytesIO(fetched.content)) as tar:
-        assert tar.getnames() == ["Dockerfile"] and tar.extractfile("Dockerfile").read() == dockerfile
+        assert tar.getnames() == AWKWARD_NAMES and tar.extractfile("Dockerfile").read() == dockerfile
+    # The init container's own command, run by busybox's sh, wget and tar (what the BuildKit image has): the
+    # context arrives whole, PAX headers (a long path, a UTF-8 name) and all.
+    fetched_into = fetch_as_the_init_container(sent["spec"]["template"]["spec"]["initContainers"][0], tmp_path)
+    assert tree(fetched_into) == tree_of_tar(fetched.content)
     for bad in (url[:-1] + ("0" if url[-1] != "0" else "1"), url.replace("expires=", "expires=9")):
         assert httpx.get(bad).status_code == 403  # a changed signature, or a longer life than byoi gives
     other = url.replace(build_id, "b-" + "0" * 16)

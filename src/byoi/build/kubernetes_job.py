@@ -23,7 +23,9 @@ unpacks it into an emptyDir that the build container mounts read-only. It runs t
 (Alpine-based, so busybox `wget` and `tar` are there) rather than a separate busybox image: one image to pull
 and to mirror for air-gapped clusters, already trusted to run the build, and run as the same rootless user
 1000. `tar -o` does not restore owners (a non-root user cannot anyway); `wget` over HTTPS uses busybox's
-ssl_client. `fetch_image` configures another image (any with `sh`, `wget` and `tar`).
+ssl_client. `fetch_image` configures another image (any with `sh`, `wget` and `tar`). The tests run this very
+command with busybox's sh, wget and tar against a real byoi server (tests/test_kubernetes_server.py): the
+context arrives whole, PAX headers (paths over 100 bytes, UTF-8 names), modes and symlinks included.
 
 Security, as BuildKit's rootless documentation (docs/rootless.md and examples/kubernetes/*.rootless.yaml)
 requires, and why:
