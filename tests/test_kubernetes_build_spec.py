@@ -319,3 +319,11 @@ def test_a_context_url_is_good_for_its_build_and_its_time_only() -> None:
     longer = context_url.sign("https://byoi.example.test", key, build, now=1000.0, ttl=86400)
     q2 = {k: v[0] for k, v in parse_qs(urlsplit(longer).query).items()}
     assert "longer than byoi makes them" in str(context_url.check(key, build, q2["expires"], q2["sig"], now=1000.0))
+
+
+def test_a_registry_served_over_plain_http_is_pushed_to_as_insecure() -> None:
+    [secure] = make_build_job(spec())["spec"]["template"]["spec"]["containers"]
+    [plain] = make_build_job(spec(insecure=True))["spec"]["template"]["spec"]["containers"]
+    assert secure["args"][-1].endswith(",push=true")
+    assert plain["args"][-1] == secure["args"][-1] + ",registry.insecure=true"
+    assert plain["args"][:-1] == secure["args"][:-1]

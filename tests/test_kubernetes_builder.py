@@ -483,3 +483,60 @@ async def test_the_push_secret_is_owned_by_the_job_so_it_goes_with_it(
     await controller.finish(JOB, "Complete")
     assert await asyncio.wait_for(task, 5) == DIGEST
     assert SECRET not in cluster.objects("secrets")
+
+
+async def test_a_job_that_makes_no_pod_fails_at_the_start_timeout_with_the_jobs_own_words(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    builder = KubernetesBuilder(
+        NAMESPACE, cluster.config(), installation=INSTALLATION, context_url=context_url, trust_env=False,
+        start_timeout=1,
+    )  # fmt: skip
+    controller = JobController(cluster)
+    refused = (
+        f'pods "{JOB}-x7k2p" is forbidden: violates PodSecurity "restricted:latest": seccompProfile '
+        '(pod or container "buildkit" must not set securityContext.seccompProfile.type to "Unconfined")'
+    )
+    try:
+        task = asyncio.create_task(builder.build(request(tmp_path), lambda e: None))
+        await controller.wait_for_job(JOB)
+        # What the Job controller says when admission refuses its pod (a namespace enforcing `restricted`).
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{JOB}.1", "namespace": NAMESPACE},
+            "involvedObject": {"kind": "Job", "name": JOB, "namespace": NAMESPACE},
+            "reason": "FailedCreate",
+            "message": f"Error creating: {refused}",
+            "type": "Warning",
+        }
+        resp = await controller.http.post(f"/api/v1/namespaces/{NAMESPACE}/events", json=event)
+        assert resp.status in (200, 201)
+        with pytest.raises(BuildJobFailed) as failed:
+            await asyncio.wait_for(task, 10)  # at the start timeout, not the Job's hour-long deadline
+    finally:
+        await builder.close()
+    assert str(failed.value).startswith("the build did not start within 1 s: the Job could not make its pod: ")
+    assert refused in str(failed.value)
+    assert SECRET not in cluster.objects("secrets")  # the credentials go with the failed build
+
+
+async def test_a_pod_that_waits_too_long_says_what_it_waits_for(cluster: EmulatedCluster, tmp_path: Path) -> None:
+    builder = KubernetesBuilder(
+        NAMESPACE, cluster.config(), installation=INSTALLATION, context_url=context_url, trust_env=False,
+        start_timeout=1,
+    )  # fmt: skip
+    controller, kubelet = JobController(cluster), Kubelet(cluster)
+    try:
+        task = asyncio.create_task(builder.build(request(tmp_path), lambda e: None))
+        pod = await controller.make_pod(JOB)
+        message = "0/3 nodes are available: 3 Insufficient memory."
+        await kubelet.status(
+            pod,
+            {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]},
+        )  # fmt: skip
+        with pytest.raises(BuildJobFailed, match=f"did not start within 1 s: its pod is not scheduled: {message}"):
+            await asyncio.wait_for(task, 10)
+    finally:
+        await builder.close()

@@ -24,6 +24,7 @@ class PushRequest:
     repository: str  # host[:port]/path
     tag: str
     auth: dict[str, str] | None = None  # {"username", "password"} or {"identitytoken"}; None: anonymous
+    insecure: bool = False  # the registry is served over plain HTTP (its configured URL is http://)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import httpx2 as httpx
 import regex
 from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import CascadeType, PatchType
 
 from byoi import kube_api
@@ -311,6 +312,7 @@ class KubernetesBuilder:
                 labels=dict(request.labels),
                 platform=request.platform,
                 no_cache=request.no_cache,
+                insecure=push_to.insecure,
                 image=self.image,
                 fetch_image=self.fetch_image,
                 active_deadline=self.active_deadline,
@@ -322,8 +324,8 @@ class KubernetesBuilder:
     async def build(self, request: BuildRequest, emit: Emit) -> str:
         spec = self.build_spec(request)  # refuses a request without push_to
         assert request.push_to is not None
-        await self._write_secret(spec, request.push_to.auth)
         try:
+            await self._write_secret(spec, request.push_to.auth)
             job = await self._create_job(spec)
             digest = await self._follow(spec, emit, job)
         except asyncio.CancelledError:
@@ -461,11 +463,15 @@ class KubernetesBuilder:
         pod: dict[str, Any] | None = None
         owned = await self._own_secret(spec, job or {})
         streamed = False
+        began = time.monotonic()
         try:
             async with asyncio.timeout(self.active_deadline + self.start_timeout):
                 while True:
+                    wait = (
+                        RESYNC_EVERY if streamed else min(RESYNC_EVERY, began + self.start_timeout - time.monotonic())
+                    )
                     try:
-                        kind, change, obj = await asyncio.wait_for(queue.get(), RESYNC_EVERY)
+                        kind, change, obj = await asyncio.wait_for(queue.get(), max(wait, 0.0))
                     except TimeoutError:
                         kind, change, obj = "resync", "", {}
                     if kind == "resync":
@@ -488,6 +494,8 @@ class KubernetesBuilder:
                     verdict = _condition(job or {})
                     if verdict is not None:
                         return await self._verdict(spec, verdict, pod, parsed, streamed)
+                    if not streamed and time.monotonic() - began >= self.start_timeout:
+                        raise BuildJobFailed(await self._not_started(spec, pod))
         except TimeoutError:
             raise BuildJobFailed(
                 f"the build's Job did not finish within {self.active_deadline + self.start_timeout:g} s",
@@ -497,6 +505,42 @@ class KubernetesBuilder:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _not_started(self, spec: KubernetesBuildSpec, pod: dict[str, Any] | None) -> str:
+        """Why BuildKit has not started within start_timeout: the Job's FailedCreate event when it made no pod
+        (a Pod Security level, a quota or an admission webhook refusing it), else what the pod waits for."""
+        limit = f"the build did not start within {self.start_timeout:g} s"
+        if pod is None:
+            said = [
+                str(ev.get("message") or "").strip()
+                for ev in await self._job_events(spec)
+                if ev.get("reason") == "FailedCreate"
+            ]
+            if said:
+                return f"{limit}: the Job could not make its pod: {said[-1]}"
+            return f"{limit}: the Job made no pod (see `kubectl -n {self.namespace} describe job {spec.job_name}`)"
+        status = pod.get("status") or {}
+        for name, init in ((FETCH_CONTAINER, True), (BUILD_CONTAINER, False)):
+            waiting = (_container_status(pod, name, init).get("state") or {}).get("waiting") or {}
+            if waiting.get("reason"):
+                return (
+                    f"{limit}: its {name} container waits: {waiting['reason']} {waiting.get('message') or ''}".strip()
+                )
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"{limit}: its pod is not scheduled: {cond.get('message') or cond.get('reason') or ''}".strip()
+        return f"{limit}: its pod is {status.get('phase') or 'Pending'}"
+
+    async def _job_events(self, spec: KubernetesBuildSpec) -> list[dict[str, Any]]:
+        async def collect() -> list[dict[str, Any]]:
+            found = self.client.list(Event, namespace=self.namespace, fields={"involvedObject.name": spec.job_name})
+            return [o.to_dict() async for o in found]
+
+        with contextlib.suppress(BuildFailed):  # events are a courtesy: a Role without them still fails clearly
+            events = await self._call("list the Job's events", collect) or []
+            wanted = {"kind": "Job", "name": spec.job_name}
+            return [e for e in events if {k: (e.get("involvedObject") or {}).get(k) for k in wanted} == wanted]
+        return []
 
     def _started(self, pod: dict[str, Any]) -> bool:
         """Whether the build container has started (its log can be followed); raise when it cannot start."""

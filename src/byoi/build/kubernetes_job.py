@@ -5,7 +5,7 @@ A build is a batch/v1 Job whose one pod runs rootless BuildKit (`moby/buildkit:r
     buildctl-daemonless.sh build --progress=plain --frontend dockerfile.v0
         --local context=/work/context --local dockerfile=/work/context --opt filename=<Dockerfile>
         [--opt build-arg:K=V]... [--opt target=T] [--opt platform=P] [--opt label:K=V]... [--no-cache]
-        --output type=image,name=<repository>:<tag>,push=true
+        --output type=image,name=<repository>:<tag>,push=true[,registry.insecure=true]
 
 `buildctl-daemonless.sh` starts buildkitd for the one build and stops it after; `--progress=plain` makes the
 log the numbered lines (`#5 [2/3] RUN make`) the builder parses for steps and for the pushed digest.
@@ -125,6 +125,7 @@ class KubernetesBuildSpec:
     labels: dict[str, str] = field(default_factory=dict)
     platform: str | None = None
     no_cache: bool = False
+    insecure: bool = False  # push over plain HTTP (a registry configured as http://)
     image: str = DEFAULT_IMAGE
     fetch_image: str | None = None  # None: the BuildKit image (see the module docstring)
     active_deadline: int = 3600  # seconds the Job may run
@@ -226,7 +227,8 @@ def buildctl_args(spec: KubernetesBuildSpec) -> list[str]:
         args += ["--opt", f"label:{key}={value}"]
     if spec.no_cache:
         args.append("--no-cache")
-    args += ["--output", f"type=image,name={spec.destination},push=true"]
+    insecure = ",registry.insecure=true" if spec.insecure else ""
+    args += ["--output", f"type=image,name={spec.destination},push=true{insecure}"]
     return args
 
 

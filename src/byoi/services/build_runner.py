@@ -184,7 +184,10 @@ class BuildRunner:
                 summary = await asyncio.to_thread(filter_context, folder / "raw.tar", context, spec["Dockerfile"])
                 excluded = f", {summary.excluded} excluded by .dockerignore" if summary.excluded else ""
                 blog.write("note", m=f"Build context: {summary.files} files, {summary.size} bytes{excluded}")
-            destination = PushRequest("", f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry))
+            plain_http = any(r.host == row.registry and r.scheme == "http" for r in self.ctx.settings.registries)
+            destination = PushRequest(
+                "", f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry), insecure=plain_http
+            )
             request = BuildRequest(
                 context_tar=context,
                 dockerfile=spec["Dockerfile"],
