@@ -533,3 +533,49 @@ async def test_a_spec_kubernetes_cannot_take_is_refused_before_anything_is_creat
     with pytest.raises(RuntimeFailure, match="cannot run on Kubernetes: .*pinned by digest"):
         await runtime.create(tagged)
     assert not cluster.objects("services") and not cluster.objects("persistentvolumeclaims")
+
+
+async def test_an_unbound_immediate_home_claim_is_waited_for_not_a_failure(
+    runtime: KubernetesRuntime, kubelet: Kubelet
+) -> None:
+    spec = session()
+    await created(runtime, spec)
+    start = asyncio.create_task(runtime.start(spec.name))
+    await kubelet.wait_for_pod(spec.name)
+    # A storage class with Immediate binding: the new profile's claim is bound moments after the pod is made.
+    await kubelet.unschedulable(spec.name, "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims.")
+    await asyncio.sleep(0.3)
+    assert not start.done()
+    await kubelet.running(spec.name)
+    await asyncio.wait_for(start, 5)
+
+
+async def test_a_domains_homes_go_with_it_but_not_another_installations(
+    cluster: EmulatedCluster, runtime: KubernetesRuntime, kubelet: Kubelet
+) -> None:
+    spec = session()
+    await launched(runtime, kubelet, spec)
+    await runtime.remove(spec.name, 0)
+    [ours] = cluster.objects("persistentvolumeclaims")
+    domain = cluster.objects("persistentvolumeclaims")[ours]["metadata"]["labels"]["byoi.domain-id"]
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "byoi-home-of-another-installation",
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "byoi", "byoi.installation": "1111222233334444",
+                       "byoi.domain-id": domain},
+        },
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }  # fmt: skip
+    resp = await kubelet.http.post(f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", json=theirs)
+    assert resp.status in (200, 201)
+    await runtime.remove_domain_homes(domain, installation=INSTALLATION)
+    assert list(cluster.objects("persistentvolumeclaims")) == ["byoi-home-of-another-installation"]
+
+
+def test_the_pods_grace_period_is_the_configured_stop_timeout(cluster: EmulatedCluster) -> None:
+    rt = make_runtime(cluster, stop_timeout=45)
+    pod = make_pod(rt.kube_spec(session()))
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 45

@@ -59,6 +59,7 @@ BUILDS_RBAC: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"get", "list", "watch"}),  # the Job controller makes the pod, not byoi
     ("", "pods/log"): frozenset({"get"}),
     ("", "secrets"): frozenset({"get", "create", "patch", "delete"}),
+    ("", "events"): frozenset({"list"}),  # a Job's FailedCreate, for the build's failure reason
 }
 BUILDS_OVERLAY = DEPLOY / "builds-namespace"
 

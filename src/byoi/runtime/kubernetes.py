@@ -143,6 +143,7 @@ class KubernetesRuntime:
         control_plane_labels: dict[str, str] | None = None,
         control_plane_namespace: str | None = None,
         start_timeout: float = 900.0,
+        stop_timeout: int = 10,
         cluster_domain: str = "cluster.local",
         capacity: HostCapacity | None = None,
         request_timeout: float = 10.0,
@@ -161,6 +162,7 @@ class KubernetesRuntime:
         self.control_plane_labels = control_plane_labels
         self.control_plane_namespace = control_plane_namespace
         self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout  # the pods' terminationGracePeriodSeconds (an eviction, a drain)
         self.cluster_domain = cluster_domain
         self._fixed_capacity = capacity
         self._capacity: tuple[float, HostCapacity] | None = None
@@ -321,6 +323,7 @@ class KubernetesRuntime:
             home_labels=home_labels,
             home_key=home_key,
             created_at=time.time(),
+            stop_timeout=self.stop_timeout,
         )
 
     async def create(self, spec: SessionSpec) -> None:
@@ -477,9 +480,11 @@ class KubernetesRuntime:
                 found[name] = ManagedSession(name=name, labels=original, running=running, created_at=created)
         return list(found.values())
 
-    async def remove_domain_homes(self, domain_id: str) -> None:
-        """Delete the home claims of a domain (DeleteDomain with RetentionPolicy Delete)."""
-        for claim in await self._list(PersistentVolumeClaim, selector_labels({DOMAIN_LABEL: domain_id})):
+    async def remove_domain_homes(self, domain_id: str, installation: str | None = None) -> None:
+        """Delete the home claims of a domain (DeleteDomain with RetentionPolicy Delete): of this installation's
+        when it is given, so that another installation sharing the namespace keeps its own."""
+        wanted = {DOMAIN_LABEL: domain_id, **({INSTALLATION: installation} if installation else {})}
+        for claim in await self._list(PersistentVolumeClaim, selector_labels(wanted)):
             await self._delete(PersistentVolumeClaim, str((claim.get("metadata") or {}).get("name")))
 
 
@@ -504,5 +509,6 @@ def runtime_from_settings(rt: RuntimeSettings, types: InstanceTypes) -> Kubernet
         control_plane_labels=label_pairs(rt.kube_control_plane_labels),
         control_plane_namespace=rt.kube_control_plane_namespace or None,
         start_timeout=rt.kube_start_timeout,
+        stop_timeout=rt.stop_timeout,
         capacity=fixed,
     )

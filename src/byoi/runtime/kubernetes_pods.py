@@ -20,6 +20,9 @@ PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrIma
 CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 _IMAGE_SIZE = regex.compile(r"Image size: (\d+) bytes")
 _INSUFFICIENT = regex.compile(r"Insufficient ([A-Za-z0-9./_-]*[A-Za-z0-9])")
+# The scheduler's word for a home claim a storage class with Immediate binding has not bound yet: it binds in
+# moments (a new profile's first session), so it is waited for, up to the start timeout, not a failure.
+_WAITING_FOR_CLAIM = regex.compile(r"unbound immediate PersistentVolumeClaims")
 
 
 def _container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +136,13 @@ class StartWatch:
             raise RuntimeFailure(f"{reason}: {message or 'the container could not be created'}")
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                if cond.get("reason") == "Unschedulable" and not self.scaling_up:
-                    raise RuntimeFailure(unschedulable_reason(str(cond.get("message") or self.scheduling)))
+                said = str(cond.get("message") or self.scheduling)
+                if (
+                    cond.get("reason") == "Unschedulable"
+                    and not self.scaling_up
+                    and not _WAITING_FOR_CLAIM.search(said)
+                ):
+                    raise RuntimeFailure(unschedulable_reason(said))
         return None
 
     def waiting_for(self) -> str:

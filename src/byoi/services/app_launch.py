@@ -515,6 +515,6 @@ class Launcher:
         if policy == "Delete":
             remove = getattr(self.runtime, "remove_domain_homes", None)  # Kubernetes: the domain's claims
             if remove is not None:
-                await remove(domain.domain_id)
+                await remove(domain.domain_id, installation=self.installation)
             else:
                 await asyncio.to_thread(files.remove_domain_homes, self.homes_root, domain.domain_id)
