@@ -106,10 +106,11 @@ def context_url(build_id: str) -> str:
     return f"https://byoi.test/builds/{build_id}/context.tar?sig=abc"
 
 
-def make_builder(config: KubeConfig) -> KubernetesBuilder:
+def make_builder(config: KubeConfig, start_timeout: float = 5) -> KubernetesBuilder:
     return KubernetesBuilder(
-        NAMESPACE, config, installation=INSTALLATION, context_url=context_url, trust_env=False, start_timeout=5
-    )
+        NAMESPACE, config, installation=INSTALLATION, context_url=context_url, trust_env=False,
+        start_timeout=start_timeout,
+    )  # fmt: skip
 
 
 @pytest_asyncio.fixture()
@@ -488,10 +489,7 @@ async def test_the_push_secret_is_owned_by_the_job_so_it_goes_with_it(
 async def test_a_job_that_makes_no_pod_fails_at_the_start_timeout_with_the_jobs_own_words(
     cluster: EmulatedCluster, tmp_path: Path
 ) -> None:
-    builder = KubernetesBuilder(
-        NAMESPACE, cluster.config(), installation=INSTALLATION, context_url=context_url, trust_env=False,
-        start_timeout=1,
-    )  # fmt: skip
+    builder = make_builder(cluster.config(), start_timeout=1)
     controller = JobController(cluster)
     refused = (
         f'pods "{JOB}-x7k2p" is forbidden: violates PodSecurity "restricted:latest": seccompProfile '
@@ -522,10 +520,7 @@ async def test_a_job_that_makes_no_pod_fails_at_the_start_timeout_with_the_jobs_
 
 
 async def test_a_pod_that_waits_too_long_says_what_it_waits_for(cluster: EmulatedCluster, tmp_path: Path) -> None:
-    builder = KubernetesBuilder(
-        NAMESPACE, cluster.config(), installation=INSTALLATION, context_url=context_url, trust_env=False,
-        start_timeout=1,
-    )  # fmt: skip
+    builder = make_builder(cluster.config(), start_timeout=1)
     controller, kubelet = JobController(cluster), Kubelet(cluster)
     try:
         task = asyncio.create_task(builder.build(request(tmp_path), lambda e: None))
