@@ -45,6 +45,7 @@ from byoi.build.context import check_upload, filter_context
 from byoi.build.logstore import BuildLog
 from byoi.errors import StartupRefused
 from byoi.jobs.worker import Claim, Task, Worker
+from byoi.runtime import docker as docker_runtime
 from byoi.runtime.base import Endpoint
 from byoi.runtime.docker import DockerRuntime
 from byoi.runtime.instance_types import model_instance_types
@@ -236,12 +237,23 @@ def test_a_context_with_dockerignore_is_still_filtered(tmp_path: Path) -> None:
 # -- launches: readiness probes, and the image's Renviron.site read once ---------------------------------
 
 
-async def test_a_probe_asks_the_endpoint_it_is_given_and_nothing_else(tmp_path: Path) -> None:
+async def test_a_probe_asks_the_endpoint_it_is_given_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No container of that name exists and no Engine is asked: the probe is one request on the socket."""
     sock = tmp_path / "rserver.sock"
     runtime = DockerRuntime("unix:///nonexistent/docker.sock", tmp_path)
     endpoint = Endpoint(socket=str(sock))
+    transports: list[Any] = []
+    real_transport = docker_runtime.httpx.AsyncHTTPTransport
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        transports.append(kwargs)
+        return real_transport(*args, **kwargs)
+
+    monkeypatch.setattr(docker_runtime.httpx, "AsyncHTTPTransport", counted)
     assert await runtime.answers("no-such-container", "/s/", endpoint=endpoint) is False  # no socket yet
+    assert transports == []  # seen with a stat: no client, no connection attempt
     seen: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
