@@ -10,6 +10,11 @@ from typing import Any
 import httpx2 as httpx
 from lightkube import AsyncClient, KubeConfig
 
+# The kubelet's waiting reasons for a container that will not start by itself: the image cannot be pulled, or
+# the container cannot be created. A session or a build waiting on one of them has failed.
+PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+CREATE_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
 
 class NoConfiguration(Exception):
     """Neither the given kubeconfig, nor in-cluster config, nor KUBECONFIG gives a cluster."""

@@ -63,8 +63,6 @@ PING_TIMEOUT = 5.0
 RESYNC_DELAY = 0.5  # seconds before a broken watch is resumed (after a fresh read)
 RESYNC_EVERY = 10.0  # seconds without a change after which the pod and the Job are read anyway
 LAST_LINES = 20
-PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 
 _STEP = regex.compile(r"#(\d+) \[(?:(\S+) )?(\d+)/(\d+)\] (.+)")
 _VERTEX_ERROR = regex.compile(r"#(\d+) ERROR: (.*)")
@@ -548,7 +546,7 @@ class KubernetesBuilder:
             state = _container_status(pod, name, init).get("state") or {}
             waiting = state.get("waiting") or {}
             reason, message = str(waiting.get("reason") or ""), str(waiting.get("message") or "").strip()
-            if reason in PULL_FAILURES | CREATE_FAILURES:
+            if reason in kube_api.PULL_FAILURES | kube_api.CREATE_FAILURES:
                 raise BuildJobFailed(f"the build's {name} container could not start: {reason}: {message}".rstrip(": "))
         state = _container_status(pod, BUILD_CONTAINER).get("state") or {}
         return state.get("running") is not None or state.get("terminated") is not None

@@ -10,14 +10,13 @@ from typing import Any
 
 import regex
 
+from byoi.kube_api import CREATE_FAILURES, PULL_FAILURES
 from byoi.runtime.base import GONE, RuntimeFailure, SessionState, StateKind
 from byoi.runtime.kubernetes_spec import CONTAINER
 from byoi.runtime.spec import PullProgress
 
-__all__ = ["CREATE_FAILURES", "PULL_FAILURES", "StartWatch", "pod_state", "unschedulable_reason"]
+__all__ = ["StartWatch", "pod_state", "unschedulable_reason"]
 
-PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-CREATE_FAILURES = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 _IMAGE_SIZE = regex.compile(r"Image size: (\d+) bytes")
 _INSUFFICIENT = regex.compile(r"Insufficient ([A-Za-z0-9./_-]*[A-Za-z0-9])")
 # The scheduler's word for a home claim a storage class with Immediate binding has not bound yet: it binds in
