@@ -7,7 +7,7 @@ launch, split by kind, so the cost per session is seen to stay flat as launches 
 
 What runs: the runtimes themselves (`byoi.runtime.kubernetes.KubernetesRuntime`, `byoi.runtime.docker.
 DockerRuntime`), driven by this process through the steps services/app_launch.py takes for one launch
-(ensure_image, create, read_file (once per pinned image, as the launcher caches it), write_files, start,
+(ensure_image, read_image_file (once per pinned image, as the launcher caches it), create with the files, start,
 state, endpoint, then HTTP probes until the session answers, doubling from 10 ms to 100 ms). The server's own
 work around a launch (records, progress rows, signing) is the same for both backends and is not in these
 figures; `launches` run at once, as `asyncio.gather` of that many launch tasks (the server's worker pool
@@ -72,6 +72,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -91,12 +92,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from byoi.services.app_launch import STATE_CHECK, probe_delay  # noqa: E402  (how the launcher probes a session)
+
 NAMESPACE = "byoi-sessions"
 IMAGE_K8S = "registry.test:5000/team/rstudio@sha256:" + "cd" * 32
 KUBELET_ROLE = "kubelet"
 APP_ARN = "arn:aws:sagemaker:us-east-1:000000000000:app"
 NETWORK = "byoi-sessions"  # byoi's own sessions network (runtime/settings.py's default), as a server uses it
-FIRST_PROBE, POLL, STATE_CHECK = 0.01, 0.1, 1.0  # as services/app_launch.py probes a session
 RENVIRON = "/usr/lib/R/etc/Renviron.site"
 FILES = {
     RENVIRON: b"AWS_REGION='us-east-1'\nBYOI_APP_ARN='arn:aws:sagemaker:us-east-1:000000000000:app/x'\n",
@@ -315,17 +317,16 @@ class Launcher:
         await self.rt.ensure_image(spec.image, {"username": "bench", "password": "bench-password"}, report)
         if spec.home_host_path.startswith("/") and self.rt.name == "docker":
             await asyncio.to_thread(make_home, Path(spec.home_host_path), spec.uid, spec.gid)
-        await self.rt.create(spec)
         if spec.image not in self.image_files:
-            self.image_files[spec.image] = await self.rt.read_file(spec.name, RENVIRON)
-        await self.rt.write_files(spec.name, FILES)
+            self.image_files[spec.image] = await self.rt.read_image_file(spec.image, RENVIRON)
+        await self.rt.create(dataclasses.replace(spec, files=FILES))
         await self.rt.start(spec.name)
         if (await self.rt.state(spec.name)).gone:
             raise RuntimeError(f"{spec.name} disappeared right after it started")
         endpoint = await self.rt.endpoint(spec.name)
         if endpoint is None:
             raise RuntimeError(f"{spec.name} has no endpoint")
-        delay, started = FIRST_PROBE, time.monotonic()
+        delay, started = 0.0, time.monotonic()
         next_check = started + STATE_CHECK
         while True:
             self.probes += 1
@@ -340,8 +341,8 @@ class Launcher:
                     raise RuntimeError(f"{spec.name} stopped: {state} {await self.rt.logs_tail(spec.name, 20)}")
             if now - started > 300:
                 raise RuntimeError(f"{spec.name} did not answer within 300 s")
+            delay = probe_delay(now - started, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL)
 
 
 def make_home(path: Path, uid: int, gid: int) -> None:

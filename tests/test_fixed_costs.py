@@ -286,6 +286,7 @@ def test_a_pinned_image_file_is_read_from_its_first_session_only(
     ext = s.extension(rstudio_server)
     since = int(time.time()) - 1
     endpoints: list[str] = []
+    reads: list[int] = []  # the image's file reads after each launch
     try:
         for user in ("first", "second"):
             sm.create_user_profile(DomainId=domain, UserProfileName=user)
@@ -299,8 +300,10 @@ def test_a_pinned_image_file_is_read_from_its_first_session_only(
             described = s.wait_app(sm, domain, user, "main", ("InService", "Failed"))
             assert described["Status"] == "InService", described
             endpoints.append(s.progress(ext, domain, user, "main")["Endpoint"])
-        reads = _archive_reads(domain, since)
-        assert reads["second"] == 0 < reads["first"], reads  # the first: once per link followed (Debian's R links it)
+            reads.append(_image_file_reads(image, since))
+        assert reads[0] > 0 and reads[1] == reads[0], reads  # the first: once per link followed (Debian's R links it)
+        # Nothing is read from or written into a session's own container: its files are read-only bind mounts.
+        assert _session_archive_events(domain, since) == {"first": 0, "second": 0}
         # The second session's Renviron.site was composed from the remembered file: the image's own lines kept,
         # the session's environment added, as R started without the container's environment sees it.
         clean = s.evaluate(
@@ -310,21 +313,41 @@ def test_a_pinned_image_file_is_read_from_its_first_session_only(
         )
         user, libs = str(clean).split("|")
         assert user == "second" and "site-library" in libs
+        # The files are read-only to the session, and byoi's: the session user can neither change nor replace one.
+        denied = s.evaluate(
+            endpoints[1],
+            "tryCatch({cat('x', file = '/etc/byoi/database.conf'); 'written'}, "
+            "warning = function(w) conditionMessage(w), error = function(e) conditionMessage(e))",
+        )
+        assert "written" not in str(denied) and "Read-only file system" in str(denied), denied
+        assert not docker_client().containers.list(all=True, filters={"label": "byoi.purpose=read-image-file"})
     finally:
         s.remove_sessions_of(rstudio_server.data_dir, [domain])
 
 
-def _archive_reads(domain: str, since: int) -> dict[str, int]:
-    """How many times the Engine was asked for a file of each profile's session container (`archive-path`)."""
+def _image_file_reads(repository: str, since: int) -> int:
+    """How many files the Engine read from containers byoi made to read an image's files (`archive-path`)."""
+    events = docker_client().events(
+        since=since,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"event": "archive-path", "label": "byoi.purpose=read-image-file"},
+    )
+    return sum(1 for e in events if repository in str((e.get("Actor") or {}).get("Attributes", {}).get("image")))
+
+
+def _session_archive_events(domain: str, since: int) -> dict[str, int]:
+    """Reads (`archive-path`) and writes (`extract-to-dir`) of a file of each profile's session container."""
     client = docker_client()
     counts: dict[str, int] = {}
-    containers = client.containers.list(all=True, filters={"label": f"byoi.domain-id={domain}"})
-    for c in containers:
-        profile = c.labels.get("byoi.user-profile", "?")
+    for c in client.containers.list(all=True, filters={"label": f"byoi.domain-id={domain}"}):
         events = client.events(
-            since=since, until=int(time.time()) + 1, decode=True, filters={"container": c.id, "event": "archive-path"}
+            since=since,
+            until=int(time.time()) + 1,
+            decode=True,
+            filters={"container": c.id, "event": ["archive-path", "extract-to-dir"]},
         )
-        counts[profile] = sum(1 for _ in events)
+        counts[c.labels.get("byoi.user-profile", "?")] = sum(1 for _ in events)
     return counts
 
 

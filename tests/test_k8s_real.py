@@ -384,15 +384,14 @@ def session(
 async def launch(
     rt: Any, real: RealCluster, spec: SessionSpec, files: dict[str, bytes] | None = None
 ) -> list[PullProgress]:
-    """What the launcher does (ensure_image, create, write_files, start); the pull progress start() reported."""
+    """What the launcher does (ensure_image, create with the files, start); the pull progress start() reported."""
     seen: list[PullProgress] = []
 
     async def report(progress: PullProgress) -> None:
         seen.append(progress)
 
     await rt.ensure_image(spec.image, real.image_auth, report)
-    await rt.create(spec)
-    await rt.write_files(spec.name, files or FILES)
+    await rt.create(replace(spec, files=files or FILES))
     await rt.start(spec.name)
     return seen
 

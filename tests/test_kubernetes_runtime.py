@@ -86,12 +86,11 @@ def kubelet(cluster: EmulatedCluster) -> Kubelet:
 
 
 async def created(rt: KubernetesRuntime, spec: SessionSpec) -> None:
-    await rt.create(spec)
-    await rt.write_files(spec.name, FILES)
+    await rt.create(spec if spec.files else replace(spec, files=FILES))
 
 
 async def launched(rt: KubernetesRuntime, kubelet: Kubelet, spec: SessionSpec) -> None:
-    """Create, write files, start, with the kubelet bringing the container up."""
+    """Create (with the files), start, with the kubelet bringing the container up."""
     await created(rt, spec)
     start = asyncio.create_task(rt.start(spec.name))
     await kubelet.wait_for_pod(spec.name)
@@ -142,7 +141,7 @@ class TinyHTTP:
 
 def test_the_runtime_is_a_session_runtime(runtime: KubernetesRuntime) -> None:
     seam: SessionRuntime = runtime  # mypy checks the Protocol; this checks the methods exist at run time
-    for method in ("ping", "capacity", "ensure_image", "create", "read_file", "write_files", "start", "state"):
+    for method in ("ping", "capacity", "ensure_image", "create", "read_image_file", "start", "state"):
         assert callable(getattr(seam, method))
     for method in ("endpoint", "answers", "logs_tail", "remove", "list_managed", "close"):
         assert callable(getattr(seam, method))
@@ -164,15 +163,14 @@ async def test_launch_to_running_and_answering(
     auths = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))["auths"]
     assert auths["registry.test:5000"]["username"] == "alice"
 
-    await runtime.create(spec)
+    assert await runtime.read_image_file(IMAGE, "/usr/lib/R/etc/Renviron.site") is None
+    await runtime.create(replace(spec, files=FILES))
     assert (await runtime.state(spec.name)).kind is StateKind.CREATED
     assert set(cluster.objects("services")) == {spec.name} and not cluster.objects("pods")
     [claim] = cluster.objects("persistentvolumeclaims").values()
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     [policy] = cluster.objects("networkpolicies", "networking.k8s.io/v1").values()
     assert policy["spec"]["podSelector"]["matchLabels"] == {"byoi.managed": "true", "byoi.installation": INSTALLATION}
-    assert await runtime.read_file(spec.name, "/usr/lib/R/etc/Renviron.site") is None
-    await runtime.write_files(spec.name, FILES)
     secret = cluster.objects("secrets")[f"{spec.name}-files"]
     assert base64.b64decode(secret["data"][file_key("/etc/byoi/database.conf")]) == FILES["/etc/byoi/database.conf"]
 

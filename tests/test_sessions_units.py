@@ -9,7 +9,7 @@ import pytest
 
 from byoi.runtime.base import Endpoint, SessionState, StateKind
 from byoi.runtime.docker import PullTracker, container_state
-from byoi.runtime.docker_args import container_args, network_args
+from byoi.runtime.docker_args import container_args, file_sources, network_args
 from byoi.runtime.instance_types import (
     DEFAULTS,
     GiB,
@@ -21,7 +21,7 @@ from byoi.runtime.instance_types import (
 from byoi.runtime.settings import RuntimeSettings, SessionConfigError
 from byoi.runtime.spec import SessionSpec
 from byoi.services import session_files as files
-from byoi.services.app_launch import failure_with_logs
+from byoi.services.app_launch import FAST_PROBE, FAST_WINDOW, POLL, failure_with_logs, probe_delay
 
 SPEC = SessionSpec(
     name="byoi-abc-s1-1",
@@ -110,6 +110,37 @@ def test_old_rstudio_falls_back_to_a_loopback_port_and_nothing_else() -> None:
     assert [m["Target"] for m in args["HostConfig"]["Mounts"]] == ["/home/sagemaker-user"]
     with pytest.raises(ValueError, match="socket directory"):
         container_args(SPEC)  # a socket session without its directory is a bug, not a silent TCP session
+
+
+def test_byois_files_are_read_only_bind_mounts_of_host_files() -> None:
+    files = {"/usr/lib/R/etc/Renviron.site": b"A='1'\n", "/etc/byoi/database.conf": b"x\n", "/etc/R/Renviron.site": b""}
+    spec = SessionSpec(**{**SPEC.__dict__, "files": files})
+    mounts = container_args(spec, "/s/0123", "/s/0123.files")["HostConfig"]["Mounts"]
+    assert mounts[2:] == [
+        {
+            "Type": "bind",
+            "Source": "/s/0123.files/00-Renviron.site",
+            "Target": "/etc/R/Renviron.site",
+            "ReadOnly": True,
+        },
+        {
+            "Type": "bind",
+            "Source": "/s/0123.files/01-database.conf",
+            "Target": "/etc/byoi/database.conf",
+            "ReadOnly": True,
+        },
+        {
+            "Type": "bind",
+            "Source": "/s/0123.files/02-Renviron.site",  # the same base name, another host file
+            "Target": "/usr/lib/R/etc/Renviron.site",
+            "ReadOnly": True,
+        },
+    ]
+    with pytest.raises(ValueError, match="host directory"):
+        container_args(spec, "/s/0123")
+    for bad in ("etc/x", "/etc/../root/x", "/etc//x", "/", "/etc/x/"):
+        with pytest.raises(ValueError, match="absolute and normal"):
+            file_sources("/s/0123.files", [bad])
 
 
 def test_endpoints_round_trip_and_are_one_kind() -> None:
@@ -366,3 +397,14 @@ def test_a_container_being_removed_reads_as_gone() -> None:
     assert container_state({"State": {"Status": "created", "Running": False}}).kind is StateKind.CREATED
     oom = container_state({"State": {"Status": "exited", "ExitCode": 137, "OOMKilled": True, "FinishedAt": "t"}})
     assert oom.kind is StateKind.OUT_OF_MEMORY and "out of memory" in oom.describe() and oom.finished_at == "t"
+
+
+def test_probes_are_fast_while_rstudio_usually_starts_then_back_off() -> None:
+    """A session is probed FAST_PROBE apart in its first FAST_WINDOW seconds, then ever less often, to POLL."""
+    assert probe_delay(0.0, 0.0) == probe_delay(FAST_WINDOW - 0.01, FAST_PROBE) == FAST_PROBE
+    elapsed, delay, delays = FAST_WINDOW, FAST_PROBE, []
+    while len(delays) < 8:
+        delay = probe_delay(elapsed, delay)
+        delays.append(delay)
+        elapsed += delay
+    assert delays[0] == 2 * FAST_PROBE and delays == sorted(delays) and delays[-1] == POLL

@@ -131,15 +131,13 @@ class SessionRuntime(Protocol):
         ...
 
     async def create(self, spec: SessionSpec) -> None:
-        """Create the session (not started) under `spec.name`, with its home and its endpoint prepared."""
+        """Create the session (not started) under `spec.name`, with its home and its endpoint prepared and
+        `spec.files` in place: root-owned, world-readable and read-only for the session, over the image's own."""
         ...
 
-    async def read_file(self, name: str, path: str) -> bytes | None:
-        """A file of the created session's filesystem, or None when it does not exist."""
-        ...
-
-    async def write_files(self, name: str, files: dict[str, bytes]) -> None:
-        """Write root-owned, world-readable files into the created session before it starts."""
+    async def read_image_file(self, image: str, path: str) -> bytes | None:
+        """A file of the pinned image as the image has it (None when absent, or when the backend cannot read an
+        image's files before a session runs it): the launcher merges the image's Renviron.site with byoi's."""
         ...
 
     async def start(self, name: str) -> None: ...

@@ -1,16 +1,18 @@
 """The Docker Engine backend of the `SessionRuntime` seam (runtime/base.py), through aiodocker: I/O only
 (the container's arguments come from docker_args).
 
-Pull with progress, create, write files into a created container, start, read its state, tail logs, stop
-and remove, and list byoi's containers by label. Engine failures become `RuntimeFailure` with the engine's
-own message, so a service can put it in a FailureReason; an Engine that does not answer is `Unreachable`
-("Docker Engine is not reachable at <address>: <why>", docker_engine.py); the engine's inspect documents stay
-in here.
+Pull with progress, read a file of an image, create (with byoi's files bind-mounted read-only), start, read
+its state, tail logs, stop and remove, and list byoi's containers by label. Engine failures become
+`RuntimeFailure` with the engine's own message, so a service can put it in a FailureReason; an Engine that
+does not answer is `Unreachable` ("Docker Engine is not reachable at <address>: <why>", docker_engine.py);
+the engine's inspect documents stay in here.
 
 Each session gets a socket directory on the host, `<socket_root>/<hash of the container name>/`, owned by
 the session's UID with mode 0700, inside `socket_root` (mode 0700, owned by byoi's user): rserver listens on
 `rserver.sock` in it (`--www-socket`), so nobody but byoi (and root) on the host can reach it, and no port
 is published. The fallback for an RStudio too old for `--www-socket` publishes port 8787 on 127.0.0.1.
+Beside it, `<socket_root>/<hash>.files/` (byoi's, mode 0755) holds the session's files (`SessionSpec.files`),
+root-owned and mode 0644, each bind-mounted read-only at its path in the container; both go with the container.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import os
 import posixpath
 import shutil
-import tarfile
 import time
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from byoi.runtime.base import (
     StateKind,
     Unreachable,
 )
-from byoi.runtime.docker_args import LISTEN_LABEL, container_args, network_args
+from byoi.runtime.docker_args import LISTEN_LABEL, container_args, file_sources, network_args
 from byoi.runtime.instance_types import HostCapacity
 from byoi.runtime.spec import SESSION_PORT, SOCKET_DIR, SOCKET_NAME, PullProgress, SessionSpec
 
@@ -126,6 +128,10 @@ class DockerRuntime:
         if self.socket_root is None:
             raise RuntimeFailure("no socket directory is configured for sessions (BYOI_SESSION_SOCKET_DIR)")
         return self.socket_root / hashlib.sha256(name.encode()).hexdigest()[:SOCKET_DIR_NAME_LEN]
+
+    def files_dir(self, name: str) -> Path:
+        """The host directory holding the session's files (each bind-mounted read-only at its path)."""
+        return files_dir_of(self.socket_dir(name))
 
     @property
     def docker(self) -> EngineClient:
@@ -215,21 +221,52 @@ class DockerRuntime:
 
     async def create(self, spec: SessionSpec) -> None:
         await self.ensure_network(spec.network, {"byoi.managed": "true"})
-        socket_dir = None
+        socket_dir = files = None
         if spec.listen_socket:
             socket_dir = self.socket_dir(spec.name)
             await asyncio.to_thread(_fresh_socket_dir, socket_dir, spec.uid, spec.gid)
+        if spec.files:
+            files = self.files_dir(spec.name)
+            try:
+                await asyncio.to_thread(_write_session_files, files, spec.files)
+            except (OSError, ValueError) as exc:
+                raise RuntimeFailure(f"cannot write the session's files under {files}: {exc}") from None
         try:
             await self.docker.containers.create(
-                container_args(spec, str(socket_dir) if socket_dir else None), name=spec.name
+                container_args(spec, str(socket_dir) if socket_dir else None, str(files) if files else None),
+                name=spec.name,
             )
         except aiodocker.DockerError as exc:
             raise RuntimeFailure(_message(exc)) from None
         except CONNECTION_ERRORS as exc:
             raise self.docker.gone(exc) from None
 
-    async def read_file(self, container: str, path: str, max_bytes: int = 1 << 20) -> bytes | None:
-        """A file's content in a (created) container, following symlinks; None when it does not exist."""
+    async def read_image_file(self, image: str, path: str, max_bytes: int = 1 << 20) -> bytes | None:
+        """A file of `image`, read from a container created for it and never started (the Engine reads files of
+        containers, not of images), removed at once. The launcher asks once per pinned image."""
+        name = f"byoi-read-{uuid.uuid4().hex[:12]}"
+        config: dict[str, Any] = {
+            "Image": image,
+            "Entrypoint": ["/byoi-never-started"],  # an image without a command can be created too
+            "Cmd": [],
+            "NetworkDisabled": True,
+            "Labels": {"byoi.managed": "true", "byoi.purpose": "read-image-file"},
+            "HostConfig": {"NetworkMode": "none"},
+        }
+        try:
+            await self.docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            raise RuntimeFailure(f"cannot read {path} of {image}: {_message(exc)}") from None
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc) from None
+        try:
+            return await self._container_file(name, path, max_bytes)
+        finally:
+            with contextlib.suppress(aiodocker.DockerError, *CONNECTION_ERRORS):
+                await self.docker.containers.container(name).delete(force=True, v=True)
+
+    async def _container_file(self, container: str, path: str, max_bytes: int) -> bytes | None:
+        """A file's content in a created container, following symlinks; None when it does not exist."""
         for _ in range(MAX_SYMLINKS):
             try:
                 archive = await self.docker.containers.container(container).get_archive(path)
@@ -249,28 +286,6 @@ class DockerRuntime:
                 fh = archive.extractfile(member)
                 return fh.read() if fh else None
         return None
-
-    async def write_files(self, container: str, files: dict[str, bytes]) -> None:
-        """Write root-owned, world-readable files (absolute paths) into a created container's own layer."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            made: set[str] = set()
-            for path, data in files.items():
-                parts = path.strip("/").split("/")
-                for i in range(1, len(parts)):
-                    parent = "/".join(parts[:i])
-                    if parent not in made:
-                        made.add(parent)
-                        d = tarfile.TarInfo(parent)
-                        d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-                        tar.addfile(d)
-                info = tarfile.TarInfo("/".join(parts))
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-        try:
-            await self.docker.containers.container(container).put_archive("/", buf.getvalue())
-        except aiodocker.DockerError as exc:
-            raise RuntimeFailure(f"cannot write files into the container: {_message(exc)}") from None
 
     async def start(self, container: str) -> None:
         try:
@@ -368,10 +383,14 @@ class DockerRuntime:
         await self._remove_socket_dir(name, mounted)
 
     async def _remove_socket_dir(self, name: str, mounted: Path | None = None) -> None:
-        if mounted is not None:
-            await asyncio.to_thread(shutil.rmtree, mounted, True)
+        """The session's socket directory and files directory: where the container has them, and where this
+        server would have put them."""
+        dirs = [mounted] if mounted is not None else []
         if self.socket_root is not None:
-            await asyncio.to_thread(shutil.rmtree, self.socket_dir(name), True)
+            dirs.append(self.socket_dir(name))
+        for d in dirs:
+            await asyncio.to_thread(shutil.rmtree, d, True)
+            await asyncio.to_thread(shutil.rmtree, files_dir_of(d), True)
 
     async def list_managed(self, labels: dict[str, str]) -> list[ManagedSession]:
         """Containers (running or not) carrying all these labels."""
@@ -436,6 +455,28 @@ def host_port(info: dict[str, Any], port: int) -> int | None:
         if b.get("HostIp") in ("127.0.0.1", "") and b.get("HostPort"):
             return int(b["HostPort"])
     return None
+
+
+def files_dir_of(socket_dir: Path) -> Path:
+    return socket_dir.with_name(socket_dir.name + ".files")
+
+
+def _write_session_files(path: Path, files: Mapping[str, bytes]) -> None:
+    """A fresh directory of the session's files (0755; files 0644, byoi's user's: root-owned as byoi runs), named
+    as docker_args.file_sources mounts them. Its parent (socket_root) is mode 0700: nobody else on the host reads
+    them; in the container each is a read-only bind mount."""
+    root = path.parent
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if root.lstat().st_uid != os.getuid() or os.path.islink(root):
+        raise ValueError(f"{root} is not a directory owned by byoi's user")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)  # noqa: S103  (world-readable on purpose: the session user reads these files)
+    for target, source in file_sources(str(path), files).items():
+        fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(files[target])
+        os.chmod(source, 0o644)
 
 
 def _fresh_socket_dir(path: Path, uid: int, gid: int) -> None:

@@ -12,11 +12,11 @@ How the seam's steps map onto Kubernetes, which has no "created, not started" co
   writes the registry credentials byoi has as a `kubernetes.io/dockerconfigjson` Secret (used as the pod's
   imagePullSecrets) and returns False; it also remembers its progress callback for the calling task (a
   ContextVar), so that `start`, later in the same launch, reports the pull from the pod's events through it.
-- `create` makes the claim (if missing), the Service and the NetworkPolicy, and keeps the pod's spec in this
-  process; `write_files` writes the files Secret; `start` creates the pod, with the files mounted read-only
-  one by one (subPath) over the image's, and waits until its container runs. While the pod is created but not
-  yet started, `state` says CREATED (the Service exists, the pod not).
-- `read_file` returns None: a pod's filesystem cannot be read before it runs (and the API has no archive
+- `create` makes the claim (if missing), the Service, the NetworkPolicy and the Secret of byoi's files
+  (`SessionSpec.files`), and keeps the pod's spec in this process; `start` creates the pod, with the files
+  mounted read-only one by one (subPath) over the image's, and waits until its container runs. While the pod
+  is created but not yet started, `state` says CREATED (the Service exists, the pod not).
+- `read_image_file` returns None: an image's files cannot be read before a pod runs it (and the API has no archive
   endpoint). The launcher then writes Renviron.site with byoi's lines only (`merged_renviron(None, env)`),
   mounted over the image's own: an image's Renviron.site entries are not seen in a Kubernetes session (R's
   Renviron and the image's Rprofile.site still are; variables an image sets with ENV reach R anyway, as the
@@ -343,19 +343,15 @@ class KubernetesRuntime:
         if await self._get(PersistentVolumeClaim, kspec.pvc_name) is None:
             await self._create("the home's PersistentVolumeClaim", PersistentVolumeClaim.from_dict(pvc))
         await self._create("the session's Service", Service.from_dict(make_service(kspec)), replace_on_conflict=True)
+        if spec.files:
+            secret = Secret.from_dict(make_files_secret(kspec, spec.files))
+            await self._create("the session's files Secret", secret, replace_on_conflict=True)
+            kspec = replace(kspec, files=tuple(sorted(spec.files)))
         self._created[spec.name] = kspec
 
-    async def read_file(self, name: str, path: str) -> bytes | None:
-        """None: a pod's files cannot be read before it runs (see the module docstring for what byoi does)."""
+    async def read_image_file(self, image: str, path: str) -> bytes | None:
+        """None: the API cannot read an image's files (see the module docstring for what byoi does)."""
         return None
-
-    async def write_files(self, name: str, files: dict[str, bytes]) -> None:
-        kspec = self._created.get(name)
-        if kspec is None:
-            raise RuntimeFailure(f"the session {name} was not created by this byoi process; it is launched again")
-        secret = Secret.from_dict(make_files_secret(kspec, files))
-        await self._create("the session's files Secret", secret, replace_on_conflict=True)
-        self._created[name] = replace(kspec, files=tuple(sorted(set(kspec.files) | set(files))))
 
     async def start(self, name: str, on_progress: ProgressCallback | None = None) -> None:
         """Create the pod and wait until its container runs (scheduled, pulled, started), or fail saying why."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 RSERVER = "/usr/lib/rstudio-server/bin/rserver"
@@ -10,7 +11,7 @@ SESSION_PORT = 8787
 RUN_DIR = "/run/byoi"
 SERVER_DATA_DIR = f"{RUN_DIR}/rserver"
 DATABASE_DIR = f"{RUN_DIR}/db"
-# Files byoi writes into the container before it starts (root-owned, so the session user cannot change them).
+# Files byoi gives the container, mounted read-only over the image's (so the session user cannot change them).
 DATABASE_CONFIG = "/etc/byoi/database.conf"
 FILE_LOCKS = "/etc/rstudio/file-locks"
 # rserver's HMAC key for its signed cookies: per session, in the session's writable tmpfs (rserver creates it).
@@ -42,6 +43,9 @@ class SessionSpec:
     pids_limit: int = 4096
     run_dir_bytes: int = 256 * 1024 * 1024
     instance_type: str = ""  # the ml.* type: on Kubernetes its node selector, tolerations and GPUs
+    # Absolute path in the container -> content: byoi's files (Renviron.site, database.conf, file-locks, the
+    # metadata), there read-only from the start (Docker: bind mounts of host files; Kubernetes: a Secret).
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
     def rserver_command(self) -> list[str]:
         if self.listen_socket:

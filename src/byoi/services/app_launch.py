@@ -38,8 +38,12 @@ from byoi.store.schema_domains import domains, user_profiles
 log = logging.getLogger(__name__)
 RSESSION_GATEWAY = "RSessionGateway"
 LOG_LINES = 30
-FIRST_PROBE = 0.01  # seconds between the first two "does RStudio answer" probes, doubling up to POLL
-POLL = 0.1  # seconds between probes at most (a probe that finds no socket or port costs well under 1 ms)
+# "Does RStudio answer" probes: FAST_PROBE apart for the first FAST_WINDOW seconds after the start (a probe
+# that finds no socket is one stat, one that finds no port a refused connect: well under 1 ms), then doubling up
+# to POLL, so a session that is slow to answer (a busy host, 100 launches at once) is not probed 10 times a second.
+FAST_PROBE = 0.02
+FAST_WINDOW = 3.0
+POLL = 0.25
 STATE_CHECK = 1.0  # seconds between checks that the container still runs while RStudio does not answer
 MAX_REASON = 1024
 IMAGE_FILES = 64  # files of pinned images remembered (Renviron.site), at most
@@ -231,12 +235,8 @@ class Launcher:
         home = files.home_dir(self.homes_root, row.domain_id, row.profile_name, row.home_uid)
         if self.runtime.name == "docker":  # on Kubernetes the home is the profile's claim, made by create()
             await asyncio.to_thread(files.ensure_home, home, self.settings.uid, self.settings.gid)
-        spec = self.session_spec(row, name, str(home))
-        await self.runtime.create(spec)
-        container = name
-        original = await self._image_file(
-            launch["ContainerImage"], container, f"{launch['RHome'].rstrip('/')}/etc/Renviron.site"
-        )
+        renviron = f"{launch['RHome'].rstrip('/')}/etc/Renviron.site"
+        original = await self._image_file(launch["ContainerImage"], renviron)
         metadata = {
             "AppType": row.app_type,
             "DomainId": row.domain_id,
@@ -245,15 +245,16 @@ class Launcher:
             "ResourceName": row.app_name,
             "AppImageVersion": launch.get("ImageVersionArn"),
         }
-        await self.runtime.write_files(
-            container, files.session_files(launch["RHome"], original, launch["Env"], metadata)
-        )
+        session_files = files.session_files(launch["RHome"], original, launch["Env"], metadata)
+        await self.runtime.create(self.session_spec(row, name, str(home), session_files))
         await self._progress(claim, row, "starting", "Starting RStudio Server")
-        await self.runtime.start(container)
-        if (await self.runtime.state(container)).gone:
+        await self.runtime.start(name)
+        if (await self.runtime.state(name)).gone:
             raise LaunchFailed("The container disappeared right after it started")
 
-    def session_spec(self, row: Any, name: str, home: str) -> SessionSpec:
+    def session_spec(
+        self, row: Any, name: str, home: str, session_files: dict[str, bytes] | None = None
+    ) -> SessionSpec:
         launch = row.spec["Launch"]
         arn = launch["Env"].get("BYOI_APP_ARN", "")
         return SessionSpec(
@@ -275,6 +276,7 @@ class Launcher:
             pids_limit=self.settings.pids_limit,
             listen_socket=bool(launch.get("ListenSocket", True)),
             instance_type=str(((row.spec or {}).get("ResourceSpec") or {}).get("InstanceType") or ""),
+            files=session_files or {},
         )
 
     async def _pull(self, claim: Claim, row: Any, image: str) -> None:
@@ -308,14 +310,13 @@ class Launcher:
         if not pulled:
             self._pulled.pop(row.id, None)  # nothing was fetched: no bytes to report
 
-    async def _image_file(self, image: str, container: str, path: str) -> bytes | None:
-        """A file of `image` (None when it has none), read from its created `container` once per pinned image:
-        an image pinned by digest never changes, and the Engine mounts a container's filesystem to read it
-        (0.2 to 0.7 s of each launch here)."""
+    async def _image_file(self, image: str, path: str) -> bytes | None:
+        """A file of `image` (None when it has none), read once per pinned image: an image pinned by digest
+        never changes, and the Engine mounts a container's filesystem to read it (0.2 to 0.7 s here)."""
         key = (image, path)
         if key in self._image_files:
             return self._image_files[key]
-        data = await self.runtime.read_file(container, path)
+        data = await self.runtime.read_image_file(image, path)
         if "@sha256:" in image:
             if len(self._image_files) >= IMAGE_FILES:
                 self._image_files.pop(next(iter(self._image_files)))  # the oldest
@@ -324,13 +325,13 @@ class Launcher:
 
     async def _wait_until_answering(self, claim: Claim, row: Any, name: str, endpoint: Endpoint) -> None:
         """Probe `endpoint` until RStudio answers, and every STATE_CHECK seconds check that the container still
-        runs. The probes start FIRST_PROBE apart and double up to POLL, so an answer is seen at most POLL after
-        RStudio can give it (a probe that connects waits for the answer itself)."""
+        runs. The probes follow `probe_delay`: an answer is seen at most FAST_PROBE after RStudio can give it in
+        the first FAST_WINDOW seconds, POLL after that (a probe that connects waits for the answer itself)."""
         root = files.root_path(row.session_id)
         started = time.monotonic()
         deadline = started + self.settings.start_timeout
         next_check = started + STATE_CHECK
-        delay = FIRST_PROBE
+        delay = 0.0
         while True:
             if await self.runtime.answers(name, root, endpoint=endpoint):
                 return  # any HTTP answer means rserver serves
@@ -348,8 +349,8 @@ class Launcher:
                         await self.runtime.logs_tail(name, LOG_LINES),
                     )
                 )
+            delay = probe_delay(now - started, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL)
 
     async def _exited(self, name: str, state: SessionState) -> str:
         head = f"RStudio Server exited with code {state.exit_code if state.exit_code is not None else 'unknown'}"
@@ -518,3 +519,11 @@ class Launcher:
                 await remove(domain.domain_id, installation=self.installation)
             else:
                 await asyncio.to_thread(files.remove_domain_homes, self.homes_root, domain.domain_id)
+
+
+def probe_delay(elapsed: float, previous: float) -> float:
+    """Seconds until the next probe, `elapsed` seconds into the wait, the last delay having been `previous`:
+    FAST_PROBE within FAST_WINDOW, then twice the last delay, at most POLL."""
+    if elapsed < FAST_WINDOW:
+        return FAST_PROBE
+    return min(max(previous, FAST_PROBE) * 2, POLL)
