@@ -6,7 +6,11 @@ Both sides use the same Docker Engine and the same local registry, in the same r
 "cold" builds get fresh random content (no layer cache, new blobs to push); "warm" rebuild the previous
 context unchanged (every step cached, every layer already in the registry).
 
-    PYTHONPATH=. .venv/bin/python bench/build_overhead.py [--runs 3] [--mb 16]
+    PYTHONPATH=. .venv/bin/python bench/build_overhead.py [--runs 3] [--mb 16] [--byoi "CMD"]
+
+`--byoi` is the command timed for byoi (split as a shell would, no shell run), default the console script next
+to this Python; an earlier tree's CLI, say, with `--byoi ".venv/bin/python -c 'from byoi.cli.main import app;
+app()'"` and PYTHONPATH=<that tree>/src, for a before/after comparison in one session.
 
 Prints JSON with median wall times and the ratio byoi/direct for each case.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -56,15 +61,17 @@ def direct(ctx: Path, ref: str) -> float:
     return time.perf_counter() - started
 
 
-def via_byoi(server: ByoiServer, ctx: Path, repo: str, tag: str) -> float:
-    return timed([BYOI, "build", str(ctx), "--image", repo, "--tag", tag, "--quiet"], server.aws_env())
+def via_byoi(server: ByoiServer, ctx: Path, repo: str, tag: str, byoi: list[str]) -> float:
+    return timed([*byoi, "build", str(ctx), "--image", repo, "--tag", tag, "--quiet"], server.aws_env())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mb", type=int, default=16, help="size of the random file in the context")
+    parser.add_argument("--byoi", default=BYOI, help="the byoi command to time (default: the console script)")
     opts = parser.parse_args()
+    byoi = shlex.split(opts.byoi)
     ensure_base_image()
     work = Path(tempfile.mkdtemp(prefix="byoi-bench-build-"))
     port = free_port()
@@ -75,7 +82,7 @@ def main() -> None:
         # One untimed build each first, so the base image's layers are in the registry for both sides.
         warmup = make_context(work / "warmup", 1)
         direct(warmup, f"127.0.0.1:{port}/bench/direct:warmup")
-        via_byoi(server, warmup, "bench/byoi", "warmup")
+        via_byoi(server, warmup, "bench/byoi", "warmup", byoi)
         for i in range(opts.runs):
             for side in ("direct", "byoi"):
                 ctx = make_context(work / f"{side}-{i}", opts.mb)
@@ -85,7 +92,7 @@ def main() -> None:
                     if side == "direct":
                         times[case][side].append(direct(ctx, f"127.0.0.1:{port}/{repo}:{tag}"))
                     else:
-                        times[case][side].append(via_byoi(server, ctx, repo, tag))
+                        times[case][side].append(via_byoi(server, ctx, repo, tag, byoi))
     finally:
         server.stop()
         registry.terminate()

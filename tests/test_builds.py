@@ -580,3 +580,65 @@ def test_ctrl_c_in_byoi_build_asks_and_stops_the_build(server, ext, name, tmp_pa
     while _running_sleepers(marker):  # the Engine stopped the RUN too
         assert time.monotonic() < deadline, "the build's container is still running"
         time.sleep(0.5)
+
+
+def test_a_rebuild_of_an_unchanged_context_sends_nothing(server, ext, registry, name, tmp_path):
+    """`byoi build` asks for its context by SHA-256 first: the second build of the same directory uploads nothing
+    and builds the same image; a changed file is uploaded again."""
+    root = context(tmp_path, f"COPY data.txt /data.txt\nRUN cat /data.txt # {name}", {"data.txt": "one\n"})
+    first = byoi_process(server, "build", str(root), "--image", name, "--tag", "v1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Sending build context: 2 files" in first.stdout and "not sent again" not in first.stdout
+    again = byoi_process(server, "build", str(root), "--image", name, "--tag", "v2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Build context unchanged since its last upload: 2 files" in again.stdout, again.stdout
+    assert "Sending build context" not in again.stdout
+    assert registry_digest(registry, name, "v2") == registry_digest(registry, name, "v1")
+    (root / "data.txt").write_text("two\n")
+    changed = byoi_process(server, "build", str(root), "--image", name, "--tag", "v3")
+    assert changed.returncode == 0 and "Sending build context: 2 files" in changed.stdout, changed.stdout
+    assert registry_image_config(registry, name, "v3") != registry_image_config(registry, name, "v1")
+
+
+def test_a_kept_context_is_its_uploaders_only_and_digests_are_checked(server, ext):
+    import hashlib
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    data = tar_of({"Dockerfile": f"FROM {BASE_IMAGE}\n", "note.txt": f"{time.time_ns()}\n"})
+    digest = hashlib.sha256(data).hexdigest()
+    s = signed(server)
+
+    def reuse(sha: str, creds: Any = None) -> httpx.Response:
+        path = f"/byoi/build-contexts/by-digest/{sha}"
+        if creds is None:
+            return httpx.post(s.url(path), headers=s.headers("POST", path))
+        request = AWSRequest(method="POST", url=s.url(path), data=b"", headers={})
+        SigV4Auth(creds, "sagemaker", "us-east-1").add_auth(request)
+        return httpx.post(s.url(path), headers=dict(request.headers.items()))
+
+    unknown = reuse(digest)
+    assert unknown.status_code == 400 and unknown.json()["__type"] == "ResourceNotFound", unknown.text
+    assert digest in unknown.json()["Message"] and "upload it" in unknown.json()["Message"]
+    assert upload_tar(server, data).status_code == 200
+    kept = reuse(digest)
+    assert kept.status_code == 200 and kept.json()["Reused"] is True and kept.json()["Files"] == 2, kept.text
+    other_id = f"builder-{time.time_ns()}"
+    ext.create_principal(Name=other_id, Role="admin")
+    key = ext.create_access_key(PrincipalName=other_id)["AccessKey"]
+    other = reuse(digest, Credentials(key["AccessKeyId"], key["SecretAccessKey"]))
+    assert other.json().get("__type") == "ResourceNotFound", other.text  # another principal's: not theirs to use
+    for bad in ("ABC", digest.upper(), digest[:-1], digest + "0", "g" * 64):
+        refused = reuse(bad)
+        assert refused.status_code == 400, (bad, refused.text)
+        assert refused.json()["__type"] == "ValidationException" and "SHA-256" in refused.json()["Message"]
+    assert reuse("%2e%2e%2f" + digest[:58]).status_code == 404  # "../": no route, never another path
+    unsigned = httpx.post(s.url(f"/byoi/build-contexts/by-digest/{digest}"))
+    assert unsigned.status_code == 403
+    # Each reuse is a context of its own: one build each, like an upload.
+    build = ext.start_image_build(ContextId=kept.json()["ContextId"], Repository=f"reuse/{other_id}", Tag="x")
+    with pytest.raises(ClientError, match="already used"):
+        ext.start_image_build(ContextId=kept.json()["ContextId"], Repository=f"reuse/{other_id}", Tag="y")
+    wait(ext, build["BuildId"])

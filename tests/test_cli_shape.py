@@ -196,6 +196,67 @@ def test_client_commands_import_no_server_stack(tmp_path):
     assert not {m for m in listing if m.startswith(heavy)}
 
 
+def test_the_quick_build_parser_is_typers_option_for_option():
+    """`byoi build` is parsed by byoi/cli/entry.py without typer: the same options, short names, defaults and
+    kinds as the typer command, each under the name of the function's parameter."""
+    import argparse
+
+    from byoi.cli.entry import build_parser
+
+    typer_build = _commands()["byoi build"]
+    ours = {a.dest: a for a in build_parser()._actions}
+    assert set(ours) == {p.name for p in typer_build.params}
+    for param in typer_build.params:
+        action = ours[param.name]
+        assert sorted(action.option_strings) == sorted(getattr(param, "opts", []) if param.param_type_name == "option"
+                                                       else []), param.name  # fmt: skip
+        assert action.required == bool(param.required), param.name
+        flag = bool(getattr(param, "is_flag", False))
+        assert isinstance(action, argparse._StoreTrueAction) == flag, param.name
+        assert isinstance(action, argparse._AppendAction) == bool(getattr(param, "multiple", False)), param.name
+        if not param.required:
+            assert action.default == (param.default if not (flag and param.default is None) else False), param.name
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["build", "{missing}", "--image", "team/r"],  # not a directory: usage error
+        ["build", "{ctx}", "--image", "Team/R"],  # invalid input
+        ["build", "{ctx}", "--image", "team/r", "--tag", "bad tag!"],
+        ["build", "{ctx}", "--image", "team/r", "--build-arg", "=x"],
+        ["build", "{ctx}", "--image", "team/r", "-o", "XML"],  # refused by the quick parser: typer answers
+        ["build", "{ctx}"],  # --image missing: typer's usage error
+        ["build", "{ctx}", "--image", "team/r", "--endpoint-url", "http://127.0.0.1:{port}"],  # unreachable
+    ],
+)
+def test_the_quick_build_answers_as_typer_does(tmp_path, args):
+    """The console script (quick path, or typer for what it does not take) and typer's own command give the
+    same exit status and the same first line of stderr, and the quick path never imports pydantic."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\n")
+    values = {"missing": str(tmp_path / "nope"), "ctx": str(tmp_path / "ctx"), "port": str(free_port())}
+    argv = [a.format(**values) for a in args]
+    env = {**os.environ, "HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+           "AWS_ENDPOINT_URL_SAGEMAKER": f"http://127.0.0.1:{values['port']}", "COLUMNS": "200"}  # fmt: skip
+    quick = subprocess.run([BYOI, *argv], env=env, capture_output=True, text=True, timeout=120)
+    typed = byoi_cli(argv, env)
+    assert quick.returncode == typed.returncode != 0, (quick.stderr, typed.stderr)
+    first = [" ".join(r.stderr.replace("│", " ").split()).split(" Usage:")[0][:60] for r in (quick, typed)]
+    assert first[0] == first[1], first
+    assert "Traceback" not in quick.stderr
+
+
+def test_a_plain_build_starts_without_typers_parameter_checks(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    argv = [sys.executable, "-X", "importtime", "-m", "byoi", "build", str(tmp_path / "nope"), "-i", "a/b"]
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert run.returncode == ExitCode.USAGE and "is not a directory" in run.stderr
+    assert "byoi.cli.builds" in imported and not {m for m in imported if m.startswith(("pydantic", "typer._adapters"))}
+    assert "byoi.cli.main" not in imported  # the other commands' tree is not built
+
+
 def test_the_model_directory_is_made_once_and_a_read_only_cache_falls_back(tmp_path, monkeypatch):
     from byoi.cli import client
 

@@ -1,3 +1,3 @@
-from byoi.cli.main import app
+from byoi.cli.entry import main
 
-app()
+main()

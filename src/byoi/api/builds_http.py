@@ -3,6 +3,9 @@
 - `POST /byoi/build-contexts`: upload a build context (tar or tar.gz) as the raw body. The request must sign
   `X-Amz-Content-SHA256` with the body's real SHA-256 (as S3 uploads do), so the body is streamed to disk
   and checked against it instead of being held in memory. Answers `{"ContextId", "ContextSize", "Files"}`.
+- `POST /byoi/build-contexts/by-digest/{sha256}` (no body): a new ContextId for a context this caller uploaded
+  with that SHA-256 within the context TTL, without sending it again (`"Reused": true`); 404 when the server
+  has none, and the client uploads. `byoi build` asks first, so a rebuild of an unchanged directory sends nothing.
 - `GET /byoi/builds/{build_id}/events`: the build log as `text/event-stream`, from the start (or from the
   byte offset in `Last-Event-ID` / `?offset=`), following the build until it ends with an `end` event.
 - `GET /byoi/builds/{build_id}/log`: the whole log as plain text.
@@ -26,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from byoi.api.protocol import error_response
+from byoi.auth.principal import Principal
 from byoi.build import context_url
 from byoi.build.logstore import read_records, render_text, wait_appended
 from byoi.errors import (
@@ -46,12 +50,13 @@ _OFFSET = regex.compile(r"[0-9]{1,18}")
 State = dict[str, Any]
 
 
-async def _authorize(request: Request, state: State, operation: str, streamed_body: bool = False) -> None:
+async def _authorize(request: Request, state: State, operation: str, streamed_body: bool = False) -> Principal:
     """Verify the signature (for uploads the signed X-Amz-Content-SHA256 header stands for the body, checked
     while it streams in; the other routes take no body), then the policy, as `dispatch` does for `POST /`."""
     endpoint = state["endpoint"]
     principal = await endpoint.authenticate(request, None if streamed_body else b"")
     await endpoint.dispatcher.authorize(principal, operation, {})
+    return principal
 
 
 async def _guarded(handler: Callable[[], Any]) -> Response:
@@ -77,13 +82,21 @@ def install(app: FastAPI, state: State) -> None:
         async def handle() -> Response:
             # verify() insists on a signed X-Amz-Content-SHA256 that is a real SHA-256 (body=None), so the hash
             # the body is checked against while it streams in is the one the caller signed.
-            await _authorize(request, state, "StartImageBuild", streamed_body=True)
+            principal = await _authorize(request, state, "StartImageBuild", streamed_body=True)
             body_hash = request.headers["x-amz-content-sha256"]
             length = request.headers.get("content-length", "")
             result = await builds().accept_context(
-                request.stream(), int(length) if _OFFSET.fullmatch(length) else None, body_hash
+                request.stream(), int(length) if _OFFSET.fullmatch(length) else None, body_hash, principal.name
             )
             return JSONResponse(result)
+
+        return await _guarded(handle)
+
+    @app.post("/byoi/build-contexts/by-digest/{sha256}")
+    async def reuse_context(sha256: str, request: Request) -> Response:
+        async def handle() -> Response:
+            principal = await _authorize(request, state, "StartImageBuild")
+            return JSONResponse(await builds().reuse_context(sha256, principal.name))
 
         return await _guarded(handle)
 

@@ -165,12 +165,13 @@ def _file_chunks(fh: IO[bytes]) -> Iterator[bytes]:
 
 
 def upload_context(signed: Signed, path: Path, dockerfile: str | None, say: Console = console) -> tuple[str, str]:
-    """Pack and upload `path`; return (ContextId, the Dockerfile's path inside the context)."""
+    """Pack `path` and give it to the server: by its SHA-256 when the server still holds the same context from
+    this caller (nothing is sent), else uploaded; return (ContextId, the Dockerfile's path inside the context)."""
     import httpx2 as httpx
 
     from byoi.build.context import ContextError, pack_directory
 
-    with tempfile.TemporaryFile() as fh:
+    with tempfile.TemporaryFile() as fh, httpx.Client(timeout=None, verify=signed.verify) as http:
         try:
             packed = pack_directory(path, fh, dockerfile)
         except (ContextError, OSError) as exc:
@@ -180,21 +181,24 @@ def upload_context(signed: Signed, path: Path, dockerfile: str | None, say: Cons
         for chunk in _file_chunks(fh):
             digest.update(chunk)
         note = f", {packed.excluded} excluded by .dockerignore" if packed.excluded else ""
-        say.print(f"Sending build context: {packed.files} files, {packed.size / 1e6:.1f} MB{note}")
-        headers = signed.headers(
-            "POST",
-            "/byoi/build-contexts",
-            {"Content-Type": "application/x-tar", "X-Amz-Content-SHA256": digest.hexdigest()},
-        )
-        headers["Content-Length"] = str(size)
+        what = f"{packed.files} files, {packed.size / 1e6:.1f} MB{note}"
+        reuse = f"/byoi/build-contexts/by-digest/{digest.hexdigest()}"
         try:
-            response = httpx.post(
-                signed.url("/byoi/build-contexts"),
-                content=_file_chunks(fh),
-                headers=headers,
-                timeout=None,
-                verify=signed.verify,
+            response = http.post(signed.url(reuse), headers=signed.headers("POST", reuse))
+            if response.status_code == 200:
+                say.print(f"Build context unchanged since its last upload: {what}, not sent again")
+                return str(response.json()["ContextId"]), packed.dockerfile
+            # ResourceNotFound: not held; a plain 404: a server without reuse. Either way it is uploaded.
+            if response.status_code != 404 and _error_code(response) != "ResourceNotFound":
+                raise _refused("context reuse refused: ", response)
+            say.print(f"Sending build context: {what}")
+            headers = signed.headers(
+                "POST",
+                "/byoi/build-contexts",
+                {"Content-Type": "application/x-tar", "X-Amz-Content-SHA256": digest.hexdigest()},
             )
+            headers["Content-Length"] = str(size)
+            response = http.post(signed.url("/byoi/build-contexts"), content=_file_chunks(fh), headers=headers)
         except httpx.TransportError as exc:
             raise _unreachable(signed.endpoint, exc) from None
     if response.status_code != 200:

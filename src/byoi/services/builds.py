@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -40,6 +41,7 @@ from byoi.store.paging import fetch_page, time_filters
 from byoi.store.schema_builds import image_builds as builds_t
 
 DEFAULT_PAGE = 20
+_SHA256 = regex.compile(r"[0-9a-f]{64}")
 _ARG_NAME = regex.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLATFORM = regex.compile(r"[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_]+)?")
 _TARGET = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -94,12 +96,22 @@ class BuildService:
         """Left behind when a build takes a context: it names the build, for whoever tries the context next."""
         return self.root / "contexts" / f"{context_id}.used"
 
+    def _cached_context(self, sha256: str, principal: str) -> Path:
+        """Where a checked upload is kept for its uploader to reuse: keyed by who uploaded it and the SHA-256 they
+        signed, so nobody starts a build from somebody else's context by knowing its digest."""
+        key = hashlib.sha256(f"{principal}\n{sha256}".encode()).hexdigest()
+        return self.root / "context-cache" / f"{key}.tar"
+
     def _sweep_contexts(self) -> None:
-        """Uploaded contexts nobody started a build from, and the markers of used ones, go after `context_ttl`."""
-        base = self.root / "contexts"
-        if not base.is_dir():
-            return
+        """Uploaded contexts nobody started a build from, the markers of used ones, and kept uploads nobody reused
+        go after `context_ttl`."""
         cutoff = time.time() - self.settings.context_ttl
+        for base in (self.root / "contexts", self.root / "context-cache"):
+            if base.is_dir():
+                self._sweep(base, cutoff)
+
+    @staticmethod
+    def _sweep(base: Path, cutoff: float) -> None:
         for entry in base.iterdir():
             try:
                 if entry.lstat().st_mtime < cutoff:
@@ -155,8 +167,11 @@ class BuildService:
 
     # -- the upload (called by the signed HTTP route in byoi.api.builds_http) ------------------
 
-    async def accept_context(self, body: AsyncIterator[bytes], length: int | None, sha256: str) -> dict[str, Any]:
-        """Store an uploaded context (tar or tar.gz) after checking it; return its ContextId and size."""
+    async def accept_context(
+        self, body: AsyncIterator[bytes], length: int | None, sha256: str, principal: str = ""
+    ) -> dict[str, Any]:
+        """Store an uploaded context (tar or tar.gz) after checking it, kept for `principal` to reuse by its
+        SHA-256 within `context_ttl` (`reuse_context`); return its ContextId and size."""
         limit = self.settings.context_limit
         if length is not None and length > limit:
             raise ValidationException(f"build context upload of {length} bytes is larger than the limit of {limit}")
@@ -184,7 +199,55 @@ class BuildService:
             raise
         finally:
             upload.unlink(missing_ok=True)
-        return {"ContextId": context_id, "ContextSize": summary.size, "Files": summary.files}
+        result = {"ContextId": context_id, "ContextSize": summary.size, "Files": summary.files}
+        if principal:
+            await asyncio.to_thread(self._keep, folder / "raw.tar", self._cached_context(sha256, principal), result)
+        return result
+
+    @staticmethod
+    def _keep(raw: Path, cached: Path, summary: dict[str, Any]) -> None:
+        """A second name for the checked context (a hard link: no copy; the build's own is removed when it settles)
+        and its summary, each put in place whole; where it cannot be linked, nothing is kept."""
+        cached.parent.mkdir(mode=0o700, exist_ok=True)
+        staging = cached.with_name(f".{uuid.uuid4().hex}")
+        try:
+            staging.with_suffix(".json").write_text(
+                json.dumps({"ContextSize": summary["ContextSize"], "Files": summary["Files"]})
+            )
+            os.replace(staging.with_suffix(".json"), cached.with_suffix(".json"))
+            os.link(raw, staging)
+            os.replace(staging, cached)
+        except OSError:
+            staging.unlink(missing_ok=True)
+            staging.with_suffix(".json").unlink(missing_ok=True)
+
+    async def reuse_context(self, sha256: str, principal: str) -> dict[str, Any]:
+        """A new context from the one `principal` uploaded with this SHA-256 within `context_ttl`, not sent again;
+        ResourceNotFound when there is none (the client then uploads)."""
+        if not _SHA256.fullmatch(sha256):
+            raise ValidationException(f"{sha256[:80]!r} is not a SHA-256 digest: 64 lower-case hexadecimal digits")
+        await asyncio.to_thread(self._sweep_contexts)
+        context_id = "ctx-" + uuid.uuid4().hex
+        summary = await asyncio.to_thread(self._reuse, self._cached_context(sha256, principal), context_id)
+        if summary is None:
+            raise ResourceNotFound(
+                f"No build context with SHA-256 {sha256} uploaded by you in the last "
+                f"{self.settings.context_ttl:.0f}s: upload it"
+            )
+        return {"ContextId": context_id, **summary, "Reused": True}
+
+    def _reuse(self, cached: Path, context_id: str) -> dict[str, Any] | None:
+        folder = self._context_dir(context_id)
+        try:
+            summary = json.loads(cached.with_suffix(".json").read_text())
+            folder.mkdir(parents=True)
+            os.link(cached, folder / "raw.tar")
+            for kept in (cached, cached.with_suffix(".json")):
+                os.utime(kept)  # kept another context_ttl from this use
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return {"ContextSize": int(summary["ContextSize"]), "Files": int(summary["Files"])}
 
     @staticmethod
     def _check(upload: Path, raw: Path, limit: int) -> Any:
