@@ -20,6 +20,7 @@ only: the registry, Docker Engine, the containers and R are real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import inspect
 import io
@@ -323,6 +324,41 @@ def test_a_pinned_image_file_is_read_from_its_first_session_only(
         assert not docker_client().containers.list(all=True, filters={"label": "byoi.purpose=read-image-file"})
     finally:
         s.remove_sessions_of(rstudio_server.data_dir, [domain])
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(not docker_available(), reason="Docker Engine is not reachable (scripts/services.sh)")
+def test_read_containers_left_by_a_stopped_byoi_are_removed_and_a_young_one_is_kept(monkeypatch):
+    """A byoi that stopped while reading an image's file left a created container labelled for it: the next
+    process's first read removes it, but not one young enough to be another replica's read in progress."""
+    from tests.support.docker_images import ensure_base_image
+
+    image = ensure_base_image()
+    client = docker_client()
+    old = client.containers.create(image, ["true"], labels=docker_runtime.READ_PURPOSE)
+    young = None
+    try:
+        time.sleep(2.1)  # `Created` is in whole seconds: the cut-off goes 1.5 s before the young one's
+        young = client.containers.create(image, ["true"], labels=docker_runtime.READ_PURPOSE)
+        made = time.time()
+
+        async def read() -> bytes | None:
+            monkeypatch.setattr(docker_runtime, "READ_LEFTOVER_AGE", time.time() - made + 1.5)
+            runtime = DockerRuntime()
+            try:
+                return await runtime.read_image_file(image, "/etc/os-release")
+            finally:
+                await runtime.close()
+
+        assert b"bookworm" in (asyncio.run(read()) or b"")
+        left = {c.id for c in client.containers.list(all=True, filters={"label": "byoi.purpose=read-image-file"})}
+        assert old.id not in left and young.id in left, left  # and the read's own container is gone too
+        assert left == {young.id}
+    finally:
+        for c in (old, young):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    c.remove(force=True)
 
 
 def _image_file_reads(repository: str, since: int) -> int:

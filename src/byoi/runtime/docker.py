@@ -55,6 +55,8 @@ PING_TIMEOUT = 5.0  # seconds the Engine has to answer a ping (the health check)
 MAX_SYMLINKS = 8
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 SOCKET_DIR_NAME_LEN = 16
+READ_PURPOSE = {"byoi.managed": "true", "byoi.purpose": "read-image-file"}  # labels of read_image_file's containers
+READ_LEFTOVER_AGE = 60.0  # seconds: a read container older than this was left by a byoi that stopped mid-read
 
 
 def default_socket_root(base: Path) -> Path:
@@ -122,6 +124,7 @@ class DockerRuntime:
         self._docker: EngineClient | None = None
         self._capacity: HostCapacity | None = None
         self.socket_root = socket_root
+        self._swept_reads = False
 
     def socket_dir(self, name: str) -> Path:
         """The host directory holding the session's socket (bind-mounted at spec.SOCKET_DIR)."""
@@ -243,14 +246,19 @@ class DockerRuntime:
 
     async def read_image_file(self, image: str, path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """A file of `image`, read from a container created for it and never started (the Engine reads files of
-        containers, not of images), removed at once. The launcher asks once per pinned image."""
+        containers, not of images), removed at once. The launcher asks once per pinned image. The first read of
+        this process also removes read containers a byoi left when it stopped mid-read (older than
+        READ_LEFTOVER_AGE: younger ones may be another replica's, reading now)."""
+        if not self._swept_reads:
+            self._swept_reads = True
+            await self._remove_leftover_reads()
         name = f"byoi-read-{uuid.uuid4().hex[:12]}"
         config: dict[str, Any] = {
             "Image": image,
             "Entrypoint": ["/byoi-never-started"],  # an image without a command can be created too
             "Cmd": [],
             "NetworkDisabled": True,
-            "Labels": {"byoi.managed": "true", "byoi.purpose": "read-image-file"},
+            "Labels": dict(READ_PURPOSE),
             "HostConfig": {"NetworkMode": "none"},
         }
         try:
@@ -264,6 +272,13 @@ class DockerRuntime:
         finally:
             with contextlib.suppress(aiodocker.DockerError, *CONNECTION_ERRORS):
                 await self.docker.containers.container(name).delete(force=True, v=True)
+
+    async def _remove_leftover_reads(self) -> None:
+        cutoff = time.time() - READ_LEFTOVER_AGE
+        with contextlib.suppress(RuntimeFailure, aiodocker.DockerError, *CONNECTION_ERRORS):
+            for leftover in await self.list_managed(READ_PURPOSE):
+                if leftover.created_at < cutoff:
+                    await self.docker.containers.container(leftover.name).delete(force=True, v=True)
 
     async def _container_file(self, container: str, path: str, max_bytes: int) -> bytes | None:
         """A file's content in a created container, following symlinks; None when it does not exist."""
