@@ -10,6 +10,11 @@ rserver command, user, init and a 127.0.0.1 port; byoi adds its control-plane wo
 into the container, the network, progress updates, polling). The cold image is a single-layer copy of the
 stand-in with a random file (docker export | docker import), so none of its layers is on the host.
 
+Both sides wait for the answer to the same request: `GET /` with `X-RStudio-Root-Path`, as byoi's readiness
+probe and its proxy ask it. The baseline once asked for the root path itself, which rserver (the stand-in too)
+answers with a quick 404, while `/` is the sign-in redirect: the stand-in's first one takes 0.1 to 0.15 s
+(its first HMAC), which made byoi look that much slower (/tmp experiments, stop 20's note).
+
 byoi's time is CreateApp's call to the moment the server recorded InService (DescribeAppProgress's UpdatedAt of
 the "ready" phase, the same clock: this host), read after a slow poll. Polling DescribeApp every 20 ms instead,
 as this benchmark first did, kept the 2-core machine busy verifying 50 signed requests a second and made the
@@ -91,11 +96,11 @@ def docker_run(image: str) -> float:
         check=True, capture_output=True,
     )  # fmt: skip
     port = subprocess.run([DOCKER, "port", name, "8787/tcp"], check=True, capture_output=True, text=True)
-    url = f"http://{port.stdout.split()[0]}{root}"
+    url = f"http://{port.stdout.split()[0]}/"
     try:
         while True:
             try:
-                httpx.get(url, timeout=1)
+                httpx.get(url, headers={"X-RStudio-Root-Path": root.rstrip("/")}, timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.02)
