@@ -14,6 +14,7 @@ goes to typer, which answers it as it always has (the same usage messages and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plain_build(argv: list[str]) -> dict[str, Any] | None:
     """`build`'s keyword arguments when `argv` (after `byoi`) is a plain build, else None."""
-    if argv[:1] != ["build"] or any(a in ("--help", "-h") for a in argv[1:]):
-        return None
+    if argv[:1] != ["build"] or any(a in ("--help", "-h") for a in argv[1:]) or "_BYOI_COMPLETE" in os.environ:
+        return None  # help and shell completion are typer's
     try:
         return vars(build_parser().parse_args(argv[1:]))
     except _NotPlain:
