@@ -577,3 +577,33 @@ def test_the_pods_grace_period_is_the_configured_stop_timeout(cluster: EmulatedC
     rt = make_runtime(cluster, stop_timeout=45)
     pod = make_pod(rt.kube_spec(session()))
     assert pod["spec"]["terminationGracePeriodSeconds"] == 45
+
+
+async def test_a_network_policy_or_pull_secret_deleted_by_hand_is_made_again(
+    cluster: EmulatedCluster, runtime: KubernetesRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without its NetworkPolicy a session admits anyone in the cluster, without its pull Secret it cannot
+    start: one deleted by hand is made again by the next launch once ENSURE_AGAIN has passed, not at a restart."""
+    from lightkube.resources.core_v1 import Secret
+    from lightkube.resources.networking_v1 import NetworkPolicy
+
+    import byoi.runtime.kubernetes as kube_runtime
+
+    async def report(_p: PullProgress) -> None:
+        return None
+
+    auth = {"username": "alice", "password": "pw"}
+    policies = lambda: cluster.objects("networkpolicies", "networking.k8s.io/v1")  # noqa: E731
+    secret = pull_secret_name("registry.test:5000")
+    await runtime.ensure_image(IMAGE, auth, report)
+    await created(runtime, session("1111111111111111"))
+    [policy] = policies()
+    await runtime.client.delete(NetworkPolicy, policy, namespace=NAMESPACE)
+    await runtime.client.delete(Secret, secret, namespace=NAMESPACE)
+    await runtime.ensure_image(IMAGE, auth, report)
+    await created(runtime, session("2222222222222222"))
+    assert not policies() and secret not in cluster.objects("secrets")  # within ENSURE_AGAIN: one check a minute
+    monkeypatch.setattr(kube_runtime, "ENSURE_AGAIN", 0.0)
+    await runtime.ensure_image(IMAGE, auth, report)
+    await created(runtime, session("3333333333333333"))
+    assert list(policies()) == [policy] and secret in cluster.objects("secrets")

@@ -106,6 +106,10 @@ PING_TIMEOUT = 5.0
 RESYNC_EVERY = 10.0  # seconds without a change after which a waiting start() reads its pod anyway
 GONE_POLL = (0.05, 1.0)  # first and longest wait between reads while a removed pod terminates
 CAPACITY_TTL = 60.0  # nodes come and go (autoscaling): their allocatable is read again after this long
+# The sessions' NetworkPolicy and the registries' pull Secrets are made sure of again after this long: one
+# deleted by hand (or by a namespace clean-up) is back within a minute, not at byoi's next restart. Without the
+# policy, sessions would admit anyone in the cluster; without the Secret, launches would fail ImagePullBackOff.
+ENSURE_AGAIN = 60.0
 DOMAIN_LABEL = "byoi.domain-id"
 PROFILE_LABEL = "byoi.user-profile"
 
@@ -167,9 +171,10 @@ class KubernetesRuntime:
         self._fixed_capacity = capacity
         self._capacity: tuple[float, HostCapacity] | None = None
         self._registries: dict[str, str] = {}  # registry host -> pull Secret written by ensure_image
-        self._written: dict[str, str] = {}  # registry host -> digest of the credentials its Secret holds
+        # registry host -> (digest of the credentials its Secret holds, when it was written)
+        self._written: dict[str, tuple[str, float]] = {}
         self._created: dict[str, KubernetesSessionSpec] = {}  # created, not started: the pod's spec
-        self._policies: set[str] = set()  # installations whose NetworkPolicy this process has made sure of
+        self._policies: dict[str, float] = {}  # installation -> when this process last made sure of its policy
         self._watches = SharedWatch(lambda: self.client, namespace)
 
     # -- the client and its errors ----------------------------------------------------------------
@@ -295,12 +300,17 @@ class KubernetesRuntime:
         registry = ref.split("/", 1)[0]
         if auth:
             written = digest(json.dumps(auth, sort_keys=True))
-            if self._written.get(registry) != written:  # once per registry and credentials in this process
+            if not self._fresh(self._written.get(registry), written):  # once a minute per registry and credentials
                 secret = Secret.from_dict(make_pull_secret(self.namespace, registry, auth))
                 await self._create(f"the pull Secret for {registry}", secret, replace_on_conflict=True)
-                self._written[registry] = written
+                self._written[registry] = (written, time.monotonic())
             self._registries[registry] = pull_secret_name(registry)
         return False
+
+    @staticmethod
+    def _fresh(written: tuple[str, float] | None, digest_now: str) -> bool:
+        """Whether the pull Secret written with `written` holds these credentials and was written recently."""
+        return written is not None and written[0] == digest_now and time.monotonic() - written[1] < ENSURE_AGAIN
 
     def kube_spec(self, spec: SessionSpec) -> KubernetesSessionSpec:
         """The session's Kubernetes spec: its home claim is the profile's (domain, profile name and home
@@ -333,12 +343,13 @@ class KubernetesRuntime:
         except ValueError as exc:
             raise RuntimeFailure(f"the session cannot run on Kubernetes: {exc}") from None
         installation = spec.labels.get(INSTALLATION)
-        if installation and installation not in self._policies:
+        made = self._policies.get(installation or "")
+        if installation and (made is None or time.monotonic() - made >= ENSURE_AGAIN):
             policy = make_network_policy(
                 self.namespace, installation, self.control_plane_labels, self.control_plane_namespace
             )
             await self._create("the sessions' NetworkPolicy", NetworkPolicy.from_dict(policy))
-            self._policies.add(installation)
+            self._policies[installation] = time.monotonic()
         pvc = make_home_pvc(kspec)
         if await self._get(PersistentVolumeClaim, kspec.pvc_name) is None:
             await self._create("the home's PersistentVolumeClaim", PersistentVolumeClaim.from_dict(pvc))
