@@ -4,8 +4,9 @@
   `X-Amz-Content-SHA256` with the body's real SHA-256 (as S3 uploads do), so the body is streamed to disk
   and checked against it instead of being held in memory. Answers `{"ContextId", "ContextSize", "Files"}`.
 - `POST /byoi/build-contexts/by-digest/{sha256}` (no body): a new ContextId for a context this caller uploaded
-  with that SHA-256 within the context TTL, without sending it again (`"Reused": true`); 404 when the server
-  has none, and the client uploads. `byoi build` asks first, so a rebuild of an unchanged directory sends nothing.
+  with that SHA-256 within the context TTL, without sending it again (`"Reused": true`); ResourceNotFound
+  when the server has none, and the client uploads. `byoi build` asks first, so a rebuild of an unchanged
+  directory sends nothing.
 - `GET /byoi/builds/{build_id}/events`: the build log as `text/event-stream`, from the start (or from the
   byte offset in `Last-Event-ID` / `?offset=`), following the build until it ends with an `end` event.
 - `GET /byoi/builds/{build_id}/log`: the whole log as plain text.

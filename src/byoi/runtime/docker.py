@@ -385,7 +385,7 @@ class DockerRuntime:
             await c.stop(t=stop_timeout)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
-                await self._remove_socket_dir(name, mounted)
+                await self._remove_session_dirs(name, mounted)
                 return
             # 304 (already stopped) and other states: removal below forces it
         except CONNECTION_ERRORS as exc:
@@ -395,9 +395,9 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status not in (404, 409):  # 409: removal already in progress
                 raise RuntimeFailure(_message(exc)) from None
-        await self._remove_socket_dir(name, mounted)
+        await self._remove_session_dirs(name, mounted)
 
-    async def _remove_socket_dir(self, name: str, mounted: Path | None = None) -> None:
+    async def _remove_session_dirs(self, name: str, mounted: Path | None = None) -> None:
         """The session's socket directory and files directory: where the container has them, and where this
         server would have put them."""
         dirs = [mounted] if mounted is not None else []
@@ -480,10 +480,7 @@ def _write_session_files(path: Path, files: Mapping[str, bytes]) -> None:
     """A fresh directory of the session's files (0755; files 0644, byoi's user's: root-owned as byoi runs), named
     as docker_args.file_sources mounts them. Its parent (socket_root) is mode 0700: nobody else on the host reads
     them; in the container each is a read-only bind mount."""
-    root = path.parent
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if root.lstat().st_uid != os.getuid() or os.path.islink(root):
-        raise ValueError(f"{root} is not a directory owned by byoi's user")
+    _own_socket_root(path.parent)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o755)
     os.chmod(path, 0o755)  # noqa: S103  (world-readable on purpose: the session user reads these files)
@@ -494,15 +491,20 @@ def _write_session_files(path: Path, files: Mapping[str, bytes]) -> None:
         os.chmod(source, 0o644)
 
 
-def _fresh_socket_dir(path: Path, uid: int, gid: int) -> None:
-    """An empty directory for the session's socket, owned by the session user (rserver creates the socket)
-    and closed to everyone else; its parent (socket_root) is byoi's, mode 0700, so nobody else can traverse."""
-    root = path.parent
+def _own_socket_root(root: Path) -> None:
+    """`socket_root`, made if missing: a real directory of byoi's user, mode 0700, so nobody else on the host
+    traverses to a session's socket or files."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = root.lstat()
     if info.st_uid != os.getuid() or not os.path.isdir(root) or os.path.islink(root):
         raise RuntimeFailure(f"the session socket directory {root} is not a directory owned by byoi's user")
     os.chmod(root, 0o700)
+
+
+def _fresh_socket_dir(path: Path, uid: int, gid: int) -> None:
+    """An empty directory for the session's socket, owned by the session user (rserver creates the socket)
+    and closed to everyone else; its parent (socket_root) is byoi's, mode 0700, so nobody else can traverse."""
+    _own_socket_root(path.parent)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o700)
     os.chown(path, uid, gid)

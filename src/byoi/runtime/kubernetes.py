@@ -120,6 +120,11 @@ _PROGRESS: contextvars.ContextVar[ProgressCallback | None] = contextvars.Context
 R = TypeVar("R")
 
 
+def _recent(made_at: float | None) -> bool:
+    """Whether something this process made sure of at `made_at` (monotonic time) need not be checked again yet."""
+    return made_at is not None and time.monotonic() - made_at < ENSURE_AGAIN
+
+
 def _when(value: Any) -> float:
     if isinstance(value, datetime.datetime):
         return value.timestamp()
@@ -300,17 +305,13 @@ class KubernetesRuntime:
         registry = ref.split("/", 1)[0]
         if auth:
             written = digest(json.dumps(auth, sort_keys=True))
-            if not self._fresh(self._written.get(registry), written):  # once a minute per registry and credentials
+            known = self._written.get(registry)
+            if known is None or known[0] != written or not _recent(known[1]):  # once a minute per registry and key
                 secret = Secret.from_dict(make_pull_secret(self.namespace, registry, auth))
                 await self._create(f"the pull Secret for {registry}", secret, replace_on_conflict=True)
                 self._written[registry] = (written, time.monotonic())
             self._registries[registry] = pull_secret_name(registry)
         return False
-
-    @staticmethod
-    def _fresh(written: tuple[str, float] | None, digest_now: str) -> bool:
-        """Whether the pull Secret written with `written` holds these credentials and was written recently."""
-        return written is not None and written[0] == digest_now and time.monotonic() - written[1] < ENSURE_AGAIN
 
     def kube_spec(self, spec: SessionSpec) -> KubernetesSessionSpec:
         """The session's Kubernetes spec: its home claim is the profile's (domain, profile name and home
@@ -343,8 +344,7 @@ class KubernetesRuntime:
         except ValueError as exc:
             raise RuntimeFailure(f"the session cannot run on Kubernetes: {exc}") from None
         installation = spec.labels.get(INSTALLATION)
-        made = self._policies.get(installation or "")
-        if installation and (made is None or time.monotonic() - made >= ENSURE_AGAIN):
+        if installation and not _recent(self._policies.get(installation)):
             policy = make_network_policy(
                 self.namespace, installation, self.control_plane_labels, self.control_plane_namespace
             )

@@ -252,9 +252,7 @@ class Launcher:
         if (await self.runtime.state(name)).gone:
             raise LaunchFailed("The container disappeared right after it started")
 
-    def session_spec(
-        self, row: Any, name: str, home: str, session_files: dict[str, bytes] | None = None
-    ) -> SessionSpec:
+    def session_spec(self, row: Any, name: str, home: str, session_files: dict[str, bytes]) -> SessionSpec:
         launch = row.spec["Launch"]
         arn = launch["Env"].get("BYOI_APP_ARN", "")
         return SessionSpec(
@@ -276,7 +274,7 @@ class Launcher:
             pids_limit=self.settings.pids_limit,
             listen_socket=bool(launch.get("ListenSocket", True)),
             instance_type=str(((row.spec or {}).get("ResourceSpec") or {}).get("InstanceType") or ""),
-            files=session_files or {},
+            files=session_files,
         )
 
     async def _pull(self, claim: Claim, row: Any, image: str) -> None:

@@ -239,15 +239,16 @@ class BuildService:
     def _reuse(self, cached: Path, context_id: str) -> dict[str, Any] | None:
         folder = self._context_dir(context_id)
         try:
-            summary = json.loads(cached.with_suffix(".json").read_text())
+            kept = json.loads(cached.with_suffix(".json").read_text())
+            summary = {"ContextSize": int(kept["ContextSize"]), "Files": int(kept["Files"])}
             folder.mkdir(parents=True)
             os.link(cached, folder / "raw.tar")
-            for kept in (cached, cached.with_suffix(".json")):
-                os.utime(kept)  # kept another context_ttl from this use
-        except (OSError, ValueError):
+            for name in (cached, cached.with_suffix(".json")):
+                os.utime(name)  # kept another context_ttl from this use
+        except (OSError, ValueError, KeyError, TypeError):  # gone, or a summary that is not one: uploaded again
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return {"ContextSize": int(summary["ContextSize"]), "Files": int(summary["Files"])}
+        return summary
 
     @staticmethod
     def _check(upload: Path, raw: Path, limit: int) -> Any:
