@@ -81,6 +81,9 @@ class HangingBuilder:
     async def ping(self) -> None:
         return None
 
+    async def base_image_ids(self, refs: Any) -> None:
+        return None  # never reused: every build runs
+
     async def build(self, request: Any, emit: Any) -> str:
         self.started += 1
         if not self.hang:

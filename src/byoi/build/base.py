@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +73,13 @@ class Builder(Protocol):
 
     async def ping(self) -> None:
         """Raise BuilderUnavailable when the backend cannot build now."""
+        ...
+
+    async def base_image_ids(self, refs: Sequence[str]) -> dict[str, str] | None:
+        """The image id each reference names where this backend builds, as its build would use it, for the
+        build-result cache (services/build_reuse.py); None when it cannot say: an image it would pull first, a
+        base image whose ONBUILD triggers reach outside the context, or a backend whose builds resolve their
+        base images elsewhere (then nothing it builds is reused)."""
         ...
 
     async def close(self) -> None: ...

@@ -16,7 +16,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import aiohttp
 import regex
 
 from byoi.build.base import BuilderUnavailable, BuildFailed, BuildRequest, Emit, PushRequest
+from byoi.build.dockerfile import triggers_are_plain
 from byoi.docker_engine import CONNECTION_ERRORS, EngineClient, registry_failure
 
 _STEP = regex.compile(r"Step (\d+)/(\d+) : (.*)")
@@ -91,6 +92,27 @@ class DockerBuilder:
             raise self.docker.gone(f"no answer within {PING_TIMEOUT:g} s") from None
         except aiodocker.DockerError as exc:
             raise BuilderUnavailable(f"Docker Engine at {self.docker.address} answered: {_error_message(exc)}") from exc
+
+    async def base_image_ids(self, refs: Sequence[str]) -> dict[str, str] | None:
+        """The classic builder uses the Engine's own copy of a base image when it has one and pulls it
+        otherwise: the ids of the copies it has, or None when one is missing (the build would pull it)."""
+        ids: dict[str, str] = {}
+        try:
+            for ref in refs:
+                try:
+                    found = await self.docker.images.inspect(ref)
+                except aiodocker.DockerError as exc:
+                    if exc.status == 404:
+                        return None
+                    raise BuilderUnavailable(
+                        f"Docker Engine at {self.docker.address} answered: {_error_message(exc)}"
+                    ) from exc
+                if not triggers_are_plain((found.get("Config") or {}).get("OnBuild")):
+                    return None
+                ids[ref] = str(found["Id"])
+        except CONNECTION_ERRORS as exc:
+            raise self.docker.gone(exc, "while looking up the base images") from exc
+        return ids
 
     async def close(self) -> None:
         if self._docker is not None:

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -264,6 +264,11 @@ class KubernetesBuilder:
             raise self._gone(exc) from None
 
     # -- the seam ---------------------------------------------------------------------------------
+
+    async def base_image_ids(self, refs: Sequence[str]) -> dict[str, str] | None:
+        """None: BuildKit in the Job pulls its base images from their registries as it builds, so nothing here
+        knows which image a tag will name then, and builds on Kubernetes are never reused."""
+        return None
 
     async def ping(self) -> None:
         async def first() -> None:

@@ -191,6 +191,7 @@ class RegistryClient:
         scope: str,
         headers: dict[str, str] | None = None,
         stream: bool = False,
+        content: bytes | None = None,
     ) -> httpx.Response:
         state = self._host(host)
         hdrs = dict(headers or {})
@@ -199,7 +200,7 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             try:
-                request = state.http.build_request(method, state.base_url + path, headers=hdrs)
+                request = state.http.build_request(method, state.base_url + path, headers=hdrs, content=content)
                 response = await state.http.send(request, stream=stream)
             except httpx.TimeoutException as exc:
                 raise self._unreachable(
@@ -320,6 +321,26 @@ class RegistryClient:
             )
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return digest, media_type, raw
+
+    async def put_manifest(self, host: str, repository: str, tag: str, media_type: str, raw: bytes) -> str:
+        """Put a manifest (its blobs already in `repository`) under `tag`; return the digest the registry
+        stored it as, checked against the content's."""
+        if not media_type:
+            raise RegistryBadContent(f"no media type for the manifest to tag {repository}:{tag} with")
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        response = await self._send(
+            host,
+            "PUT",
+            f"/v2/{repository}/manifests/{tag}",
+            f"repository:{repository}:pull,push",
+            headers={"Content-Type": media_type},
+            content=raw,
+        )
+        self._check_status(response, host, repository, f"tag {tag}")
+        announced = response.headers.get("docker-content-digest")
+        if announced and announced != digest:
+            raise RegistryBadContent(f"registry {host} stored {repository}:{tag} as {announced}, not {digest}")
+        return digest
 
     async def _repository_exists(self, host: str, repository: str, scope: str) -> bool:
         """Some registries (Distribution 2.8) answer MANIFEST_UNKNOWN for a missing repository too; the

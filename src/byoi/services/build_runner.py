@@ -22,6 +22,7 @@ from byoi.build.settings import BuildSettings
 from byoi.errors import ByoiError, ResourceInUse
 from byoi.jobs.worker import Claim, RetryLater
 from byoi.registry.engine_auth import engine_auth
+from byoi.services.build_reuse import CONTEXT_DIGEST, BuildReuse
 from byoi.services.context import ServiceContext
 from byoi.services.image_versions import ImageVersionService
 from byoi.services.images import ImageService
@@ -69,6 +70,7 @@ class BuildRunner:
         self.root = root
         self._admission = asyncio.Lock()
         self._stops: dict[str, asyncio.Event] = {}
+        self.reuse = BuildReuse(ctx, builder)
 
     def request_stop(self, build_id: str) -> None:
         """A stop recorded in the store; if this process runs the build, stop it now rather than at the next poll."""
@@ -174,37 +176,22 @@ class BuildRunner:
                 return
 
     async def _steps(self, claim: Claim, row: Any, blog: BuildLog) -> tuple[str, dict[str, Any]]:
-        """Build, push and register; return the final status and the values to record with it."""
-        spec, folder = row.spec, self.root / row.build_id
+        """Build and push (or tag the image of an earlier build with the same inputs), then register; return the
+        final status and the values to record with it."""
         where = f"{row.registry}/{row.repository}:{row.tag}"
+        values: dict[str, Any] = {}
         try:
             await self.builder.ping()
-            context = folder / "context.tar"
-            if not context.exists():
-                summary = await asyncio.to_thread(filter_context, folder / "raw.tar", context, spec["Dockerfile"])
-                excluded = f", {summary.excluded} excluded by .dockerignore" if summary.excluded else ""
-                blog.write("note", m=f"Build context: {summary.files} files, {summary.size} bytes{excluded}")
-            plain_http = any(r.host == row.registry and r.scheme == "http" for r in self.ctx.settings.registries)
-            destination = PushRequest(
-                "", f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry), insecure=plain_http
-            )
-            request = BuildRequest(
-                context_tar=context,
-                dockerfile=spec["Dockerfile"],
-                build_args=spec.get("BuildArgs") or {},
-                target=spec.get("Target"),
-                labels=spec.get("Labels") or {},
-                platform=spec.get("Platform"),
-                no_cache=bool(spec.get("NoCache")),
-                build_id=row.build_id,
-                push_to=destination,
-            )
-            image_id = await self.builder.build(request, blog.emit)
-            await self._update(claim, status="PUSHING")
-            blog.write("status", s="PUSHING", m=where)
-            digest = await self.builder.push(replace(destination, image_id=image_id), blog.emit)
-            blog.write("note", m=f"Pushed {where} as {row.registry}/{row.repository}@{digest}")
-            await self._update(claim, digest=digest)
+            key = await self.reuse.key(row, self.root / row.build_id, blog)
+            reused = await self.reuse.retag(row, key, blog) if key and not row.spec.get("NoCache") else None
+            if reused is not None:
+                digest = reused.digest
+                values["reused_from"] = reused.build_id
+                blog.write("note", m=f"Tagged {where} as {row.registry}/{row.repository}@{digest}")
+            else:
+                digest = await self._build_and_push(claim, row, blog, where)
+            values.update(digest=digest, inputs_digest=key)
+            await self._update(claim, **values)
         except BuildFailed as exc:
             blog.flush_partial()
             return "FAILED", {
@@ -213,7 +200,6 @@ class BuildRunner:
             }
         except BuilderUnavailable as exc:  # "Docker Engine is not reachable at <address>: <why>"
             return "FAILED", {"failure_reason": str(exc)[:1024]}
-        values: dict[str, Any] = {"digest": digest}
         if row.image_name:
             try:
                 values["image_version_arn"] = await self._register(row, digest)
@@ -222,6 +208,36 @@ class BuildRunner:
                 reason = f"Pushed {row.registry}/{row.repository}@{digest} but could not register a version of "
                 return "FAILED", {**values, "failure_reason": (reason + f"{row.image_name}: {exc.message}")[:1024]}
         return "SUCCEEDED", values
+
+    async def _build_and_push(self, claim: Claim, row: Any, blog: BuildLog, where: str) -> str:
+        """Run the build on the builder and push its image; return the pushed manifest's digest."""
+        spec, folder = row.spec, self.root / row.build_id
+        context = folder / "context.tar"
+        if not context.exists():
+            summary = await asyncio.to_thread(filter_context, folder / "raw.tar", context, spec["Dockerfile"])
+            excluded = f", {summary.excluded} excluded by .dockerignore" if summary.excluded else ""
+            blog.write("note", m=f"Build context: {summary.files} files, {summary.size} bytes{excluded}")
+        plain_http = any(r.host == row.registry and r.scheme == "http" for r in self.ctx.settings.registries)
+        destination = PushRequest(
+            "", f"{row.registry}/{row.repository}", row.tag, self._auth(row.registry), insecure=plain_http
+        )
+        request = BuildRequest(
+            context_tar=context,
+            dockerfile=spec["Dockerfile"],
+            build_args=spec.get("BuildArgs") or {},
+            target=spec.get("Target"),
+            labels=spec.get("Labels") or {},
+            platform=spec.get("Platform"),
+            no_cache=bool(spec.get("NoCache")),
+            build_id=row.build_id,
+            push_to=destination,
+        )
+        image_id = await self.builder.build(request, blog.emit)
+        await self._update(claim, status="PUSHING")
+        blog.write("status", s="PUSHING", m=where)
+        digest = await self.builder.push(replace(destination, image_id=image_id), blog.emit)
+        blog.write("note", m=f"Pushed {where} as {row.registry}/{row.repository}@{digest}")
+        return digest
 
     def _auth(self, host: str) -> dict[str, str] | None:
         return engine_auth(self.ctx.settings.registries, self.ctx.settings.docker_config, host)
@@ -284,6 +300,6 @@ class BuildRunner:
             return  # another worker took the row over; it writes the outcome
         blog.write("status", s=status, m=values.get("failure_reason"))
         folder = self.root / build_id
-        for name in ("raw.tar", "context.tar"):
+        for name in ("raw.tar", "context.tar", CONTEXT_DIGEST):
             (folder / name).unlink(missing_ok=True)
         self.ctx.worker.wake(builds_t)  # the next queued build starts now

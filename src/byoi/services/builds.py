@@ -33,6 +33,7 @@ from byoi.build.settings import BuildSettings
 from byoi.errors import ResourceNotFound, ValidationException
 from byoi.jobs.worker import Task
 from byoi.registry import reference
+from byoi.services.build_reuse import CONTEXT_DIGEST
 from byoi.services.build_runner import ACTIVE, BuildRunner
 from byoi.services.context import ServiceContext
 from byoi.services.image_versions import ImageVersionService
@@ -194,6 +195,7 @@ class BuildService:
                     "the uploaded body does not match its signed X-Amz-Content-SHA256 (upload damaged or altered)"
                 )
             summary = await asyncio.to_thread(self._check, upload, folder / "raw.tar", limit)
+            (folder / CONTEXT_DIGEST).write_text(sha256)  # a key of the build-result cache (build_reuse.py)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -228,7 +230,7 @@ class BuildService:
             raise ValidationException(f"{sha256[:80]!r} is not a SHA-256 digest: 64 lower-case hexadecimal digits")
         await asyncio.to_thread(self._sweep_contexts)
         context_id = "ctx-" + uuid.uuid4().hex
-        summary = await asyncio.to_thread(self._reuse, self._cached_context(sha256, principal), context_id)
+        summary = await asyncio.to_thread(self._reuse, self._cached_context(sha256, principal), context_id, sha256)
         if summary is None:
             raise ResourceNotFound(
                 f"No build context with SHA-256 {sha256} uploaded by you in the last "
@@ -236,13 +238,14 @@ class BuildService:
             )
         return {"ContextId": context_id, **summary, "Reused": True}
 
-    def _reuse(self, cached: Path, context_id: str) -> dict[str, Any] | None:
+    def _reuse(self, cached: Path, context_id: str, sha256: str) -> dict[str, Any] | None:
         folder = self._context_dir(context_id)
         try:
             kept = json.loads(cached.with_suffix(".json").read_text())
             summary = {"ContextSize": int(kept["ContextSize"]), "Files": int(kept["Files"])}
             folder.mkdir(parents=True)
             os.link(cached, folder / "raw.tar")
+            (folder / CONTEXT_DIGEST).write_text(sha256)
             for name in (cached, cached.with_suffix(".json")):
                 os.utime(name)  # kept another context_ttl from this use
         except (OSError, ValueError, KeyError, TypeError):  # gone, or a summary that is not one: uploaded again
@@ -471,6 +474,7 @@ class BuildService:
             "StopRequested": row.stop_requested,
             "QueuePosition": position,
             "ContextSize": row.context_size,
+            "ReusedBuildId": row.reused_from,
             "LogSize": log.stat().st_size if log.exists() else 0,
             **{k: v for k, v in row.spec.items() if k != "Resumes"},
         }
@@ -536,7 +540,7 @@ class BuildService:
         return {"BuildId": row.build_id, "BuildStatus": status}
 
     def _forget_context(self, build_id: str) -> None:
-        for name in ("raw.tar", "context.tar"):
+        for name in ("raw.tar", "context.tar", CONTEXT_DIGEST):
             (self.root / build_id / name).unlink(missing_ok=True)
         blog = BuildLog(self.log_path(build_id), self.settings.log_limit)
         blog.write("status", s="STOPPED", m="Stopped on request before it started")

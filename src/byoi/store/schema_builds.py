@@ -27,6 +27,10 @@ image_builds = sa.Table(
     sa.Column("failed_step", sa.String(512)),
     sa.Column("stop_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("context_size", sa.BigInteger, nullable=False, server_default="0"),
+    # The build-result cache (services/build_reuse.py): the SHA-256 of what a successful build was made from
+    # (context, options, base images), and for a build that re-tagged an earlier one's image, that build's id.
+    sa.Column("inputs_digest", sa.String(64)),
+    sa.Column("reused_from", sa.String(40)),
     # Dockerfile, BuildArgs, Target, Labels, Platform, RoleArn: what the build was asked for.
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -36,5 +40,6 @@ image_builds = sa.Table(
     *_lease_columns(),
 )
 sa.Index("ix_image_builds_status", image_builds.c.status)
+sa.Index("ix_image_builds_inputs_digest", image_builds.c.inputs_digest)
 # Unique: the store decides which of two StartImageBuild calls with one ClientToken starts the build.
 sa.Index("ix_image_builds_client_token", image_builds.c.client_token, unique=True)
