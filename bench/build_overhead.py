@@ -4,7 +4,10 @@ Both sides use the same Docker Engine and the same local registry, in the same r
 - direct: `/usr/bin/docker build` (classic builder, as byoi's Docker backend uses) then `docker push`;
 - byoi:   `byoi build CTX --image REPO --tag TAG` (pack, signed upload, queue, build, push, log streaming).
 "cold" builds get fresh random content (no layer cache, new blobs to push); "warm" rebuild the previous
-context unchanged (every step cached, every layer already in the registry).
+context unchanged (every step cached, every layer already in the registry): byoi answers it from its build-result
+cache (the earlier build's image, tagged again); "warm_other_repo" rebuilds it for another repository, where
+byoi's cache does not apply and the Engine's layer cache does, as for `docker build` (the push mounts the layers
+from the first repository on both sides).
 
     PYTHONPATH=. .venv/bin/python bench/build_overhead.py [--runs 3] [--mb 16] [--byoi "CMD"]
 
@@ -77,7 +80,8 @@ def main() -> None:
     port = free_port()
     registry = start_registry(work / "registry", port)
     server = ByoiServer(data_dir=work / "byoi", registries=[f"http://127.0.0.1:{port}"]).start()
-    times: dict[str, dict[str, list[float]]] = {"cold": {"direct": [], "byoi": []}, "warm": {"direct": [], "byoi": []}}
+    cases = ("cold", "warm", "warm_other_repo")
+    times: dict[str, dict[str, list[float]]] = {case: {"direct": [], "byoi": []} for case in cases}
     try:
         # One untimed build each first, so the base image's layers are in the registry for both sides.
         warmup = make_context(work / "warmup", 1)
@@ -87,8 +91,10 @@ def main() -> None:
             for side in ("direct", "byoi"):
                 ctx = make_context(work / f"{side}-{i}", opts.mb)
                 repo = f"bench/{side}"
-                for case in ("cold", "warm"):  # warm: the same context again, right after
+                for case in cases:  # warm: the same context again, right after
                     tag = f"{case}{i}"
+                    if case == "warm_other_repo":
+                        repo = f"bench/{side}-other"
                     if side == "direct":
                         times[case][side].append(direct(ctx, f"127.0.0.1:{port}/{repo}:{tag}"))
                     else:
