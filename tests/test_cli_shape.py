@@ -253,8 +253,8 @@ def test_a_plain_build_starts_without_typers_parameter_checks(tmp_path):
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     imported = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
     assert run.returncode == ExitCode.USAGE and "is not a directory" in run.stderr
-    assert "byoi.cli.builds" in imported and not {m for m in imported if m.startswith(("pydantic", "typer._adapters"))}
-    assert "byoi.cli.main" not in imported  # the other commands' tree is not built
+    assert "byoi.cli.build_run" in imported and not {m for m in imported if m.startswith(("pydantic", "typer"))}
+    assert not {"byoi.cli.main", "byoi.cli.builds", "byoi.cli.common"} & imported  # no typer command tree at all
 
 
 def test_the_model_directory_is_made_once_and_a_read_only_cache_falls_back(tmp_path, monkeypatch):
@@ -543,6 +543,58 @@ def test_a_failed_build_exits_7_and_ctrl_c_stops_one_only_when_told_to(world, tm
         os.close(master)
     described = s.extension(world["server"]).describe_image_build(BuildId=build_id)
     assert (described["BuildStatus"], described["StopRequested"]) == ("STOPPED", True)
+
+
+# A plain `byoi build` process, with a hook that lists the modules it imported once it is done.
+MODULES_AT_EXIT = """
+import atexit, json, os, sys
+atexit.register(lambda: open(os.environ["BYOI_MODULES_OUT"], "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["byoi", *json.loads(os.environ["BYOI_ARGV"])]
+from byoi.cli.entry import main
+main()
+"""
+HEAVY_CLIENTS = ("botocore", "boto3", "httpx2", "httpcore2", "typer", "pydantic")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@docker
+def test_a_plain_build_imports_no_heavy_client_and_answers_as_botocore_would(world, tmp_path):
+    """The console script's build, against the real server: built, pushed and registered without botocore, boto3,
+    httpx2/httpcore2, typer or pydantic ever imported, and with the document botocore's clients describe; a
+    warm rebuild through typer's command (the other door) prints a document of the same shape."""
+    from byoi.cli.common import document
+
+    ensure_base_image()
+    root = tmp_path / "ctx"
+    root.mkdir()
+    name = unique("shape-lean")
+    (root / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nRUN echo lean-{name} > /lean\n")
+    argv = ["build", str(root), "--image", name, "--register", "-o", "json"]
+    out = tmp_path / "modules.json"
+    env = {**world["env"], "BYOI_MODULES_OUT": str(out), "BYOI_ARGV": json.dumps(argv)}
+    run = subprocess.run([sys.executable, "-c", MODULES_AT_EXIT], env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    modules = json.loads(out.read_text())
+    assert "byoi.cli.build_run" in modules and "http.client" in modules  # it did build, over http.client
+    assert [m for m in modules if m.split(".")[0] in HEAVY_CLIENTS] == []
+
+    printed = json.loads(run.stdout)
+    version = printed.pop("ImageVersion")
+    assert printed == document(s.extension(world["server"]).describe_image_build(BuildId=printed["BuildId"]))
+    theirs = world["server"].client().describe_image_version(ImageName=name, Version=1)
+    assert version["ImageVersionStatus"] == "CREATED" and f"lean-{name}" in run.stderr  # the log: stderr
+    assert version == document(theirs)  # the API's answer, without the HTTP exchange's ResponseMetadata
+
+    typed = byoi(world, *argv[:-2], "--tag", "again", "-o", "json")
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    again = json.loads(typed.stdout)  # a warm rebuild may be the build-result cache's: ReusedBuildId and all
+    described = s.extension(world["server"]).meta.service_model.operation_model("DescribeImageBuild")
+    model = list(described.output_shape.members)
+    for built in (printed, again):
+        assert [k for k in built if k != "ImageVersion"] == [m for m in model if m in built]  # the model's order
+    assert list(again["ImageVersion"]) == list(version)
 
 
 @pytest.mark.docker

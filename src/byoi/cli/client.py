@@ -2,7 +2,8 @@
 
 Order: `--endpoint-url`, else `AWS_ENDPOINT_URL_SAGEMAKER` / `AWS_ENDPOINT_URL`, else
 http://127.0.0.1:8080; `--profile`, else `AWS_PROFILE`, else whatever botocore finds (environment,
-`AWS_SHARED_CREDENTIALS_FILE`, ~/.aws), else the administrator key byoi wrote to its data dir.
+`AWS_SHARED_CREDENTIALS_FILE`, ~/.aws), else the administrator key byoi wrote to its data dir. `byoi build`
+finds the same without botocore where it can (byoi.cli.credentials), and through `_session_and_endpoint` otherwise.
 
 Clients load their service models from a small botocore data directory in the user's cache
 (`~/.cache/byoi/botocore-<key>`): SageMaker's model cut down to the operations the CLI calls (with every shape
@@ -23,8 +24,11 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from byoi.cli.credentials import ClientSetupError as ClientSetupError  # shared with the build path's client
+from byoi.cli.credentials import endpoint as _endpoint
+from byoi.cli.credentials import unknown_profile
 from byoi.config import CREDENTIALS_PROFILE as PROFILE
-from byoi.config import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
+from byoi.config import default_data_dir
 
 if TYPE_CHECKING:
     import botocore.session
@@ -59,30 +63,6 @@ SAGEMAKER_API_VERSION = "2017-07-24"
 _BOTOCORE_FILES = ("partitions.json", "sdk-default-configuration.json", "_retry.json")
 
 
-class ClientSetupError(Exception):
-    """The client cannot be set up from what the user gave (a bad endpoint URL, an unknown profile): the
-    message says which setting is wrong and where it came from."""
-
-
-def _endpoint(endpoint_url: str | None) -> str:
-    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
-
-    for source, value in (
-        ("--endpoint-url", endpoint_url),
-        ("AWS_ENDPOINT_URL_SAGEMAKER", os.environ.get("AWS_ENDPOINT_URL_SAGEMAKER")),
-        ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
-    ):
-        if value:
-            # botocore would raise a bare "ValueError: Invalid endpoint" later, naming neither option nor source.
-            valid = is_valid_endpoint_url(value) or is_valid_ipv6_endpoint_url(value)
-            if not valid or not value.lower().startswith(("http://", "https://")):
-                raise ClientSetupError(
-                    f"{source} {value!r} is not a URL: use http(s)://host[:port], e.g. http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-                )
-            return value
-    return f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-
-
 def _session_and_endpoint(endpoint_url: str | None, profile: str | None) -> tuple[botocore.session.Session, str]:
     import botocore.session
     from botocore.exceptions import ProfileNotFound
@@ -99,14 +79,7 @@ def _session_and_endpoint(endpoint_url: str | None, profile: str | None) -> tupl
         session = botocore.session.Session(profile=profile)
         session.get_scoped_config()  # an unknown profile is refused here, naming it
     except ProfileNotFound as exc:
-        files = (
-            os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
-            os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"),
-        )
-        raise ClientSetupError(
-            f"{source}: profile {exc.kwargs.get('profile', profile)!r} not found in {files[0]} or {files[1]}"
-            " (set AWS_SHARED_CREDENTIALS_FILE to byoi's <data-dir>/credentials and use profile byoi)"
-        ) from None
+        raise unknown_profile(source, exc.kwargs.get("profile", profile)) from None
     _use_cli_models(session)
     return session, endpoint
 

@@ -5,7 +5,9 @@ Why: a `byoi build` of an unchanged context is mostly fixed cost, and a third of
 that took 90 ms of each start (`python -X importtime`); parsing the whole command tree took more. Builds are
 the command people run in a loop, so `build`'s options are parsed here with argparse, exactly as typer
 declares them (tests/test_cli_shape.py compares the two parsers, option by option), and the same function
-runs: `byoi.cli.builds.build`, with the same checks, output and exit statuses.
+runs: `byoi.cli.build_run.build`, which typer's `byoi build` calls too, with the same checks, output and exit
+statuses. That function and what it imports use neither typer, botocore nor httpx (byoi/cli/build_run.py says
+why), so a plain build starts with the standard library, rich and regex alone.
 
 Anything this parser does not take as a plain build (`--help`, a misspelt or missing option, a bad choice)
 goes to typer, which answers it as it always has (the same usage messages and exit status 2).
@@ -71,24 +73,24 @@ def main() -> None:
 
 
 def run_build(args: dict[str, Any]) -> int:
-    """Run `byoi.cli.builds.build` as typer would: its exit status, one line for a client failure (as
+    """Run `byoi.cli.build_run.build` as typer runs it: its exit status, one line for a client failure (as
     `main._OneLineErrors` does), and click's "Aborted!" for a Ctrl-C the command does not handle itself."""
     from pathlib import Path
 
-    import typer
-
-    from byoi.cli import builds
-    from byoi.cli.common import fail, is_client_failure
+    from byoi.cli import build_run
 
     try:
-        builds.build(**{**args, "path": Path(args["path"])})
-    except typer.Exit as exc:
-        return int(exc.exit_code)
+        build_run.build(**{**args, "path": Path(args["path"])})
+    except build_run.Exit as exc:
+        return exc.code
     except KeyboardInterrupt:
         print("\nAborted!", file=sys.stderr)
         return 1
     except Exception as exc:
-        if is_client_failure(exc):
-            return int(fail(exc).exit_code)  # type: ignore[arg-type]
+        if "botocore" in sys.modules:  # credentials only botocore finds (byoi.cli.wire) failed in its own words
+            from byoi.cli.common import fail, is_client_failure
+
+            if is_client_failure(exc):
+                return int(fail(exc).exit_code)  # type: ignore[arg-type]
         raise
     return 0
