@@ -458,6 +458,36 @@ def test_build_pushes_to_a_registry_that_wants_credentials(server_factory, regis
     assert reason.split(" | ")[0] in result.stderr.replace("\n", "")
 
 
+def test_a_base_image_on_a_registry_that_wants_credentials_is_pulled_with_them(
+    server_factory, registry, basic_registry, name, tmp_path
+):
+    engine = docker_client()
+    base = f"{basic_registry}/private-base/{name}"
+    engine.images.get(BASE_IMAGE).tag(base, tag="v1")
+    pushed = engine.images.push(base, tag="v1", auth_config={"username": REGISTRY_USER, "password": REGISTRY_PASSWORD})
+    assert '"error"' not in pushed, pushed
+    engine.images.remove(f"{base}:v1")  # only the registry has it now: the build must pull it
+    root = tmp_path / "ctx"
+    root.mkdir()
+    (root / "Dockerfile").write_text(f"FROM {base}:v1\nRUN echo from-private-{name}\n")
+
+    # Without credentials for that registry the pull is refused, and the reason says so.
+    without = _registries_file(tmp_path / "without.toml", basic_registry, None)
+    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", without])
+    result = byoi(srv, "build", str(root), "--image", f"{registry}/{name}", "--tag", "v1")
+    assert result.returncode == 7
+    srv.session()
+    [build] = extension_client(srv.endpoint, "byoi").list_image_builds()["ImageBuilds"]
+    assert build["FailureReason"].startswith("Step 1/2 : FROM ") and "auth" in build["FailureReason"], build
+
+    with_credentials = _registries_file(tmp_path / "with.toml", basic_registry, REGISTRY_PASSWORD)
+    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", with_credentials])
+    result = byoi(srv, "build", str(root), "--image", f"{basic_registry}/{name}", "--tag", "v1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"from-private-{name}" in result.stdout
+    subprocess.run(["docker", "rmi", "-f", f"{base}:v1"], capture_output=True)
+
+
 def test_push_progress_is_reported_per_layer(server, ext, name, tmp_path):
     # About 3 MB that does not compress: a layer whose push takes more than one progress report.
     build_id = start(

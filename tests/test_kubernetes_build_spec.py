@@ -294,6 +294,17 @@ def test_the_push_secret_is_a_docker_config_for_the_registry() -> None:
     assert json.loads(base64.b64decode(anonymous)) == {"auths": {}}
 
 
+def test_the_secret_also_carries_the_credentials_for_base_images() -> None:
+    pulls = {"private.test": {"username": "bob", "password": "pw"}, "registry.test:5000": {"identitytoken": "old"}}
+    data = make_push_secret(spec(), {"identitytoken": "push"}, pulls)["data"][".dockerconfigjson"]
+    assert json.loads(base64.b64decode(data)) == {
+        "auths": {
+            "private.test": {"auth": base64.b64encode(b"bob:pw").decode()},
+            "registry.test:5000": {"identitytoken": "push"},  # the push registry's own credentials win
+        }
+    }
+
+
 def test_the_job_mounts_the_secret_it_is_given() -> None:
     s = replace(spec(), build_id="b-fedcba9876543210")
     volumes = make_build_job(s)["spec"]["template"]["spec"]["volumes"]

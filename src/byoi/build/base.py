@@ -40,6 +40,9 @@ class BuildRequest:
     # Where the image will be pushed: a backend that pushes while it builds (BuildKit) needs it before `push`;
     # Docker Engine's ignores it and pushes in `push`.
     push_to: PushRequest | None = None
+    # Credentials per registry host for the images the build pulls (FROM, COPY --from): every registry byoi has
+    # credentials for, as the Engine's X-Registry-Config or BuildKit's Docker config carries them.
+    pull_auths: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class BuildFailed(Exception):

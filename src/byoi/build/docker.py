@@ -69,6 +69,12 @@ def registry_auth_header(auth: dict[str, str] | None, server: str) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
 
 
+def registry_config_header(auths: dict[str, dict[str, str]]) -> str:
+    """The X-Registry-Config header value of a build: base64url JSON of the credentials per registry host."""
+    payload = {host: {**auth, "serveraddress": host} for host, auth in auths.items()}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
 class DockerBuilder:
     name = "docker"
 
@@ -131,6 +137,9 @@ class DockerBuilder:
             params["platform"] = request.platform
         if request.no_cache:
             params["nocache"] = "1"
+        headers = {"content-type": "application/x-tar"}
+        if request.pull_auths:  # for base images from registries that want credentials
+            headers["X-Registry-Config"] = registry_config_header(request.pull_auths)
         step: str | None = None
         image_id: str | None = None
         try:
@@ -139,7 +148,7 @@ class DockerBuilder:
                 "POST",
                 params=params,
                 data=_file_chunks(request.context_tar),
-                headers={"content-type": "application/x-tar"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30),
             ) as response:
                 pending = ""  # the Engine cuts output anywhere: a line can come in two stream messages

@@ -328,7 +328,7 @@ class KubernetesBuilder:
         spec = self.build_spec(request)  # refuses a request without push_to
         assert request.push_to is not None
         try:
-            await self._write_secret(spec, request.push_to.auth)
+            await self._write_secret(spec, request.push_to.auth, request.pull_auths)
             job = await self._create_job(spec)
             digest = await self._follow(spec, emit, job)
         except asyncio.CancelledError:
@@ -357,8 +357,10 @@ class KubernetesBuilder:
 
     # -- the objects ------------------------------------------------------------------------------
 
-    async def _write_secret(self, spec: KubernetesBuildSpec, auth: dict[str, str] | None) -> None:
-        secret: Any = Secret.from_dict(make_push_secret(spec, auth))
+    async def _write_secret(
+        self, spec: KubernetesBuildSpec, auth: dict[str, str] | None, pull_auths: dict[str, dict[str, str]]
+    ) -> None:
+        secret: Any = Secret.from_dict(make_push_secret(spec, auth, pull_auths))
         try:
             await self.client.create(secret)
         except httpx.HTTPStatusError as exc:

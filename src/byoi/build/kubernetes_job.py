@@ -232,23 +232,39 @@ def buildctl_args(spec: KubernetesBuildSpec) -> list[str]:
     return args
 
 
-def docker_config(registry: str, auth: Mapping[str, str] | None) -> dict[str, Any]:
-    """A Docker config.json giving `auth` (username/password or an identity token) for `registry`."""
+def _config_entry(auth: Mapping[str, str] | None) -> dict[str, str] | None:
     if not auth:
-        return {"auths": {}}
+        return None
     if auth.get("username") is not None:
         user, password = auth["username"], auth.get("password", "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        return {"auths": {registry: {"auth": token}}}
+        return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
     if auth.get("identitytoken"):
-        return {"auths": {registry: {"identitytoken": auth["identitytoken"]}}}
-    return {"auths": {}}
+        return {"identitytoken": auth["identitytoken"]}
+    return None
 
 
-def make_push_secret(spec: KubernetesBuildSpec, auth: Mapping[str, str] | None) -> dict[str, Any]:
-    """The push credentials for the build's registry, as a `kubernetes.io/dockerconfigjson` Secret."""
+def docker_config(
+    registry: str, auth: Mapping[str, str] | None, pull_auths: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
+    """A Docker config.json giving `auth` (username/password or an identity token) for `registry`, and
+    `pull_auths` for the registries the build pulls from (the push registry's own `auth` wins)."""
+    auths: dict[str, dict[str, str]] = {}
+    for host, entry in [*(pull_auths or {}).items(), (registry, auth)]:
+        value = _config_entry(entry)
+        if value is not None:
+            auths[host] = value
+    return {"auths": auths}
+
+
+def make_push_secret(
+    spec: KubernetesBuildSpec,
+    auth: Mapping[str, str] | None,
+    pull_auths: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The build's registry credentials (to push, and to pull its base images), as a
+    `kubernetes.io/dockerconfigjson` Secret."""
     registry = spec.repository.split("/", 1)[0]
-    config = json.dumps(docker_config(registry, auth), sort_keys=True)
+    config = json.dumps(docker_config(registry, auth, pull_auths), sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -21,6 +21,7 @@ from byoi.build.logstore import BuildLog
 from byoi.build.settings import BuildSettings
 from byoi.errors import ByoiError, ResourceInUse
 from byoi.jobs.worker import Claim, RetryLater
+from byoi.registry.client import docker_config_credentials
 from byoi.registry.engine_auth import engine_auth
 from byoi.services.build_reuse import CONTEXT_DIGEST, BuildReuse
 from byoi.services.context import ServiceContext
@@ -231,6 +232,7 @@ class BuildRunner:
             no_cache=bool(spec.get("NoCache")),
             build_id=row.build_id,
             push_to=destination,
+            pull_auths=self._pull_auths(),
         )
         image_id = await self.builder.build(request, blog.emit)
         await self._update(claim, status="PUSHING")
@@ -241,6 +243,14 @@ class BuildRunner:
 
     def _auth(self, host: str) -> dict[str, str] | None:
         return engine_auth(self.ctx.settings.registries, self.ctx.settings.docker_config, host)
+
+    def _pull_auths(self) -> dict[str, dict[str, str]]:
+        """Credentials for every registry byoi has some for (the registries file, then the Docker config's
+        `auths`), for the base images a build pulls: a FROM on a private registry is as buildable as a push to one."""
+        settings = self.ctx.settings
+        hosts = [r.host for r in settings.registries] + sorted(docker_config_credentials(settings.docker_config))
+        found = {host: engine_auth(settings.registries, settings.docker_config, host) for host in dict.fromkeys(hosts)}
+        return {host: auth for host, auth in found.items() if auth}
 
     async def _register(self, row: Any, digest: str) -> str:
         """Create the image if missing, then a version pinned to the pushed digest (idempotent on restart)."""
