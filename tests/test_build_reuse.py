@@ -47,6 +47,7 @@ from tests.support.processes import ByoiServer, byoi_cli
         ("FROM --platform=$BUILDPLATFORM debian:12 AS b\n", {}, ["debian:12"]),
         ("FROM debian:12\nONBUILD COPY --from=other /a /a\n", {}, ["debian:12"]),
         ("FROM debian:12\nADD local.tar /x\n", {}, ["debian:12"]),
+        ("\ufeffFROM a\r\nFROM b\r\n", {}, ["a", "b"]),  # a byte order mark and CRLF line ends
     ],
 )
 def test_the_base_images_are_found_as_the_classic_builder_reads_them(text, args, expected):

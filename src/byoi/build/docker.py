@@ -107,12 +107,8 @@ class DockerBuilder:
             for ref in refs:
                 try:
                     found = await self.docker.images.inspect(ref)
-                except aiodocker.DockerError as exc:
-                    if exc.status == 404:
-                        return None
-                    raise BuilderUnavailable(
-                        f"Docker Engine at {self.docker.address} answered: {_error_message(exc)}"
-                    ) from exc
+                except aiodocker.DockerError:
+                    return None  # not here (the build would pull it), or a reference the build itself refuses
                 if not triggers_are_plain((found.get("Config") or {}).get("OnBuild")):
                     return None
                 ids[ref] = str(found["Id"])

@@ -36,7 +36,7 @@ def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) for each instruction, continuations joined and comments dropped, as the
     classic builder's parser reads them."""
     escape = "\\"
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()  # a UTF-8 byte order mark is not part of the first word
     start = 0
     while start < len(lines) and (m := _DIRECTIVE.fullmatch(lines[start])):  # parser directives: at the top only
         if m[1].lower() == "escape":
