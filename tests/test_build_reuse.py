@@ -15,7 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from byoi.build.dockerfile import Unsure, base_images, instructions
+from byoi.build.dockerfile import Unsure, base_images, instructions, triggers_are_plain
 from byoi.services.build_reuse import inputs_digest
 from tests.support.docker_images import BASE_IMAGE, docker_available, docker_client, ensure_base_image
 from tests.support.processes import ByoiServer, byoi_cli
@@ -45,7 +45,16 @@ from tests.support.processes import ByoiServer, byoi_cli
         ("FROM \\\n  debian:12 \\\n  AS base\nRUN echo \\\n# a comment in a continuation\n  done\n", {}, ["debian:12"]),
         ("# escape=`\nFROM debian:12 `\n  AS b\nRUN dir c:\\\n", {}, ["debian:12"]),
         ("FROM --platform=$BUILDPLATFORM debian:12 AS b\n", {}, ["debian:12"]),
-        ("FROM debian:12\nONBUILD COPY --from=other /a /a\n", {}, ["debian:12"]),
+        ("FROM debian:12\nONBUILD RUN make\n", {}, ["debian:12"]),
+        ("FROM scratch\nENV A=b\\\\\nFROM img\n", {}, ["img"]),  # an escaped escape does not continue the line
+        ("  # escape=`\nFROM scratch\nRUN dir c:\\\nFROM img\n", {}, ["img"]),  # an indented directive counts
+        ('FROM scratch\nLABEL "x\fFROM scratch AS helper\f"=y\nCOPY --from=helper /a /b\n', {}, ["helper"]),
+        ("FROM scratch AS golang\nCOPY --from=golang /a /b\n", {}, ["golang"]),  # its own name: not yet a stage
+        (
+            "FROM a@sha256:" + "0" * 64 + "\nCOPY --from=b:1@sha256:" + "1" * 64 + " /x /y\n",
+            {},
+            ["a@sha256:" + "0" * 64, "b:1@sha256:" + "1" * 64],
+        ),
         ("FROM debian:12\nADD local.tar /x\n", {}, ["debian:12"]),
         ("\ufeffFROM a\r\nFROM b\r\n", {}, ["a", "b"]),  # a byte order mark and CRLF line ends
     ],
@@ -66,11 +75,23 @@ def test_the_base_images_are_found_as_the_classic_builder_reads_them(text, args,
         ("FROM a b\n", "FROM"),
         ("# escape=|\nFROM a\n", "escape"),
         ('ARG A="x y"\nFROM $A\n', "quotes"),
+        ("FROM scratch AS a\nONBUILD COPY --from=img /f /g\nFROM a\n", "ONBUILD"),
+        ("FROM scratch\nARG URL=http://x.invalid/f\nADD $URL /f\n", "ADD"),
+        ('FROM a\nADD ["http:\\/\\/x.invalid/f", "/f"]\n', "ADD"),
+        ("FROM a\nRUN <<EOF\nFROM x AS n\nEOF\n", "heredoc"),
+        ("FROM ../containers\n", "image reference"),
+        ("FROM a\nCOPY --from=\u00b2 /x /y\n", "image reference"),
     ],
 )
 def test_anything_it_cannot_be_sure_of_means_build(text, why):
     with pytest.raises(Unsure, match=why):
         base_images(text, {})
+
+
+def test_a_base_images_triggers_are_plain_unless_they_reach_outside_the_context():
+    assert triggers_are_plain(["RUN make", "COPY . /src", "ADD local.tar /x"])
+    for trigger in ("COPY --from=img /a /b", "ADD $U /x", "ADD https://x.invalid/f /f", 'ADD ["a", "/b"]'):
+        assert not triggers_are_plain([trigger]), trigger
 
 
 def test_instructions_join_continuations_and_drop_comments():
@@ -218,3 +239,29 @@ def test_an_earlier_image_deleted_from_the_registry_is_built_again(server, regis
     assert second["BuildStatus"] == "SUCCEEDED" and not second.get("ReusedBuildId")
     assert "cannot be tagged again" in second["_log"] and "Step " in second["_log"]
     assert manifest_digest(registry, repo, "two") == second["ImageDigest"]
+
+
+def test_a_build_gets_the_credentials_of_the_registries_its_dockerfile_pulls_from_only(tmp_path):
+    """On Kubernetes the pull credentials sit in the build's pod, within reach of its steps: a build gets those of
+    the registries its images come from, none of the others byoi has (and Docker Hub's under the key the Engine
+    and BuildKit look up)."""
+    import base64
+    from types import SimpleNamespace
+
+    from byoi.config import RegistryConfig
+    from byoi.services.build_runner import BuildRunner
+
+    docker_config = tmp_path / "config.json"
+    hub = base64.b64encode(b"hubuser:hubpass").decode()
+    docker_config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": hub}}}))
+    registries = [
+        RegistryConfig("https://private.test", "alice", "pw"),
+        RegistryConfig("https://other.test:5000", "bob", "secret"),
+    ]
+    runner = BuildRunner.__new__(BuildRunner)
+    runner.ctx = SimpleNamespace(settings=SimpleNamespace(registries=registries, docker_config=docker_config))
+    assert runner._pull_auths(["private.test/base:1", "private.test/tools", "debian:12"]) == {
+        "private.test": {"username": "alice", "password": "pw"},
+        "https://index.docker.io/v1/": {"username": "hubuser", "password": "hubpass"},
+    }
+    assert runner._pull_auths([]) == {}  # a Dockerfile byoi could not read: none

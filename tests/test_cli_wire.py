@@ -619,3 +619,9 @@ def test_https_is_verified_with_the_ca_bundle_and_refused_without_it(serve, tmp_
         untrusted.extension("StopImageBuild", {"BuildId": "b-0123456789abcdef"})
     with pytest.raises(wire.TransportError, match="CERTIFICATE_VERIFY_FAILED"):
         untrusted.request("POST", "/byoi/build-contexts/by-digest/" + "ab" * 32)
+
+
+def test_a_ca_bundle_that_is_not_there_is_named_not_a_traceback(tmp_path):
+    missing = tmp_path / "no-such-bundle.pem"
+    with pytest.raises(wire.ClientSetupError, match=f"the CA bundle {missing} .*No such file"):
+        wire.Client(wire.Setup("https://127.0.0.1:1", wire.Credentials("AKID", "secret"), "us-east-1", str(missing)))

@@ -81,7 +81,7 @@ class HangingBuilder:
     async def ping(self) -> None:
         return None
 
-    async def base_image_ids(self, refs: Any) -> None:
+    async def base_image_ids(self, refs: Any, platform: Any = None) -> None:
         return None  # never reused: every build runs
 
     async def build(self, request: Any, emit: Any) -> str:

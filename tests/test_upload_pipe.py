@@ -9,8 +9,8 @@ import io
 import os
 import socket
 import tarfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,65 +20,79 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from byoi.build.upload_pipe import BlockPipe, UploadAborted
+from byoi.build.upload_pipe import BlockPipe, UploadAborted, in_own_thread
 from tests.support.processes import ByoiServer
 
 
 def test_what_is_put_is_read_whole_in_any_read_sizes():
     data = os.urandom(3 * BlockPipe.BLOCK + 12345)
-    pipe = BlockPipe()
-    got: list[bytes] = []
     sizes = [1, 511, 512, 10_000, BlockPipe.BLOCK + 7, -1]
 
-    def reader() -> None:
-        for size in sizes:
-            got.append(pipe.read(size))
+    def reader(pipe: BlockPipe) -> list[bytes]:
+        got = [pipe.read(size) for size in sizes]
+        assert pipe.read(100) == b""  # at the end: empty, as a file's read
+        return got
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-
-    async def produce() -> None:
+    async def main() -> list[bytes]:
+        pipe = BlockPipe()
+        check = in_own_thread(reader, pipe)
         for i in range(0, len(data), 65536):
             await pipe.put(data[i : i + 65536])
         await pipe.close()
+        return await asyncio.wait_for(check, 10)
 
-    asyncio.run(produce())
-    thread.join(10)
-    assert not thread.is_alive()
+    got = asyncio.run(main())
     assert [len(g) for g in got[:-1]] == sizes[:-1] and b"".join(got) == data
-    assert pipe.read(100) == b""  # at the end: empty, as a file's read
 
 
 def test_abort_ends_a_waiting_reader_and_a_reader_done_frees_a_waiting_producer():
-    pipe = BlockPipe()
-    outcome: list[BaseException] = []
+    async def aborted() -> None:
+        pipe = BlockPipe()
+        check = in_own_thread(pipe.read, 10)
+        await asyncio.sleep(0.2)
+        pipe.abort()
+        with pytest.raises(UploadAborted):
+            await asyncio.wait_for(check, 2)
 
-    def reader() -> None:
-        try:
-            pipe.read(10)
-        except UploadAborted as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    time.sleep(0.2)
-    pipe.abort()
-    thread.join(2)
-    assert not thread.is_alive() and outcome
+    asyncio.run(aborted())
 
     # a reader that stopped reading (the archive ended) must not leave the upload waiting for room
-    pipe = BlockPipe()
-
-    async def produce() -> float:
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.3, pipe.done_reading)
+    async def produce() -> None:
+        pipe = BlockPipe()
+        asyncio.get_running_loop().call_later(0.3, pipe.done_reading)
         for _ in range(BlockPipe.DEPTH * 3):
             await pipe.put(b"x" * BlockPipe.BLOCK)
         await pipe.close()
-        return time.monotonic() - started
 
-    assert asyncio.run(asyncio.wait_for(produce(), 5)) < 3
+    asyncio.run(asyncio.wait_for(produce(), 5))
+
+
+def test_uploads_at_once_outnumbering_the_default_pool_still_finish():
+    """Readers waiting for their upload's next block hold no thread of the loop's default pool: with more uploads
+    at once than the pool has threads (one here), each still gets its blocks (it deadlocked when the producer waited
+    for room on a pool thread)."""
+
+    def slow_reader(pipe: BlockPipe) -> int:
+        total = 0
+        while block := pipe.read(256 * 1024):
+            total += len(block)
+            time.sleep(0.001)
+        return total
+
+    async def upload() -> int:
+        pipe = BlockPipe()
+        check = in_own_thread(slow_reader, pipe)
+        for _ in range(12 * 4):
+            await pipe.put(b"y" * (256 * 1024))
+            await asyncio.to_thread(lambda: None)  # the server uses the pool meanwhile, as uploads do
+        await pipe.close()
+        return await check
+
+    async def main() -> list[int]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        return await asyncio.wait_for(asyncio.gather(*(upload() for _ in range(4))), 30)
+
+    assert asyncio.run(main()) == [12 << 20] * 4
 
 
 def _tar(size: int) -> bytes:

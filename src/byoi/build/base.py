@@ -78,9 +78,10 @@ class Builder(Protocol):
         """Raise BuilderUnavailable when the backend cannot build now."""
         ...
 
-    async def base_image_ids(self, refs: Sequence[str]) -> dict[str, str] | None:
+    async def base_image_ids(self, refs: Sequence[str], platform: str | None = None) -> dict[str, str] | None:
         """The image id each reference names where this backend builds, as its build would use it, for the
-        build-result cache (services/build_reuse.py); None when it cannot say: an image it would pull first, a
+        build-result cache (services/build_reuse.py); None when it cannot say: an image it would pull first (one
+        missing, or, when the build asks for a `platform`, one for another platform), a
         base image whose ONBUILD triggers reach outside the context, or a backend whose builds resolve their
         base images elsewhere (then nothing it builds is reused)."""
         ...

@@ -99,9 +99,11 @@ class DockerBuilder:
         except aiodocker.DockerError as exc:
             raise BuilderUnavailable(f"Docker Engine at {self.docker.address} answered: {_error_message(exc)}") from exc
 
-    async def base_image_ids(self, refs: Sequence[str]) -> dict[str, str] | None:
-        """The classic builder uses the Engine's own copy of a base image when it has one and pulls it
-        otherwise: the ids of the copies it has, or None when one is missing (the build would pull it)."""
+    async def base_image_ids(self, refs: Sequence[str], platform: str | None = None) -> dict[str, str] | None:
+        """The classic builder uses the Engine's own copy of a base image when it has one (for the platform asked
+        for) and pulls it otherwise: the ids of the copies it has, or None when one is missing (the build would
+        pull it). `refs` are valid references (build/dockerfile.py checks them): nothing else reaches the URL."""
+        wanted = platform.split("/")[:2] if platform else None
         ids: dict[str, str] = {}
         try:
             for ref in refs:
@@ -110,6 +112,8 @@ class DockerBuilder:
                 except aiodocker.DockerError:
                     return None  # not here (the build would pull it), or a reference the build itself refuses
                 if not triggers_are_plain((found.get("Config") or {}).get("OnBuild")):
+                    return None
+                if wanted and [found.get("Os"), found.get("Architecture")] != wanted:
                     return None
                 ids[ref] = str(found["Id"])
         except CONNECTION_ERRORS as exc:

@@ -15,10 +15,14 @@ it cannot read. None means "build it": the cache never guesses.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import regex
 
-_DIRECTIVE = regex.compile(r"#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*")
+from byoi.registry import reference
+
+_DIRECTIVE = regex.compile(r"#[ \t]*([A-Za-z][A-Za-z0-9]*)[ \t]*=[ \t]*(.+?)[ \t]*")
+_DIRECTIVES = ("syntax", "escape", "check")  # the names the parser knows; another name ends the directives
 # $NAME, ${NAME}, ${NAME:-word}, ${NAME:+word}: the forms the classic builder expands.
 _VARIABLE = regex.compile(
     r"\$(?:(?P<bare>[A-Za-z_][A-Za-z0-9_]*)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:[-+])(?P<word>[^}$]*))?\})"
@@ -34,12 +38,16 @@ class Unsure(Exception):
 
 def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) for each instruction, continuations joined and comments dropped, as the
-    classic builder's parser reads them."""
+    classic builder's parser reads them: lines end at "\\n" only (a trailing "\\r" dropped), parser directives
+    are at the very top, and a line continues when it ends in the escape character not itself escaped."""
     escape = "\\"
-    lines = text.removeprefix("\ufeff").splitlines()  # a UTF-8 byte order mark is not part of the first word
+    lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]  # BOM: not a word
     start = 0
-    while start < len(lines) and (m := _DIRECTIVE.fullmatch(lines[start])):  # parser directives: at the top only
-        if m[1].lower() == "escape":
+    while start < len(lines) and (m := _DIRECTIVE.fullmatch(lines[start].lstrip())):
+        name = m[1].lower()
+        if name not in _DIRECTIVES:
+            break  # an unknown directive is a comment, and ends the directives
+        if name == "escape":
             if m[2] not in ("\\", "`"):
                 raise Unsure(f"escape directive {m[2]!r}")
             escape = m[2]
@@ -50,8 +58,8 @@ def instructions(text: str) -> list[tuple[str, str]]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue  # comments and empty lines, inside a continuation too
-        body = line.rstrip()
-        if body.endswith(escape):
+        body = line.rstrip(" \t")
+        if body.endswith(escape) and (body == escape or body[-2] != escape):
             pending += body[: -len(escape)]
             continue
         whole = (pending + line).strip()
@@ -110,21 +118,61 @@ def _flags(args: str) -> tuple[dict[str, str], str]:
     return flags, rest
 
 
+def _local_sources(args: str) -> bool:
+    """Whether an ADD's sources are plain paths in the context: no URL or git remote (fetched when the build runs,
+    so not in the context's bytes), no variable (it could name one), no JSON form (its escapes could hide one)."""
+    _, rest = _flags(args)
+    return not rest.startswith("[") and not any(c in rest for c in "$\\") and "://" not in rest and "git@" not in rest
+
+
+def _trigger_is_plain(trigger: str) -> bool:
+    """Whether an ONBUILD trigger (it runs in builds FROM this image) stays inside the context."""
+    word, *rest = trigger.split(None, 1)
+    args = rest[0] if rest else ""
+    if word.upper() == "ADD":
+        return _local_sources(args)
+    if word.upper() == "COPY":
+        return "--from" not in args
+    return word.upper() not in ("ONBUILD", "FROM")
+
+
+@dataclass(frozen=True)
+class Facts:
+    images: list[str]  # the images from outside the build it uses, in order, each once, `scratch` left out
+    not_reusable: str | None  # why its result cannot be known from its inputs (what it fetches), if so
+
+
 def base_images(text: str, build_args: Mapping[str, str]) -> list[str]:
-    """The images from outside the build that `text` builds from (FROM and COPY --from), in order, each once,
-    `scratch` left out. Raises Unsure (see the module's docstring)."""
+    """The images from outside the build that `text` builds from (FROM and COPY --from), for a build whose result
+    can be known from its inputs; raises Unsure otherwise (see the module's docstring)."""
+    facts = read(text, build_args)
+    if facts.not_reusable:
+        raise Unsure(facts.not_reusable)
+    return facts.images
+
+
+def read(text: str, build_args: Mapping[str, str]) -> Facts:
+    """What `text` builds from, and whether anything else decides its result; raises Unsure when even its images
+    cannot be found with certainty."""
+    not_reusable: str | None = None
     variables: dict[str, str] = {}
-    stages: list[str] = []  # lower-case stage names, "" for a stage without one
+    done: list[str] = []  # lower-case names of the stages before the current one ("" for one without)
+    current: str | None = None  # the current stage's name: known to later stages only, as the builder does
     images: list[str] = []
 
     def add(ref: str) -> None:
-        if not ref or any(c.isspace() for c in ref):
-            raise Unsure(f"image reference {ref!r}")
+        try:
+            reference.parse(ref)
+        except reference.InvalidReference:
+            if ref.lower() != "scratch":
+                raise Unsure(f"image reference {ref!r}") from None
         if ref.lower() != "scratch" and ref not in images:
             images.append(ref)
 
     for word, args in instructions(text):
-        if word == "ARG" and not stages:  # global: in scope for every FROM
+        if word in ("RUN", "COPY", "ADD") and "<<" in args:
+            raise Unsure("a heredoc (newer parsers read its lines as the instruction's)")
+        if word == "ARG" and current is None:  # global: in scope for every FROM
             for item in args.split():
                 m = _ARG.fullmatch(item)
                 if not m:
@@ -143,29 +191,33 @@ def base_images(text: str, build_args: Mapping[str, str]) -> list[str]:
                 name = ""
             else:
                 raise Unsure(f"FROM {args!r}")
+            if current is not None:
+                done.append(current)
             ref = expand(parts[0], variables)
-            if ref.lower() not in [s for s in stages if s]:  # a stage built here is not an image from outside
+            if ref.lower() not in [s for s in done if s]:  # a stage built here is not an image from outside
                 add(ref)
-            stages.append(name)
+            current = name
         elif word == "COPY":
             flags, _ = _flags(args)
             source = flags.get("from")
             if source is not None:
                 if "$" in source:
                     raise Unsure(f"COPY --from={source}")
-                if source.lower() not in stages and not (source.isdigit() and int(source) < len(stages)):
+                index = source.isascii() and source.isdigit() and int(source) < len(done)
+                if source.lower() not in [s for s in done if s] and not index:
                     add(source)
         elif word == "ADD":
-            if "://" in args or "git@" in args:
-                raise Unsure("ADD of a URL (fetched when the build runs)")
-        elif word == "ONBUILD":
-            continue  # runs in builds FROM this image, not in this one
-    if not stages:
+            if not _local_sources(args):
+                not_reusable = "ADD of a URL, a variable or a JSON list (what it fetches is not in the context)"
+        elif word == "ONBUILD":  # runs in later stages FROM this one, and in builds FROM the image
+            if not _trigger_is_plain(args):
+                not_reusable = "an ONBUILD trigger that copies from an image or fetches a URL"
+    if current is None:
         raise Unsure("no FROM")
-    return images
+    return Facts(images, not_reusable)
 
 
 def triggers_are_plain(onbuild: list[str] | None) -> bool:
     """Whether a base image's ONBUILD triggers (which run in this build) stay inside the context: no
-    COPY --from another image and no ADD of a URL."""
-    return not any("--from" in t or "://" in t or "git@" in t for t in onbuild or [])
+    COPY --from another image, no ADD of a URL or variable."""
+    return all(_trigger_is_plain(t) for t in onbuild or [] if t.strip())

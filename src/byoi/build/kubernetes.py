@@ -265,7 +265,7 @@ class KubernetesBuilder:
 
     # -- the seam ---------------------------------------------------------------------------------
 
-    async def base_image_ids(self, refs: Sequence[str]) -> dict[str, str] | None:
+    async def base_image_ids(self, refs: Sequence[str], platform: str | None = None) -> dict[str, str] | None:
         """None: BuildKit in the Job pulls its base images from their registries as it builds, so nothing here
         knows which image a tag will name then, and builds on Kubernetes are never reused."""
         return None

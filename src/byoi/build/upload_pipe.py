@@ -9,29 +9,61 @@ the server. With the pipe the check reads the body as it arrives and only the ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-POLL = 0.1  # seconds between a blocked side's looks at whether the other has given up
+T = TypeVar("T")
+POLL = 0.1  # seconds between the reader's looks at whether the upload was aborted
 
 
 class UploadAborted(Exception):
     """The upload ended before its body did (the client went, the body was refused): the reader stops."""
 
 
+def in_own_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`fn(*args)` on a thread of its own, as a future of this loop. Not asyncio.to_thread: a reader that waits for
+    the upload's next block must not hold one of the default pool's few threads, which the loop needs meanwhile
+    (with every pool thread a waiting reader, nothing else the server hands to the pool would run)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine, as to_thread does
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it any more
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name="byoi-upload-check", daemon=True).start()
+    return future
+
+
 class BlockPipe:
-    """The loop `put`s the body's chunks, joined into blocks of about BLOCK bytes (the thread hop is paid per
-    block, not per network chunk), then `close`s; the thread `read`s. At most DEPTH blocks wait, so a slow
-    reader slows the upload down rather than filling memory. Once the reader is done (`done_reading`: the
-    archive ended, or it was refused) whatever is put is dropped; after `abort` the reader's next read raises
-    UploadAborted. Neither side can wait for ever on the other: each looks every POLL seconds whether the other
-    has given up."""
+    """The loop `put`s the body's chunks, joined into blocks of about BLOCK bytes (the reader's wake-up is paid per
+    block, not per network chunk), then `close`s; the reader thread `read`s. At most DEPTH blocks wait: the loop
+    waits for room on an asyncio semaphore the reader releases as it takes a block, so a slow reader slows the
+    upload down rather than filling memory, and no thread waits on the loop's behalf. Once the reader is done
+    (`done_reading`: the archive ended, or it was refused) whatever is put is dropped; after `abort` the reader's
+    next read raises UploadAborted. Made in the event loop that puts."""
 
     BLOCK = 1 << 20
     DEPTH = 4
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = asyncio.Semaphore(self.DEPTH)
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._reader_done = threading.Event()
@@ -64,29 +96,28 @@ class BlockPipe:
             await self._hand_over(block)
 
     async def _hand_over(self, item: bytes | None) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            await asyncio.to_thread(self._put_waiting, item)
+        if self._reader_done.is_set():
+            return
+        await self._room.acquire()
+        if not self._reader_done.is_set():
+            self._queue.put(item)
 
-    def _put_waiting(self, item: bytes | None) -> None:
-        while not (self._reader_done.is_set() or self._aborted.is_set()):
-            try:
-                self._queue.put(item, timeout=POLL)
-                return
-            except queue.Full:
-                continue
-
-    # -- the reader's side (a worker thread) ---------------------------------------------------------
+    # -- the reader's side (its own thread) ---------------------------------------------------------
 
     def _next(self) -> bytes | None:
         while True:
             if self._aborted.is_set():
                 raise UploadAborted("the upload ended before its body did")
             try:
-                return self._queue.get(timeout=POLL)
+                item = self._queue.get(timeout=POLL)
             except queue.Empty:
                 continue
+            self._release()
+            return item
+
+    def _release(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody puts any more
+            self._loop.call_soon_threadsafe(self._room.release)
 
     def read(self, size: int = -1) -> bytes:
         parts: list[bytes] = []
@@ -108,5 +139,6 @@ class BlockPipe:
         return b"".join(parts)
 
     def done_reading(self) -> None:
-        """The reader needs no more: a producer waiting for room goes on, and drops the rest."""
+        """The reader needs no more: a put waiting for room goes on, and drops the rest."""
         self._reader_done.set()
+        self._release()

@@ -333,7 +333,12 @@ class Client:
             import ssl
 
             bundle = found.ca_bundle
-            self.verify = ssl.create_default_context(cafile=bundle) if bundle else True
+            try:
+                self.verify = ssl.create_default_context(cafile=bundle) if bundle else True
+            except (OSError, ssl.SSLError) as exc:  # a missing or unreadable bundle: said, not a traceback
+                raise ClientSetupError(
+                    f"the CA bundle {bundle} (AWS_CA_BUNDLE or the profile's ca_bundle): {exc}"
+                ) from None
 
     @classmethod
     def connect(cls, endpoint_url: str | None, profile: str | None) -> Client:

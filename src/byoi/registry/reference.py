@@ -17,6 +17,12 @@ _HOST = regex.compile(
 )
 
 
+# Docker Hub's names: a reference without a registry means it, and the Engine (and BuildKit) look its credentials up
+# under the key its CLI writes, DOCKER_HUB_KEY.
+DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+
+
 class InvalidReference(ValueError):
     pass
 
@@ -75,3 +81,11 @@ def parse(text: str) -> Reference:
             "(lower-case letters, digits and separators . _ __ - between path components)"
         )
     return Reference(registry, rest, tag, digest)
+
+
+def image_registry(text: str) -> str:
+    """The registry host[:port] a reference pulls from: `docker.io` when it names none (or is not valid)."""
+    try:
+        return parse(text).registry or "docker.io"
+    except InvalidReference:
+        return "docker.io"

@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from byoi.build.base import Builder
-from byoi.build.dockerfile import Unsure, base_images
+from byoi.build.dockerfile import Facts, Unsure, read
 from byoi.build.logstore import BuildLog
 from byoi.registry.errors import RegistryError
 from byoi.services.context import ServiceContext
@@ -100,22 +100,38 @@ class BuildReuse:
         self.ctx = ctx
         self.builder = builder
 
-    async def key(self, row: Any, folder: Path, blog: BuildLog) -> str | None:
-        """The build's inputs digest, or None when its result cannot be known from its inputs (and it is built)."""
+    async def read(self, row: Any, folder: Path, blog: BuildLog) -> Facts | None:
+        """What the build's Dockerfile builds from; None when that cannot be known with certainty (the build runs,
+        its log says why)."""
         spec = row.spec
         try:
             text = await asyncio.to_thread(_dockerfile, folder, spec["Dockerfile"])
             if text is None:
                 return None  # a link, or larger than any Dockerfile: the builder says what it makes of it
-            refs = base_images(text, spec.get("BuildArgs") or {})
-        except (Unsure, UnicodeDecodeError, tarfile.TarError) as exc:
+            facts = read(text, spec.get("BuildArgs") or {})
+        except (Unsure, UnicodeDecodeError, tarfile.TarError, OSError) as exc:
             blog.write("note", m=f"Built without the build-result cache: {exc or type(exc).__name__}")
             return None
-        bases = await self.builder.base_image_ids(refs)
+        except Exception:  # a bug in the reading must cost the cache, never the build
+            log.exception("build %s: reading its Dockerfile for the build-result cache failed", row.build_id)
+            return None
+        if facts.not_reusable:
+            blog.write("note", m=f"Built without the build-result cache: {facts.not_reusable}")
+        return facts
+
+    async def key(self, row: Any, folder: Path, facts: Facts) -> str | None:
+        """The build's inputs digest, or None when its result cannot be known from its inputs (and it is built)."""
+        if facts.not_reusable:
+            return None
+        bases = await self.builder.base_image_ids(facts.images, row.spec.get("Platform"))
         if bases is None:
             return None
-        context = await asyncio.to_thread(_context_digest, folder)
-        return inputs_digest(context, spec, bases, self.builder.name)
+        try:
+            context = await asyncio.to_thread(_context_digest, folder)
+        except OSError as exc:  # the context is not readable: the build will say so
+            log.warning("build %s: no build-result key: %s", row.build_id, exc)
+            return None
+        return inputs_digest(context, row.spec, bases, self.builder.name)
 
     async def retag(self, row: Any, key: str, blog: BuildLog) -> Reused | None:
         """Tag the image of the latest successful build with these inputs, in this build's repository, with this

@@ -21,8 +21,8 @@ from byoi.build.logstore import BuildLog
 from byoi.build.settings import BuildSettings
 from byoi.errors import ByoiError, ResourceInUse
 from byoi.jobs.worker import Claim, RetryLater
-from byoi.registry.client import docker_config_credentials
 from byoi.registry.engine_auth import engine_auth
+from byoi.registry.reference import DOCKER_HUB, DOCKER_HUB_KEY, image_registry
 from byoi.services.build_reuse import CONTEXT_DIGEST, BuildReuse
 from byoi.services.context import ServiceContext
 from byoi.services.image_versions import ImageVersionService
@@ -183,14 +183,16 @@ class BuildRunner:
         values: dict[str, Any] = {}
         try:
             await self.builder.ping()
-            key = await self.reuse.key(row, self.root / row.build_id, blog)
+            facts = await self.reuse.read(row, self.root / row.build_id, blog)
+            key = await self.reuse.key(row, self.root / row.build_id, facts) if facts else None
             reused = await self.reuse.retag(row, key, blog) if key and not row.spec.get("NoCache") else None
             if reused is not None:
                 digest = reused.digest
                 values["reused_from"] = reused.build_id
                 blog.write("note", m=f"Tagged {where} as {row.registry}/{row.repository}@{digest}")
             else:
-                digest = await self._build_and_push(claim, row, blog, where)
+                pulls = self._pull_auths(facts.images if facts else [])
+                digest = await self._build_and_push(claim, row, blog, where, pulls)
             values.update(digest=digest, inputs_digest=key)
             await self._update(claim, **values)
         except BuildFailed as exc:
@@ -210,7 +212,9 @@ class BuildRunner:
                 return "FAILED", {**values, "failure_reason": (reason + f"{row.image_name}: {exc.message}")[:1024]}
         return "SUCCEEDED", values
 
-    async def _build_and_push(self, claim: Claim, row: Any, blog: BuildLog, where: str) -> str:
+    async def _build_and_push(
+        self, claim: Claim, row: Any, blog: BuildLog, where: str, pull_auths: dict[str, dict[str, str]]
+    ) -> str:
         """Run the build on the builder and push its image; return the pushed manifest's digest."""
         spec, folder = row.spec, self.root / row.build_id
         context = folder / "context.tar"
@@ -232,7 +236,7 @@ class BuildRunner:
             no_cache=bool(spec.get("NoCache")),
             build_id=row.build_id,
             push_to=destination,
-            pull_auths=self._pull_auths(),
+            pull_auths=pull_auths,
         )
         image_id = await self.builder.build(request, blog.emit)
         await self._update(claim, status="PUSHING")
@@ -244,13 +248,20 @@ class BuildRunner:
     def _auth(self, host: str) -> dict[str, str] | None:
         return engine_auth(self.ctx.settings.registries, self.ctx.settings.docker_config, host)
 
-    def _pull_auths(self) -> dict[str, dict[str, str]]:
-        """Credentials for every registry byoi has some for (the registries file, then the Docker config's
-        `auths`), for the base images a build pulls: a FROM on a private registry is as buildable as a push to one."""
+    def _pull_auths(self, images: list[str]) -> dict[str, dict[str, str]]:
+        """Credentials for the registries of the images the build pulls (`images`, as its Dockerfile names them;
+        none when byoi could not read them), from the registries file, then the Docker config's `auths`: a FROM
+        on a private registry is as buildable as a push to one. Only those registries': on Kubernetes they sit in
+        the build's pod, within reach of its steps."""
         settings = self.ctx.settings
-        hosts = [r.host for r in settings.registries] + sorted(docker_config_credentials(settings.docker_config))
-        found = {host: engine_auth(settings.registries, settings.docker_config, host) for host in dict.fromkeys(hosts)}
-        return {host: auth for host, auth in found.items() if auth}
+        found: dict[str, dict[str, str]] = {}
+        for host in dict.fromkeys(image_registry(ref) for ref in images):
+            for alias in DOCKER_HUB if host in DOCKER_HUB else (host,):
+                auth = engine_auth(settings.registries, settings.docker_config, alias)
+                if auth:
+                    found[DOCKER_HUB_KEY if host in DOCKER_HUB else host] = auth
+                    break
+        return found
 
     async def _register(self, row: Any, digest: str) -> str:
         """Create the image if missing, then a version pinned to the pushed digest (idempotent on restart)."""

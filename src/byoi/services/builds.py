@@ -31,7 +31,7 @@ from byoi.build.base import BUILD_ID, BUILD_ID_FORMAT, CONTEXT_ID, Builder
 from byoi.build.context import ContextError, check_upload, clean_relative, context_has_file
 from byoi.build.logstore import BuildLog
 from byoi.build.settings import BuildSettings
-from byoi.build.upload_pipe import BlockPipe
+from byoi.build.upload_pipe import BlockPipe, in_own_thread
 from byoi.errors import ResourceNotFound, ValidationException
 from byoi.jobs.worker import Task
 from byoi.registry import reference
@@ -187,7 +187,7 @@ class BuildService:
         # 16 MB upload's time). The signed SHA-256 is compared once the whole body is in; on a mismatch, as on
         # any failure, the folder goes.
         pipe = BlockPipe()
-        check = asyncio.create_task(asyncio.to_thread(self._check, pipe, folder / "raw.tar", limit))
+        check = in_own_thread(self._check, pipe, folder / "raw.tar", limit)
         try:
             digest, received = hashlib.sha256(), 0
             async for chunk in body:
