@@ -7,9 +7,11 @@ are part of that key, so this module finds them as the Docker Engine's classic b
 and the build's arguments; `FROM image [AS name]` and `COPY --from=image`, where a stage's name or index is not
 an image.
 
-It answers None whenever it cannot be sure: a `FROM` or `--from` whose variables it cannot expand, a form of
-expansion it does not know, an `ADD` of a URL (fetched at build time: its content is not in the context), a line
-it cannot read. None means "build it": the cache never guesses.
+`read` raises Unsure when it cannot find the images with certainty: a `FROM` or `--from` whose variables it cannot
+expand, an expansion it does not know, something that is not an image reference, a heredoc, a line it cannot
+read. It says `not_reusable` when the images are known but something else decides the result: an `ADD` of a URL,
+a variable or a JSON list (fetched at build time, or hiding what it names), an `ONBUILD` that copies from an
+image or fetches. Either means "build it": the cache never guesses.
 """
 
 from __future__ import annotations
