@@ -435,23 +435,33 @@ def _registries_file(path: Path, host: str, password: str | None) -> str:
     return str(path)
 
 
+def _server_knowing(server_factory, registry: str, host: str, password: str | None, path: Path) -> ByoiServer:
+    """A server whose registries file names `host`, with the test user's credentials or (None) without any."""
+    registries = _registries_file(path, host, password)
+    return server_factory([f"http://{registry}"], extra_args=["--registries-file", registries])
+
+
+def _the_build(srv: ByoiServer) -> dict[str, Any]:
+    """The one build a fresh server ran."""
+    srv.session()
+    [build] = extension_client(srv.endpoint, "byoi").list_image_builds()["ImageBuilds"]
+    return build
+
+
 def test_build_pushes_to_a_registry_that_wants_credentials(server_factory, registry, basic_registry, name, tmp_path):
     root = context(tmp_path, f"RUN echo private-{name} > /private")
     repository = f"private/{name}"
-    with_credentials = _registries_file(tmp_path / "with.toml", basic_registry, REGISTRY_PASSWORD)
-    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", with_credentials])
+    srv = _server_knowing(server_factory, registry, basic_registry, REGISTRY_PASSWORD, tmp_path / "with.toml")
     result = byoi(srv, "build", str(root), "--image", f"{basic_registry}/{repository}", "--tag", "v1")
     assert result.returncode == 0, result.stdout + result.stderr
     digest = registry_digest(basic_registry, repository, "v1", auth=(REGISTRY_USER, REGISTRY_PASSWORD))
     assert f"pushed {basic_registry}/{repository}:v1@{digest}" in result.stdout
 
     # The same registry configured without credentials: the push fails, and says why.
-    without = _registries_file(tmp_path / "without.toml", basic_registry, None)
-    srv2 = server_factory([f"http://{registry}"], extra_args=["--registries-file", without])
+    srv2 = _server_knowing(server_factory, registry, basic_registry, None, tmp_path / "without.toml")
     result = byoi(srv2, "build", str(root), "--image", f"{basic_registry}/{repository}", "--tag", "v2")
     assert result.returncode == 7
-    srv2.session()
-    [build] = extension_client(srv2.endpoint, "byoi").list_image_builds()["ImageBuilds"]
+    build = _the_build(srv2)
     assert build["BuildStatus"] == "FAILED"
     reason = build["FailureReason"]
     assert reason.startswith(f"Push to {basic_registry}/{repository}:v2 failed: ") and "credentials" in reason, reason
@@ -471,21 +481,20 @@ def test_a_base_image_on_a_registry_that_wants_credentials_is_pulled_with_them(
     root.mkdir()
     (root / "Dockerfile").write_text(f"FROM {base}:v1\nRUN echo from-private-{name}\n")
 
-    # Without credentials for that registry the pull is refused, and the reason says so.
-    without = _registries_file(tmp_path / "without.toml", basic_registry, None)
-    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", without])
-    result = byoi(srv, "build", str(root), "--image", f"{registry}/{name}", "--tag", "v1")
-    assert result.returncode == 7
-    srv.session()
-    [build] = extension_client(srv.endpoint, "byoi").list_image_builds()["ImageBuilds"]
-    assert build["FailureReason"].startswith("Step 1/2 : FROM ") and "auth" in build["FailureReason"], build
+    try:
+        # Without credentials for that registry the pull is refused, and the reason says so.
+        srv = _server_knowing(server_factory, registry, basic_registry, None, tmp_path / "without.toml")
+        result = byoi(srv, "build", str(root), "--image", f"{registry}/{name}", "--tag", "v1")
+        assert result.returncode == 7
+        build = _the_build(srv)
+        assert build["FailureReason"].startswith("Step 1/2 : FROM ") and "auth" in build["FailureReason"], build
 
-    with_credentials = _registries_file(tmp_path / "with.toml", basic_registry, REGISTRY_PASSWORD)
-    srv = server_factory([f"http://{registry}"], extra_args=["--registries-file", with_credentials])
-    result = byoi(srv, "build", str(root), "--image", f"{basic_registry}/{name}", "--tag", "v1")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"from-private-{name}" in result.stdout
-    subprocess.run(["docker", "rmi", "-f", f"{base}:v1"], capture_output=True)
+        srv = _server_knowing(server_factory, registry, basic_registry, REGISTRY_PASSWORD, tmp_path / "with.toml")
+        result = byoi(srv, "build", str(root), "--image", f"{basic_registry}/{name}", "--tag", "v1")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"from-private-{name}" in result.stdout
+    finally:
+        subprocess.run(["docker", "rmi", "-f", f"{base}:v1"], capture_output=True)
 
 
 def test_push_progress_is_reported_per_layer(server, ext, name, tmp_path):

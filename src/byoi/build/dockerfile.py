@@ -144,15 +144,6 @@ class Facts:
     not_reusable: str | None  # why its result cannot be known from its inputs (what it fetches), if so
 
 
-def base_images(text: str, build_args: Mapping[str, str]) -> list[str]:
-    """The images from outside the build that `text` builds from (FROM and COPY --from), for a build whose result
-    can be known from its inputs; raises Unsure otherwise (see the module's docstring)."""
-    facts = read(text, build_args)
-    if facts.not_reusable:
-        raise Unsure(facts.not_reusable)
-    return facts.images
-
-
 def read(text: str, build_args: Mapping[str, str]) -> Facts:
     """What `text` builds from, and whether anything else decides its result; raises Unsure when even its images
     cannot be found with certainty."""

@@ -38,8 +38,6 @@ from byoi.cli.common import (
     Profile,
     call,
     console,
-    err,
-    literal,
     print_document,
     print_result,
 )
@@ -54,8 +52,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(message: str, code: ExitCode = ExitCode.USAGE) -> typer.Exit:
-    err.print(f"[red]error[/red]: {literal(message)}", soft_wrap=True)
-    return typer.Exit(code)
+    """build_run's one error line, as typer's exit."""
+    return typer.Exit(build_run.fail(message, code).code)
 
 
 @contextmanager
