@@ -323,7 +323,7 @@ def test_the_constants_are_the_servers_and_the_models():
 
     assert (credentials.DEFAULT_HOST, credentials.DEFAULT_PORT) == (config.DEFAULT_HOST, config.DEFAULT_PORT)
     assert (wire.SAGEMAKER_PREFIX, wire.EXTENSION_PREFIX) == (model.SAGEMAKER_PREFIX, model.EXTENSION_PREFIX)
-    assert wire.MODELS == model.FRAGMENTS.resolve() and wire.JSON_CONTENT_TYPE == CONTENT_TYPE
+    assert Path(wire.MODELS) == model.FRAGMENTS.resolve() and wire.JSON_CONTENT_TYPE == CONTENT_TYPE
     extension = model.extension_model_dict()
     assert wire.extension_model() == {"operations": extension["operations"], "shapes": extension["shapes"]}
     sagemaker = botocore.session.get_session().get_service_model("sagemaker")

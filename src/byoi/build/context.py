@@ -12,15 +12,17 @@ import contextlib
 import io
 import os
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import regex
+from typing import BinaryIO, NamedTuple
 
 DOCKERIGNORE = ".dockerignore"
+# Tar streams are read, written and copied in blocks of 256 KiB. With tarfile's defaults (10 KiB stream buffers,
+# 16 KiB copies) checking a 16 MB upload took 24 ms and packing it 22 ms; with 256 KiB for both, 10 ms and 18 ms.
+# Larger is slower again (1 MiB: 48 ms to check): tarfile's stream buffer is a bytes object sliced on every read.
+_BLOCK = 1 << 18
 MAX_MEMBERS = 200_000
 # Extended headers (PAX, and GNU long names and link names) are read whole and, for PAX, parsed by CPython in
 # time quadratic in their size: a 65 KB upload with a 64 MiB PAX header took 157 s and about 480 MB. A real
@@ -39,17 +41,22 @@ class ContextError(ValueError):
     """The build context is not acceptable; the message names the member and what is wrong."""
 
 
+def _blocks(tar: tarfile.TarFile) -> tarfile.TarFile:
+    """`tar`, copying members' data in blocks of _BLOCK (tarfile.open takes `copybufsize`, but its stubs do not)."""
+    tar.copybufsize = _BLOCK  # type: ignore[attr-defined]
+    return tar
+
+
 # -- .dockerignore (the semantics of moby/patternmatcher, which `docker build` uses) ---------------
 
 
-@dataclass(frozen=True)
-class _Pattern:
+class _Pattern(NamedTuple):
     text: str
     exclusion: bool
-    rx: regex.Pattern[str]
+    rx: re.Pattern[str]
 
 
-def _compile(pattern: str) -> regex.Pattern[str]:
+def _compile(pattern: str) -> re.Pattern[str]:
     out, i = ["^"], 0
     while i < len(pattern):
         ch = pattern[i]
@@ -65,7 +72,7 @@ def _compile(pattern: str) -> regex.Pattern[str]:
             out.append("[^/]")
         elif ch == "\\":
             i += 1
-            out.append(regex.escape(pattern[i]) if i < len(pattern) else "\\\\")
+            out.append(re.escape(pattern[i]) if i < len(pattern) else "\\\\")
         elif ch in ".+()|{}$^" and ch != "^":
             out.append("\\" + ch)
         else:
@@ -73,8 +80,8 @@ def _compile(pattern: str) -> regex.Pattern[str]:
         i += 1
     out.append("$")
     try:
-        return regex.compile("".join(out))
-    except regex.error as exc:
+        return re.compile("".join(out))
+    except re.error as exc:
         raise ContextError(f".dockerignore pattern {pattern!r} is not valid: {exc}") from None
 
 
@@ -249,8 +256,7 @@ def check_member(info: tarfile.TarInfo, members: Members) -> str:
 # -- packing a directory (client side) -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PackResult:
+class PackResult(NamedTuple):
     size: int  # bytes of file content packed
     files: int
     excluded: int
@@ -297,7 +303,7 @@ def pack_directory(root: Path, out: BinaryIO, dockerfile: str | None = None, lim
     always = {DOCKERIGNORE, df_name}
     size = files = excluded = 0
     members = Members()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with _blocks(tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BLOCK)) as tar:
         for full, rel in _walk(root, ignore):
             if rel not in always and ignore.excluded(rel):
                 excluded += 1
@@ -339,8 +345,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
 
 
-@dataclass(frozen=True)
-class ContextSummary:
+class ContextSummary(NamedTuple):
     size: int  # bytes of file content kept
     files: int
     excluded: int
@@ -354,8 +359,8 @@ def check_upload(src: BinaryIO, raw_path: Path, limit: int) -> ContextSummary:
     try:
         with (
             raw_path.open("wb") as raw,
-            tarfile.open(fileobj=src, mode="r|*", tarinfo=_BoundedTarInfo) as tin,
-            tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tout,
+            tarfile.open(fileobj=src, mode="r|*", tarinfo=_BoundedTarInfo, bufsize=_BLOCK) as tin,
+            _blocks(tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BLOCK)) as tout,
         ):
             for info in tin:
                 name = check_member(info, members)
@@ -427,7 +432,10 @@ def filter_context(raw_path: Path, dst_path: Path, dockerfile: str) -> ContextSu
                 return ContextSummary(sum(info.size for info in kept), len(kept), 0)
         ignore = DockerIgnore(rules or "")
         always = {DOCKERIGNORE, dockerfile}
-        with dst_path.open("wb") as dst, tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+        with (
+            dst_path.open("wb") as dst,
+            _blocks(tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BLOCK)) as tout,
+        ):
             for info in tin:
                 if info.name not in always and ignore.excluded(info.name):
                     excluded += 1

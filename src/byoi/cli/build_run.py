@@ -18,22 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-import regex
 
 from byoi.cli import wire
-from byoi.cli.output import API_EXIT_CODES, ExitCode, console, err, error_line, for_people, literal, print_document
+from byoi.cli.output import API_EXIT_CODES, ExitCode, Stream, error_line, people, print_document, stderr, stdout
 
+TYPE_CHECKING = False  # typing, dataclasses and pathlib cost a plain build's start 15 ms: not imported to run
 if TYPE_CHECKING:
-    from rich.console import Console
+    from pathlib import Path
+    from typing import IO, Any
+
     from rich.progress import Progress
 
 # Compiled when first used (a plain build uses none of them): compiling costs milliseconds of each start.
@@ -41,6 +39,7 @@ _ARG = r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)(?:=(?P<value>.*))?"
 _LABEL = r"(?P<key>[^=]+)=(?P<value>.*)"
 _IMAGE_NAME = r"[a-zA-Z0-9]([-.]?[a-zA-Z0-9]){0,62}"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_LAYER_DONE = ("Pushed", "Layer already exists")
 _CHUNK = 1 << 20
 
 
@@ -54,7 +53,7 @@ class Exit(Exception):
 
 def fail(message: str, code: ExitCode = ExitCode.USAGE) -> Exit:
     """Print `message` as the command's one error line and return the Exit to raise."""
-    err.print(f"[red]error[/red]: {literal(message)}", soft_wrap=True)
+    stderr.error(message)
     return Exit(code)
 
 
@@ -90,7 +89,7 @@ def parse_pairs(values: list[str] | None, what: str, from_env: bool) -> dict[str
     """`K=V` pairs (and, for build args, a bare `K` taking its value from the environment, as Docker does)."""
     result: dict[str, str] = {}
     for item in values or []:
-        m = regex.fullmatch(_ARG, item, regex.DOTALL) if what == "--build-arg" else regex.fullmatch(_LABEL, item)
+        m = re.fullmatch(_ARG, item, re.DOTALL) if what == "--build-arg" else re.fullmatch(_LABEL, item)
         if not m:
             raise fail(f"{what} {item!r} is not in the form KEY=VALUE (KEY: letters, digits and _)")
         value = m["value"]
@@ -150,7 +149,7 @@ class _Hashed:
         return self.out.write(data)
 
 
-def upload_context(client: wire.Client, path: Path, dockerfile: str | None, say: Console = console) -> tuple[str, str]:
+def upload_context(client: wire.Client, path: Path, dockerfile: str | None, say: Stream = stdout) -> tuple[str, str]:
     """Pack `path` and give it to the server: by its SHA-256 when the server still holds the same context from
     this caller (nothing is sent), else uploaded; return (ContextId, the Dockerfile's path inside the context)."""
     import tempfile
@@ -170,12 +169,12 @@ def upload_context(client: wire.Client, path: Path, dockerfile: str | None, say:
         try:
             response = client.request("POST", f"/byoi/build-contexts/by-digest/{digest}")
             if response.status == 200:
-                say.print(f"Build context unchanged since its last upload: {what}, not sent again")
+                say.line(f"Build context unchanged since its last upload: {what}, not sent again")
                 return str(response.json()["ContextId"]), packed.dockerfile
             # ResourceNotFound: not held; a plain 404: a server without reuse. Either way it is uploaded.
             if response.status != 404 and _error_code(response) != "ResourceNotFound":
                 raise refused("context reuse refused: ", response)
-            say.print(f"Sending build context: {what}")
+            say.line(f"Sending build context: {what}")
             fh.seek(0)
             extra = {"Content-Type": "application/x-tar", "X-Amz-Content-SHA256": digest}
             response = client.request("POST", "/byoi/build-contexts", extra=extra, body=fh, length=size)
@@ -190,17 +189,20 @@ def upload_context(client: wire.Client, path: Path, dockerfile: str | None, say:
 
 
 class LogView:
-    """Renders build events: steps and output as lines, push progress as one bar per layer."""
+    """Renders build events: steps and output as lines, push progress as one bar per layer on a terminal (a line
+    per layer when it is done, elsewhere)."""
 
-    def __init__(self, quiet: bool = False, out: Console = console) -> None:
+    def __init__(self, quiet: bool = False, out: Stream = stdout) -> None:
         self.quiet = quiet
         self.out = out  # stdout; stderr when stdout is for the JSON or YAML answer
         self.progress: Progress | None = None
         self.layers: dict[str, Any] = {}
 
     def _print(self, text: str, style: str | None = None) -> None:
-        target = self.progress.console if self.progress else self.out
-        target.print(text, style=style, markup=False, highlight=False)
+        if self.progress:
+            self.progress.console.print(text, style=style, markup=False, highlight=False, emoji=False)
+        else:
+            self.out.line(text, style)
 
     def show(self, event: str, record: dict[str, Any]) -> None:
         if event == "step":
@@ -218,7 +220,7 @@ class LogView:
 
     def _status(self, record: dict[str, Any]) -> None:
         status = record.get("s")
-        if status == "PUSHING" and self.progress is None:
+        if status == "PUSHING" and self.progress is None and self.out.terminal:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
             self.progress = Progress(
@@ -226,7 +228,7 @@ class LogView:
                 BarColumn(),
                 DownloadColumn(),
                 TextColumn("{task.fields[state]}"),
-                console=self.out,
+                console=self.out.rich,
             )
             self.progress.start()
         if status in TERMINAL:
@@ -234,7 +236,11 @@ class LogView:
         self._print(f"--> {status}" + (f": {record['m']}" if record.get("m") else ""), "bold")
 
     def _push(self, record: dict[str, Any]) -> None:
-        if self.progress is None:
+        if self.progress is None:  # not a terminal: a line per layer once it is in the registry
+            layer, state = record.get("id", ""), record.get("s")
+            if state in _LAYER_DONE and layer not in self.layers and not self.quiet:
+                self.layers[layer] = state
+                self.out.line(f"{layer}: {state}")
             return
         layer = record.get("id", "")
         task = self.layers.get(layer)
@@ -243,7 +249,7 @@ class LogView:
         update: dict[str, Any] = {"state": record.get("s", "")}
         if "n" in record:
             update.update(total=record["n"], completed=record.get("c", 0))
-        if record.get("s") in ("Pushed", "Layer already exists"):
+        if record.get("s") in _LAYER_DONE:
             current = self.progress.tasks[task].total or 1
             update.update(total=current, completed=current)
         self.progress.update(task, **update)
@@ -254,11 +260,11 @@ class LogView:
             self.progress = None
 
 
-@dataclass
 class StreamPosition:
     """Where a follower is in a build's event stream, kept across reconnects and a Ctrl-C prompt."""
 
-    offset: int = 0
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
 
 
 @contextmanager
@@ -269,6 +275,8 @@ def _interrupt_after() -> Iterator[None]:
     leaves the line in the console's buffer and the next print writes it again; raised between showing an event
     and recording its offset, the log goes on with that event again after the prompt.
     """
+    import threading
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -353,7 +361,7 @@ def follow_with_stop(client: wire.Client, stop: Callable[[], object], build_id: 
                 f"stop it with `byoi builds stop {build_id}`"
             )
             if stopped:  # a second Ctrl-C while the stopped build's log ends
-                err.print(left_running, markup=False)
+                stderr.line(left_running)
                 raise Exit(ExitCode.INTERRUPTED) from None
             _ask_to_stop(f"Stop build {build_id} on the server too?", stop, f"stopping {build_id} ...", left_running)
             stopped = True
@@ -386,7 +394,7 @@ def _checked_request(
     if not reference.TAG.fullmatch(tag):
         raise fail(f"--tag {tag!r} is not a valid tag", ExitCode.INVALID_INPUT)
     image_name = repository.rsplit("/", 1)[-1] if register_version else None
-    if image_name is not None and not regex.fullmatch(_IMAGE_NAME, image_name):
+    if image_name is not None and not re.fullmatch(_IMAGE_NAME, image_name):
         raise fail(
             f"{image_name!r} cannot be a byoi image name (letters, digits, single - or . between them)",
             ExitCode.INVALID_INPUT,
@@ -426,7 +434,7 @@ def build(
     args = parse_pairs(build_arg, "--build-arg", from_env=True)
     labels = parse_pairs(label, "--label", from_env=False)
 
-    say = for_people(output)
+    say = people(output)
     client = connect(endpoint_url, profile)
     context_id, dockerfile = upload_context(client, path, file, say)
     request = {"ContextId": context_id, **request, "Dockerfile": dockerfile, "ClientToken": _client_token()}
@@ -439,10 +447,10 @@ def build(
 
     with api_failures():
         build_id = client.extension("StartImageBuild", request)["BuildId"]
-        say.print(f"Build {build_id} started")
+        say.line(f"Build {build_id} started")
         if detach:
             if output == "table":
-                console.print(build_id)
+                stdout.line(build_id)
             else:
                 print_document({"BuildId": build_id}, output)
             return
@@ -452,7 +460,7 @@ def build(
     report(client, result, output, stopped)
 
 
-def _wait_for_version(client: wire.Client, arn: str, say: Console) -> dict[str, Any]:
+def _wait_for_version(client: wire.Client, arn: str, say: Stream) -> dict[str, Any]:
     image, number = arn.split(":image-version/", 1)[1].rsplit("/", 1)
     with say.status(f"registering {arn} ..."):
         while True:
@@ -465,7 +473,7 @@ def _wait_for_version(client: wire.Client, arn: str, say: Console) -> dict[str, 
 def report(client: wire.Client, result: dict[str, Any], output: str = "table", stopped: bool = False) -> None:
     """How the build ended; with --register, the version once registered. Exit status: 0 when all went well,
     INTERRUPTED when Ctrl-C stopped it, FAILED when it (or the version) failed."""
-    say = for_people(output)
+    say = people(output)
     status = result["BuildStatus"]
     pushed = f"pushed {result['ImageUri']}@{result['ImageDigest']}" if result.get("ImageDigest") else None
     arn = result.get("ImageVersionArn") if status == "SUCCEEDED" else None
@@ -477,15 +485,14 @@ def report(client: wire.Client, result: dict[str, Any], output: str = "table", s
         described = {k: v for k, v in version.items() if k != "ResponseMetadata"}  # the API's answer alone
         print_document({**result, **({"ImageVersion": described} if version else {})}, output)
     if status != "SUCCEEDED":
-        # the reason may quote the failed step's output, [brackets] and all: shown as is, not as markup.
-        err.print(f"[red]{status}[/red]: {literal(result.get('FailureReason') or '')}")
+        stderr.error(result.get("FailureReason") or "", label=status)
         if pushed:
-            say.print(pushed, markup=False)
+            say.line(pushed)
         raise Exit(ExitCode.INTERRUPTED if stopped else ExitCode.FAILED)
-    say.print(pushed, markup=False)
+    if pushed:
+        say.line(pushed)
     if version:
-        say.print(f"{arn} {version['ImageVersionStatus']}", markup=False)
+        say.line(f"{arn} {version['ImageVersionStatus']}")
         if version["ImageVersionStatus"] != "CREATED":
-            # the reason names each failed rule in [brackets]: shown as is, not as markup.
-            err.print(f"[red]error[/red]: {literal(version.get('FailureReason'))}")
+            stderr.error(str(version.get("FailureReason")))
             raise Exit(ExitCode.FAILED)

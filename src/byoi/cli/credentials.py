@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 # byoi.config's (a test keeps them equal): importing it would import platformdirs and the inspection settings.
@@ -122,15 +121,13 @@ def unknown_profile(source: str, name: str) -> ClientSetupError:
 # -- credentials and region ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     access_key: str
     secret_key: str
     token: str | None = None
 
 
-@dataclass(frozen=True)
-class Setup:
+class Setup(NamedTuple):
     """Where the server is and who signs: what `_session_and_endpoint` and the session's credentials give."""
 
     endpoint: str

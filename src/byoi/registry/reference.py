@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import regex
+import re
+from typing import NamedTuple
 
 # From the distribution reference grammar.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-REPOSITORY = regex.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-TAG = regex.compile(r"[\w][\w.-]{0,127}")
-DIGEST = regex.compile(r"sha256:[0-9a-f]{64}")
-_HOST = regex.compile(
+REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG = re.compile(r"[\w][\w.-]{0,127}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HOST = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
 )
@@ -27,8 +26,7 @@ class InvalidReference(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     registry: str | None  # host[:port]; None means "the default registry"
     repository: str
     tag: str | None = None
