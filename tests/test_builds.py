@@ -21,8 +21,10 @@ import pytest
 import regex
 from botocore.exceptions import ClientError
 
+from byoi.cli import wire
 from byoi.cli.builds import Signed
 from byoi.cli.client import extension_client
+from byoi.cli.output import document
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.docker_images import BASE_IMAGE, containers, docker_available, docker_client, ensure_base_image
 from tests.support.errors import code
@@ -351,7 +353,9 @@ def test_live_log_stream_is_seen_during_the_build(server, ext, name, tmp_path):
                     break
     first_tick = next(t for t, e, d, _ in seen if e == "log" and d["m"] == f"tick-1-{name}")
     end_time, end_event, end_data, _ = seen[-1]
-    assert end_event == "end" and end_data == {"BuildStatus": "SUCCEEDED"}
+    assert end_event == "end" and end_data["BuildStatus"] == "SUCCEEDED"
+    described = ext.describe_image_build(BuildId=build_id)  # the end carries the build as DescribeImageBuild tells it
+    assert document(wire.answer("Byoi", "DescribeImageBuild", end_data["Build"])) == document(described)
     assert status_at_first_tick == "BUILDING"
     assert end_time - first_tick > 3  # the client saw tick-1 while the build still had seconds to run
     ids = [i for *_, i in seen if i is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -115,6 +116,20 @@ def test_context_larger_than_the_limit(server_factory, registry, tmp_path):
     assert "larger than the limit" in result.stderr and "4000" in result.stderr
     srv.session()
     assert extension_client(srv.endpoint, "byoi").list_image_builds()["ImageBuilds"] == []
+
+
+def test_a_large_context_refused_mid_upload_is_named_in_the_servers_words(server_factory, registry, tmp_path):
+    """A context far over the limit (24 MB, more than the sockets' buffers hold, against 1 MiB): the CLI says the
+    server's reason, not a broken pipe or a reset (tests/test_cli_http1.py has a server that stops reading)."""
+    srv = server_factory([f"http://{registry}"], env={"BYOI_BUILD_CONTEXT_LIMIT": str(1 << 20)})
+    root = tmp_path / "ctx"
+    root.mkdir()
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / "data.bin").write_bytes(os.urandom(24 << 20))
+    result = byoi(srv, "build", str(root), "--image", "too-big")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "larger than the limit" in result.stderr and str(1 << 20) in result.stderr
+    assert "Broken pipe" not in result.stderr
 
 
 def test_cli_refuses_bad_names_and_build_args_before_uploading(server, tmp_path):

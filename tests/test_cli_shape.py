@@ -577,7 +577,8 @@ def test_a_plain_build_imports_no_heavy_client_and_answers_as_botocore_would(wor
                          timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     modules = json.loads(out.read_text())
-    assert "byoi.cli.build_run" in modules and "http.client" in modules  # it did build, over http.client
+    assert "byoi.cli.build_run" in modules and "byoi.cli.http1" in modules  # it did build, over byoi's HTTP/1.1
+    assert "http.client" not in modules and "rich" not in modules  # nor the email package, nor rich off a terminal
     assert [m for m in modules if m.split(".")[0] in HEAVY_CLIENTS] == []
 
     printed = json.loads(run.stdout)

@@ -89,6 +89,12 @@ class EngineClient(aiodocker.Docker):
         watch(self.address).lost(reason)
         return self._unreachable(reason)
 
+    async def ping(self) -> None:
+        """Ask the Engine whether it is there: `GET /_ping` answers in under a millisecond, where `version()`
+        (which asks containerd and runc for theirs) took 9 ms on every build and launch here."""
+        async with self._query("_ping") as response:
+            await response.read()
+
     async def _do_query(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
         """Every request to the Engine passes here (aiodocker's one place for it)."""
         try:

@@ -176,7 +176,9 @@ async def _follow(service: Any, build_id: str, offset: int) -> AsyncIterator[str
         if records:
             beat = time.monotonic()
         if finished or (status in TERMINAL and not records):
-            yield f"event: end\ndata: {json.dumps({'BuildStatus': status})}\n\n"
+            # The build as DescribeImageBuild answers it, so a follower needs no call of its own after the end.
+            described = await service.describe_image_build(build_id)
+            yield f"event: end\ndata: {json.dumps({'BuildStatus': status, 'Build': described})}\n\n"
             return
         now = time.monotonic()
         if now - checked >= STATUS_POLL:

@@ -93,7 +93,7 @@ class DockerBuilder:
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(PING_TIMEOUT):
-                await self.docker.version()
+                await self.docker.ping()
         except TimeoutError:
             raise self.docker.gone(f"no answer within {PING_TIMEOUT:g} s") from None
         except aiodocker.DockerError as exc:

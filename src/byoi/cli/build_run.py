@@ -197,6 +197,7 @@ class LogView:
         self.out = out  # stdout; stderr when stdout is for the JSON or YAML answer
         self.progress: Progress | None = None
         self.layers: dict[str, Any] = {}
+        self.ended: dict[str, Any] | None = None  # the stream's `end` event: the build's status, and the build
 
     def _print(self, text: str, style: str | None = None) -> None:
         if self.progress:
@@ -303,6 +304,7 @@ def _read_events(lines: Iterator[str], view: LogView, position: StreamPosition) 
         elif line == "" and data:
             if event == "end":
                 view.close()
+                view.ended = json.loads(data)
                 return True
             with _interrupt_after():  # the event is shown and counted as shown, or neither
                 view.show(event, json.loads(data))
@@ -455,8 +457,14 @@ def build(
                 print_document({"BuildId": build_id}, output)
             return
         stop = lambda: client.extension("StopImageBuild", {"BuildId": build_id})  # noqa: E731
-        stopped = follow_with_stop(client, stop, build_id, LogView(quiet, say))
-        result = client.extension("DescribeImageBuild", {"BuildId": build_id})
+        view = LogView(quiet, say)
+        stopped = follow_with_stop(client, stop, build_id, view)
+        ended = (view.ended or {}).get("Build")  # an earlier server sent only the status: ask
+        result = (
+            wire.answer("Byoi", "DescribeImageBuild", ended)
+            if ended
+            else client.extension("DescribeImageBuild", {"BuildId": build_id})
+        )
     report(client, result, output, stopped)
 
 

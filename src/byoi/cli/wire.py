@@ -11,8 +11,9 @@ own start-up, and most of that was imports: botocore's session, client and signe
   mode retries what is safe to retry (3 attempts), with output parsed from the model's output shapes (members
   in the model's order, timestamps as datetimes), so `--output json|yaml` documents are the same.
 
-Heavy standard modules (http.client, ssl, configparser) are imported where first needed: `byoi --help` imports
-this module through `byoi.cli.builds` and needs none of them.
+HTTP/1.1 itself is byoi.cli.http1's (a socket, not http.client: see why there). Heavy standard modules (ssl,
+configparser) are imported where first needed: `byoi --help` imports this module through `byoi.cli.builds` and
+needs none of them.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ from byoi.cli.credentials import (  # noqa: F401 - re-exported: the client's one
     is_ipv6_url,
     setup,
 )
+from byoi.cli.http1 import HTTPError
 
 TYPE_CHECKING = False  # typing, dataclasses, pathlib and datetime cost a plain build's start 15 ms
 if TYPE_CHECKING:
     import datetime as dt
-    import http.client
     import ssl
     from typing import IO, Any
+
+    from byoi.cli.http1 import Connection
+    from byoi.cli.http1 import Response as HTTPResponse
 
 SERVICE = "sagemaker"  # every byoi operation is signed for SageMaker
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -237,6 +241,13 @@ def _output_shape(prefix: str, operation: str) -> tuple[dict[str, dict[str, Any]
     return model["shapes"], model["operations"][operation].get("output", {}).get("shape")
 
 
+def answer(prefix: str, operation: str, value: Any) -> dict[str, Any]:
+    """An operation's answer (its JSON, decoded) as `call` returns it, without ResponseMetadata: for the same
+    document sent another way (the build event stream's `end` event carries DescribeImageBuild's)."""
+    shapes, output = _output_shape(prefix, operation)
+    return parse(shapes, output, value) if output else {}  # type: ignore[no-any-return]
+
+
 def parse(shapes: Mapping[str, Mapping[str, Any]], name: str, value: Any) -> Any:
     """A JSON value as botocore's JSON parser returns it for shape `name`: structures keep only their modelled
     members, in the model's order, without nulls; timestamps become datetimes; blobs bytes."""
@@ -353,18 +364,17 @@ class Client:
 
     # -- plain requests (the build routes) ------------------------------------------------------------------
 
-    def _connection(self, url: str, timeout: float | None) -> http.client.HTTPConnection:
-        import http.client
-        import ssl
+    def _connection(self, url: str, timeout: float | None) -> Connection:
+        from byoi.cli.http1 import Connection
 
         parts = urlsplit(url)
         if parts.scheme == "http":
-            return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout, blocksize=1 << 20)
+            return Connection(parts.hostname or "", parts.port, timeout)
+        import ssl
+
         if not isinstance(self.verify, ssl.SSLContext):
             self.verify = ssl.create_default_context()  # made once, kept for the next request
-        return http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=timeout, blocksize=1 << 20, context=self.verify
-        )
+        return Connection(parts.hostname or "", parts.port, timeout, tls=self.verify)
 
     @contextmanager
     def open(
@@ -376,12 +386,10 @@ class Client:
         body: bytes | IO[bytes] | None = None,
         length: int | None = None,
         timeout: float | None = None,
-    ) -> Iterator[http.client.HTTPResponse]:
+    ) -> Iterator[HTTPResponse]:
         """A signed request to a build route, its response open to read. A body that is a file is sent as it is,
         `length` bytes, and its SHA-256 must be in `extra`'s X-Amz-Content-SHA256. A failure below HTTP
         (refused, reset, TLS) raises TransportError."""
-        import http.client
-
         url = self.url(path) + (f"?{query}" if query else "")
         payload = body if isinstance(body, bytes) else b""  # a file's hash is in `extra`
         headers = sign(self.credentials, self.setup.region, method, url, extra, payload)
@@ -393,7 +401,7 @@ class Client:
             try:
                 connection.request(method, _target(url), body=body, headers=headers)
                 response = connection.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, HTTPError) as exc:
                 raise TransportError(str(exc) or type(exc).__name__) from None
             yield response
         finally:
@@ -461,7 +469,7 @@ class Client:
                 return response.status, response.getheaders(), response.read()
             except TimeoutError:
                 raise WireError(f'Read timeout on endpoint URL: "{url}"') from None
-            except (OSError, http_errors()):  # reset or closed before a whole answer: botocore retries these too
+            except (OSError, HTTPError):  # reset or closed before a whole answer: botocore retries these too
                 raise _NoAnswer from None
         finally:
             connection.close()
@@ -469,12 +477,6 @@ class Client:
 
 class _NoAnswer(Exception):
     """Connection refused, reset or closed before a whole answer."""
-
-
-def http_errors() -> type[Exception]:
-    import http.client
-
-    return http.client.HTTPException
 
 
 def _target(url: str) -> str:
@@ -502,11 +504,14 @@ def _json_body(body: bytes) -> Any:
 
 def _error(status: int, body: bytes) -> tuple[str, str]:
     """(Code, Message) of an error answer, as botocore's JSON parser reads them."""
-    import http.client
-
     stripped = body.strip()
     if status >= 500 and (not stripped or stripped.startswith(b"<html>")):  # a proxy's page, not the API's
-        return str(status), http.client.responses.get(status, "")
+        from http import HTTPStatus  # http.client.responses' phrases, without http.client
+
+        try:
+            return str(status), HTTPStatus(status).phrase
+        except ValueError:
+            return str(status), ""
     parsed = _json_body(body)
     if not isinstance(parsed, dict):
         parsed = {"message": body.decode(errors="replace")}
@@ -533,22 +538,22 @@ def _backoff(attempt: int, throttled: bool) -> None:
     time.sleep(jitter * min((1.0 if throttled else 0.05) * 2 ** (attempt - 1), 20.0))
 
 
-def read(response: http.client.HTTPResponse, url: str) -> Response:
+def read(response: HTTPResponse, url: str) -> Response:
     """The rest of `response`, read whole; a failure while reading raises TransportError."""
     try:
         body = response.read()
-    except (OSError, http_errors()) as exc:
+    except (OSError, HTTPError) as exc:
         raise TransportError(str(exc) or type(exc).__name__) from None
     return Response(response.status, response.getheaders(), body, url)
 
 
-def lines(response: http.client.HTTPResponse) -> Iterator[str]:
+def lines(response: HTTPResponse) -> Iterator[str]:
     """The lines of a streamed response (an event stream), without their line ends; a failure while reading
     raises TransportError."""
     while True:
         try:
             raw = response.readline()
-        except (OSError, http_errors()) as exc:
+        except (OSError, HTTPError) as exc:
             raise TransportError(str(exc) or type(exc).__name__) from None
         if not raw:
             return

@@ -147,7 +147,7 @@ class DockerRuntime:
         """Raise Unreachable unless the Engine answers within PING_TIMEOUT."""
         try:
             async with asyncio.timeout(PING_TIMEOUT):
-                await self.docker.version()
+                await self.docker.ping()
         except TimeoutError:
             raise self.docker.gone(f"no answer within {PING_TIMEOUT:g} s") from None
         except aiodocker.DockerError as exc:
