@@ -15,7 +15,8 @@ from the first repository on both sides).
 to this Python; an earlier tree's CLI, say, with `--byoi ".venv/bin/python -c 'from byoi.cli.main import app;
 app()'"` and PYTHONPATH=<that tree>/src, for a before/after comparison in one session.
 
-Prints JSON with median wall times and the ratio byoi/direct for each case.
+Prints JSON with median wall times and the ratio byoi/direct for each case: of the medians, and the median of
+each run's own ratio (`ratio_paired`, direct and byoi timed back to back: steadier on a machine that drifts).
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def main() -> None:
     result: dict[str, object] = {"benchmark": "build_overhead", "runs": opts.runs, "context_mb": opts.mb}
     for case, sides in times.items():
         d, b = statistics.median(sides["direct"]), statistics.median(sides["byoi"])
+        # Each run times direct then byoi back to back, so the ratio of each pair is taken under the same load:
+        # this machine's Engine drifts by half between minutes, which the ratio of the medians does not cancel.
+        paired = statistics.median(y / x for x, y in zip(sides["direct"], sides["byoi"], strict=True))
         result[case] = {"direct_s": round(d, 3), "byoi_s": round(b, 3), "ratio": round(b / d, 3),
+                        "ratio_paired": round(paired, 3),
                         "direct_all": [round(x, 3) for x in sides["direct"]],
                         "byoi_all": [round(x, 3) for x in sides["byoi"]]}  # fmt: skip
     print(json.dumps(result, indent=2))
