@@ -25,6 +25,14 @@ def test_dockerignore_follows_docker_semantics():
     assert ignore.excluded("buildme")  # "build*" matches at the top level only, as in Docker
 
 
+def test_dockerignore_classes_are_gos_posix_classes_included():
+    """moby/patternmatcher hands `[...]` to Go's regexp, which knows `[[:digit:]]`: so does the reader here
+    (Python's own `re` would take it as `[[:digit:]` followed by `]`, and warn of a nested set)."""
+    ignore = DockerIgnore("log[[:digit:]].txt\ncache[!a-c]\n")
+    assert ignore.excluded("log7.txt") and not ignore.excluded("logx.txt") and not ignore.excluded("log:].txt")
+    assert ignore.excluded("cache!") and not ignore.excluded("cached")  # Go's `[!…]` is a class holding "!"
+
+
 def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None, gz: bool = False) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,16 @@ from byoi.cli.http1 import Connection, HTTPError
 class Raw:
     """A one-connection server: reads the request head (and `read_body` bytes), then runs `reply(conn)`."""
 
-    def __init__(self, reply: Callable[[socket.socket], None], read_body: int = 0) -> None:
+    def __init__(self, reply: Callable[[socket.socket], None], read_body: int = 0, tls: Path | None = None) -> None:
+        self.tls = None
+        if tls is not None:  # a private CA's certificate for 127.0.0.1, written to `tls`
+            import ssl
+
+            from tests.support.tls import make_ca_and_server_cert
+
+            _, cert, key = make_ca_and_server_cert(tls)
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(cert, key)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.request = b""
@@ -26,7 +36,12 @@ class Raw:
         self.thread.start()
 
     def _serve(self) -> None:
-        conn, _ = self.listener.accept()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # closed before anyone came (the client refused to send)
+            return
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
         with conn:
             while b"\r\n\r\n" not in self.request:
                 data = conn.recv(65536)
@@ -49,9 +64,9 @@ class Raw:
 def raw() -> Iterator[Callable[..., Raw]]:
     servers: list[Raw] = []
 
-    def start(reply: bytes | Callable[[socket.socket], None], read_body: int = 0) -> Raw:
+    def start(reply: bytes | Callable[[socket.socket], None], read_body: int = 0, tls: Path | None = None) -> Raw:
         send = (lambda conn: conn.sendall(reply)) if isinstance(reply, bytes) else reply
-        servers.append(Raw(send, read_body))
+        servers.append(Raw(send, read_body, tls))
         return servers[-1]
 
     yield start
@@ -70,10 +85,36 @@ def test_the_request_is_one_head_and_its_body(raw):
     response = ask(server, "POST", b"hello").getresponse()
     assert (response.status, response.reason, response.read()) == (204, "No Content", b"")
     server.thread.join(5)
-    assert (
-        server.request
-        == f"POST /x?y=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 5\r\n\r\nhello".encode()
+    head = (
+        f"POST /x?y=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 5\r\nAccept-Encoding: identity\r\n"
     )
+    assert server.request == (head + "\r\nhello").encode()
+
+
+def test_a_post_without_a_body_states_its_empty_length_as_http_client_did(raw):
+    server = raw(b"HTTP/1.1 204 No Content\r\n\r\n")
+    ask(server, "POST").getresponse().read()
+    server.thread.join(5)
+    assert b"\r\nContent-Length: 0\r\n" in server.request  # a proxy may refuse a POST without one (411)
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "says"),
+    [
+        ("/x\r\nX-Injected: 1", {}, "has a space or a control character"),
+        ("/x y", {}, "has a space or a control character"),
+        ("/x", {"X-Amz-Security-Token": "tok\r\nX-Injected: 1"}, "has a line break or NUL"),
+        ("/x", {"Bad\nName": "v"}, "has a line break or NUL"),
+        ("/x", {"Bad:Name": "v"}, "has a line break or NUL"),
+    ],
+    ids=["target-crlf", "target-space", "value-crlf", "name-lf", "name-colon"],
+)
+def test_nothing_from_a_header_value_or_target_becomes_another_header(raw, target, headers, says):
+    server = raw(b"HTTP/1.1 204 No Content\r\n\r\n")
+    conn = Connection("127.0.0.1", server.port, timeout=5)
+    with pytest.raises(HTTPError, match=says):
+        conn.request("GET", target, None, {"Host": "h", **headers})
+    assert conn.sock is None  # refused before anything was sent
 
 
 def test_a_chunked_answer_is_read_whole_and_line_by_line_across_its_chunks(raw):
@@ -125,6 +166,8 @@ def test_a_head_answer_has_no_body_whatever_its_length_says(raw):
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "before the answer's body was whole"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "is not a number"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", "is not a number"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "is not a number"),  # "2" only to str.isdigit()
+        (b"HTTP/1.1 \xb200 OK\r\n\r\n", "does not start with an HTTP/1.1 status line"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "does not end in chunked"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef", "does not end where its size says"),
@@ -139,6 +182,8 @@ def test_a_head_answer_has_no_body_whatever_its_length_says(raw):
         "short-body",
         "negative-length",
         "two-lengths",
+        "superscript-length",
+        "superscript-status",
         "not-chunked",
         "bad-chunk-size",
         "long-chunk",
@@ -159,18 +204,42 @@ def test_a_broken_answer_reaches_the_client_as_a_transport_error(raw):
         client.request("GET", "/byoi/x")
 
 
-def test_an_answer_sent_while_the_body_is_still_going_out_is_what_the_caller_gets(raw, tmp_path):
-    """The server refuses an upload after its head (too large, say) and closes: the client, still sending, gets
-    a broken pipe or a reset, and reports the server's answer instead of that."""
+def test_close_closes_the_socket_even_while_its_answer_is_still_held(raw):
+    """The answer's reader holds the socket: close() closes it too, so the server sees the end at once (the
+    build's Ctrl-C prompt keeps the answer alive while it asks)."""
+    seen = threading.Event()
 
-    def refuse(conn: socket.socket) -> None:
-        conn.sendall(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
-        conn.shutdown(socket.SHUT_WR)
+    def answer_then_wait_for_the_end(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello\n\r\n")
+        conn.settimeout(5)
+        if conn.recv(1) == b"":
+            seen.set()
+
+    conn = ask(raw(answer_then_wait_for_the_end))
+    response = conn.getresponse()
+    assert response.readline() == b"hello\n"
+    conn.close()
+    assert seen.wait(5) and response is not None
+
+
+def _refuse(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+    conn.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_an_answer_sent_while_the_body_is_still_going_out_is_what_the_caller_gets(raw, tmp_path, tls):
+    """The server refuses an upload after its head (too large, say) and closes: the client, still sending, gets
+    a broken pipe or a reset (over TLS, an SSLEOFError), and reports the server's answer instead of that."""
+    import ssl
 
     big = tmp_path / "big"
     big.write_bytes(b"x" * (32 << 20))  # far more than the socket buffers hold
-    server = raw(refuse)
-    conn = Connection("127.0.0.1", server.port, timeout=10, blocksize=1 << 16)
+    client_tls = None
+    server = raw(_refuse, tls=tmp_path / "tls" if tls else None)
+    if tls:
+        client_tls = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.pem"))
+    conn = Connection("127.0.0.1", server.port, timeout=10, tls=client_tls, blocksize=1 << 16)
     with big.open("rb") as body:
         conn.request("POST", "/upload", body, {"Host": "h", "Content-Length": str(32 << 20)})
     response = conn.getresponse()

@@ -29,7 +29,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from byoi.api.model import EXTENSION_PREFIX, operation
 from byoi.api.protocol import error_response
+from byoi.api.shaping import shape_output
 from byoi.auth.principal import Principal
 from byoi.build import context_url
 from byoi.build.logstore import read_records, render_text, wait_appended
@@ -162,6 +164,27 @@ def _event(record: dict[str, Any], event_id: int) -> str:
     return f"id: {event_id}\nevent: {record.get('k', 'log')}\ndata: {json.dumps(record)}\n\n"
 
 
+def _output_shape(name: str) -> Any:
+    model = operation(EXTENSION_PREFIX, name)
+    if model is None:  # pragma: no cover - the extension model defines it
+        raise RuntimeError(f"the extension model has no Byoi.{name}")
+    return model.output_shape
+
+
+_DESCRIBE_OUTPUT = _output_shape("DescribeImageBuild")
+
+
+async def _described(service: Any, build_id: str) -> dict[str, Any]:
+    """`{"Build": …}`, the build as DescribeImageBuild answers it (shaped by its model, as the JSON protocol
+    shapes it), for the stream's `end`: a follower then needs no call of its own. Empty if it cannot be read
+    now (the follower then asks)."""
+    try:
+        described = await service.describe_image_build(build_id)
+    except ByoiError:
+        return {}
+    return {"Build": shape_output(_DESCRIBE_OUTPUT, described)}
+
+
 async def _follow(service: Any, build_id: str, offset: int) -> AsyncIterator[str]:
     """Stream records as they are appended; end with `event: end` once the build is over and drained."""
     path = service.log_path(build_id)
@@ -176,9 +199,7 @@ async def _follow(service: Any, build_id: str, offset: int) -> AsyncIterator[str
         if records:
             beat = time.monotonic()
         if finished or (status in TERMINAL and not records):
-            # The build as DescribeImageBuild answers it, so a follower needs no call of its own after the end.
-            described = await service.describe_image_build(build_id)
-            yield f"event: end\ndata: {json.dumps({'BuildStatus': status, 'Build': described})}\n\n"
+            yield f"event: end\ndata: {json.dumps({'BuildStatus': status, **await _described(service, build_id)})}\n\n"
             return
         now = time.monotonic()
         if now - checked >= STATUS_POLL:

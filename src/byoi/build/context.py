@@ -12,11 +12,13 @@ import contextlib
 import io
 import os
 import posixpath
-import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+if TYPE_CHECKING:
+    import regex
 
 DOCKERIGNORE = ".dockerignore"
 # Tar streams are read, written and copied in blocks of 64 KiB. With tarfile's defaults (10 KiB stream buffers,
@@ -54,10 +56,15 @@ def _blocks(tar: tarfile.TarFile) -> tarfile.TarFile:
 class _Pattern(NamedTuple):
     text: str
     exclusion: bool
-    rx: re.Pattern[str]
+    rx: regex.Pattern[str]
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
+def _compile(pattern: str) -> regex.Pattern[str]:
+    """The pattern as the regular expression moby/patternmatcher makes of it, compiled by `regex`, not `re`: its
+    `[...]` classes pass through to Go's regexp, which knows POSIX classes (`[[:alpha:]]`), as `regex` does and
+    `re` does not. Imported here, so packing a context without a .dockerignore never loads it (10 ms)."""
+    import regex
+
     out, i = ["^"], 0
     while i < len(pattern):
         ch = pattern[i]
@@ -73,7 +80,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
             out.append("[^/]")
         elif ch == "\\":
             i += 1
-            out.append(re.escape(pattern[i]) if i < len(pattern) else "\\\\")
+            out.append(regex.escape(pattern[i]) if i < len(pattern) else "\\\\")
         elif ch in ".+()|{}$^" and ch != "^":
             out.append("\\" + ch)
         else:
@@ -81,8 +88,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
         i += 1
     out.append("$")
     try:
-        return re.compile("".join(out))
-    except re.error as exc:
+        return regex.compile("".join(out))
+    except regex.error as exc:
         raise ContextError(f".dockerignore pattern {pattern!r} is not valid: {exc}") from None
 
 

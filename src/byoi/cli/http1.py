@@ -21,6 +21,7 @@ TLS server with a private CA.
 
 from __future__ import annotations
 
+import re
 import socket
 
 TYPE_CHECKING = False
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 MAX_HEAD = 64 * 1024  # bytes of status line and header fields
 MAX_FIELDS = 200
 _READ = 64 * 1024  # bytes of body asked of the socket at a time
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_BAD_VALUE = re.compile(r"[\r\n\0]")  # would end the field (or the head) early: another header, injected
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_BODY_METHODS = ("POST", "PUT", "PATCH")  # state `Content-Length: 0` when they have no body, as http.client
 
 
 class HTTPError(Exception):
@@ -52,6 +57,7 @@ class Connection:
         self.timeout, self.tls, self.blocksize = timeout, tls, blocksize
         self.sock: socket.socket | None = None
         self.method = "GET"
+        self.response: Response | None = None
         self._send_failed: OSError | None = None
 
     def connect(self) -> None:
@@ -68,11 +74,21 @@ class Connection:
     def request(self, method: str, target: str, body: bytes | IO[bytes] | None, headers: dict[str, str]) -> None:
         """Send the request. A failure to send the body is kept for `getresponse`: the server may have answered
         (and closed) before reading it all, and then its answer is the one to report."""
+        if _BAD_TARGET.search(target):
+            raise HTTPError(f"the request target {target[:80]!r} has a space or a control character")
+        for name, value in headers.items():
+            if _BAD_VALUE.search(name) or _BAD_VALUE.search(value) or ":" in name:
+                raise HTTPError(f"the request's header {name[:40]!r} has a line break or NUL in it")
         self.connect()
         assert self.sock is not None
         self.method = method
-        if isinstance(body, bytes) and not any(name.lower() == "content-length" for name in headers):
-            headers = {**headers, "Content-Length": str(len(body))}  # as http.client adds it
+        if not any(name.lower() == "content-length" for name in headers):  # as http.client adds it
+            if isinstance(body, bytes):
+                headers = {**headers, "Content-Length": str(len(body))}
+            elif body is None and method in _BODY_METHODS:
+                headers = {**headers, "Content-Length": "0"}
+        if not any(name.lower() == "accept-encoding" for name in headers):
+            headers = {**headers, "Accept-Encoding": "identity"}  # no compression by a proxy on the way
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         data = f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode("latin-1")
         if isinstance(body, bytes):
@@ -84,19 +100,26 @@ class Connection:
         try:
             while size := body.readinto(block):  # type: ignore[attr-defined]  # a binary file's
                 self.sock.sendall(block[:size])
-        except (BrokenPipeError, ConnectionResetError) as exc:
+        except TimeoutError:
+            raise
+        except OSError as exc:  # a broken pipe, a reset, a TLS connection closed under it (SSLEOFError)
             self._send_failed = exc
 
     def getresponse(self) -> Response:
         assert self.sock is not None
         try:
-            return Response(self.sock.makefile("rb"), self.method)
+            self.response = Response(self.sock.makefile("rb"), self.method)
+            return self.response
         except (HTTPError, OSError):
             if self._send_failed is not None:  # no answer came either: the send's failure says most
                 raise self._send_failed from None
             raise
 
     def close(self) -> None:
+        """Close the connection, its answer's reader too (which holds the socket open otherwise)."""
+        if self.response is not None:
+            self.response.fp.close()
+            self.response = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -127,7 +150,7 @@ class Response:
             self._framing = "chunked"
         elif length is not None:
             sizes = {v.strip() for v in length.split(",")}
-            if len(sizes) != 1 or not next(iter(sizes)).isdigit():
+            if len(sizes) != 1 or not _DIGITS.fullmatch(next(iter(sizes)).encode("latin-1")):
                 raise HTTPError(f"the answer's Content-Length {length!r} is not a number")
             self._framing, self._chunk_left = "length", int(sizes.pop())
             self._done = self._chunk_left == 0
@@ -151,7 +174,7 @@ class Response:
             raise HTTPError("the server closed the connection without an answer")
         version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
         code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        if not version.startswith("HTTP/1.") or not re.fullmatch("[1-9][0-9][0-9]", code):
             raise HTTPError(f"the server's answer does not start with an HTTP/1.1 status line: {line[:80]!r}")
         return int(code), reason.strip()
 

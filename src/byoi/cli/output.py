@@ -98,6 +98,9 @@ def is_terminal(stream: Any) -> bool:
         return False
 
 
+_STRIPPED = dict.fromkeys((7, 8, 11, 12, 13))  # BEL, BS, VT, FF, CR: rich's strip_control_codes
+
+
 class Stream:
     """stdout or stderr, for lines meant for people: through rich's Console on a terminal (colour, progress bars,
     spinners), written as they are everywhere else, as rich would write them there but without importing it.
@@ -123,8 +126,8 @@ class Stream:
         """One line of `text`, in `style` (a rich style, such as "bold cyan") on a terminal."""
         if self.terminal:
             self.rich.print(text, style=style, markup=False, highlight=False, emoji=False)
-        else:
-            self.file.write(text + "\n")
+        else:  # as rich writes it off a terminal: without the control codes it strips, tabs expanded
+            self.file.write(text.translate(_STRIPPED).expandtabs(8) + "\n")
             self.file.flush()
 
     def error(self, message: str, label: str = "error") -> None:
