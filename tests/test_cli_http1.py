@@ -4,6 +4,7 @@ real byoi server."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -56,6 +57,8 @@ class Raw:
             self.reply(conn)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() no client came to (close alone does not)
         self.listener.close()
         self.thread.join(5)
 
