@@ -200,10 +200,7 @@ class LogView:
         self.ended: dict[str, Any] | None = None  # the stream's `end` event: the build's status, and the build
 
     def _print(self, text: str, style: str | None = None) -> None:
-        if self.progress:
-            self.progress.console.print(text, style=style, markup=False, highlight=False, emoji=False)
-        else:
-            self.out.line(text, style)
+        self.out.line(text, style)  # while the bars show, through their console (out.rich): rich prints above them
 
     def show(self, event: str, record: dict[str, Any]) -> None:
         if event == "step":

@@ -151,14 +151,14 @@ def error_line(message: str) -> None:
     stderr.error(message)
 
 
-def for_people(output: str) -> Console:
-    """Where progress and notes go: stdout for a table, stderr when stdout carries a JSON or YAML document."""
-    return _rich(stderr=output != "table")
-
-
 def people(output: str) -> Stream:
-    """`for_people`'s stream, for the commands that print through `Stream` (`byoi build`)."""
+    """Where progress and notes go: stdout for a table, stderr when stdout carries a JSON or YAML document."""
     return stdout if output == "table" else stderr
+
+
+def for_people(output: str) -> Console:
+    """`people`'s stream as rich's Console, for the commands that print tables and markup through it."""
+    return people(output).rich
 
 
 def document(data: Any) -> Any:
